@@ -1,0 +1,257 @@
+"""What the sync and async clients share: the server contract, validation, request building,
+chunking and reassembly. Nothing in here does I/O."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from .errors import EmbeddingError
+
+# The ensemble's tensors.
+TEXT, INSTRUCTION, INPUT_TYPE, DIMENSIONS = "text", "instruction", "input_type", "dimensions"
+EMBEDDING, TOKEN_COUNT = "embedding", "token_count"
+INPUT_TYPES = ("query", "document")
+COMPRESSIONS = (None, "gzip", "deflate")
+
+Text = Union[str, bytes]
+Texts = Union[Text, Iterable[Text]]
+
+
+def invalid(message: str) -> EmbeddingError:
+    return EmbeddingError(message, code="INVALID_ARGUMENT")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The served model, as its ensemble config's ``parameters`` describe it."""
+
+    name: str
+    dimension: int  # full embedding size
+    min_dimension: int  # smallest Matryoshka size (== dimension when it cannot be truncated)
+    max_texts: int  # most texts the server takes in one request
+    model_type: str | None = None
+    pooling: str | None = None
+    platform: str = ""
+    parameters: Mapping[str, str] = field(default_factory=dict)  # every parameter, raw
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingResult:
+    """Embeddings (float32, L2-normalised) and token counts (int32), one row per text in order.
+
+    For a list of n texts: ``embeddings`` is [n, d], ``token_counts`` is [n]. For a single
+    ``str`` (or ``bytes``): ``embeddings`` is [d] and ``token_counts`` a 0-d array.
+    """
+
+    embeddings: np.ndarray
+    token_counts: np.ndarray
+    model: str
+
+
+def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
+    """Build a :class:`ModelInfo` from ``get_model_config(name, as_json=True)``."""
+    cfg = config.get("config", config)
+    name = cfg.get("name", "")
+    params = {k: str(v.get("string_value", "")) for k, v in cfg.get("parameters", {}).items()}
+
+    def integer(key: str, default: int | None = None) -> int:
+        raw = params.get(key)
+        if raw is None and default is not None:
+            return default
+        if raw is None:
+            msg = f"model {name!r} has no {key!r} parameter; is it a text-embedding ensemble?"
+            raise EmbeddingError(msg, code="FAILED_PRECONDITION")
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            msg = f"model {name!r}: parameter {key}={raw!r} is not a positive integer"
+            raise EmbeddingError(msg, code="FAILED_PRECONDITION")
+        return value
+
+    dimension = integer("dimension")
+    return ModelInfo(
+        name=name,
+        dimension=dimension,
+        min_dimension=integer("min_dimension", dimension),
+        max_texts=integer("max_texts"),
+        model_type=params.get("model_type"),
+        pooling=params.get("pooling"),
+        platform=cfg.get("platform", ""),
+        parameters=params,
+    )
+
+
+def ready_models(index: Mapping[str, Any]) -> list[str]:
+    """Names of the READY models in ``get_model_repository_index(as_json=True)``."""
+    return sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+
+
+def pick_model(configs: Mapping[str, Mapping[str, Any]]) -> ModelInfo:
+    """The single ensemble among the configs of the ready models."""
+    ensembles = sorted(n for n, c in configs.items() if c.get("config", c).get("platform") == "ensemble")
+    if len(ensembles) == 1:
+        return parse_model_config(configs[ensembles[0]])
+    if ensembles:
+        msg = f"several ready ensemble models: {', '.join(ensembles)}; choose one with model="
+    else:
+        msg = f"no ready ensemble model (ready models: {', '.join(sorted(configs)) or 'none'})"
+    raise EmbeddingError(msg, code="FAILED_PRECONDITION")
+
+
+def chunked(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """``items`` cut into consecutive pieces of at most ``size``."""
+    if size < 1:
+        raise ValueError(f"chunk size must be positive, got {size}")
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def utf8(value: object, what: str) -> bytes:
+    """``value`` as UTF-8 bytes: a ``str`` is encoded, ``bytes`` must already be UTF-8."""
+    try:
+        if isinstance(value, str):
+            return value.encode("utf-8")
+        if isinstance(value, bytes):
+            value.decode("utf-8")
+            return value
+    except UnicodeError:
+        raise invalid(f"{what} is not valid UTF-8") from None
+    raise invalid(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def encode_texts(texts: Texts) -> tuple[list[bytes], bool]:
+    """The texts as UTF-8 bytes, and whether a single text (not a list) was given."""
+    if isinstance(texts, (str, bytes)):
+        return [utf8(texts, "text")], True
+    try:
+        items = list(texts)
+    except TypeError:
+        raise invalid(f"texts must be a str or an iterable of str, not {type(texts).__name__}") from None
+    return [utf8(t, f"texts[{i}]") for i, t in enumerate(items)], False
+
+
+def check_dimensions(dimensions: object, info: ModelInfo) -> int:
+    if isinstance(dimensions, bool) or not isinstance(dimensions, numbers.Integral):
+        raise invalid(f"dimensions must be an int, not {type(dimensions).__name__}")
+    if not info.min_dimension <= int(dimensions) <= info.dimension:
+        lo, hi = info.min_dimension, info.dimension
+        raise invalid(f"dimensions must be in [{lo}, {hi}] for model {info.name!r}, got {dimensions}")
+    return int(dimensions)
+
+
+def tensor(name: str, data: np.ndarray) -> grpcclient.InferInput:
+    datatype = "BYTES" if data.dtype == np.object_ else "INT32"
+    inp = grpcclient.InferInput(name, list(data.shape), datatype)
+    inp.set_data_from_numpy(data)
+    return inp
+
+
+@dataclass(frozen=True)
+class Call:
+    """One validated ``embed``/``encode`` call, ready to be sent in server-sized chunks."""
+
+    info: ModelInfo
+    texts: list[bytes]
+    single: bool
+    width: int  # columns expected back
+    options: dict[str, np.ndarray]  # the optional inputs the caller gave
+
+    @classmethod
+    def prepare(
+        cls,
+        info: ModelInfo,
+        texts: Texts,
+        *,
+        instruction: Text | None = None,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> Call:
+        encoded, single = encode_texts(texts)
+        options: dict[str, np.ndarray] = {}
+        if instruction is not None:
+            options[INSTRUCTION] = np.array([utf8(instruction, "instruction")], dtype=np.object_)
+        if input_type is not None:
+            if input_type not in INPUT_TYPES:
+                raise invalid(f"input_type must be one of {', '.join(INPUT_TYPES)}, not {input_type!r}")
+            options[INPUT_TYPE] = np.array([input_type.encode()], dtype=np.object_)
+        width = info.dimension
+        if dimensions is not None:
+            width = check_dimensions(dimensions, info)
+            options[DIMENSIONS] = np.array([width], dtype=np.int32)
+        return cls(info, encoded, single, width, options)
+
+    def chunks(self) -> list[Sequence[bytes]]:
+        return chunked(self.texts, self.info.max_texts)
+
+    def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Per chunk: where it lies in the texts (for error messages; empty if there is only
+        one chunk) and the keyword arguments of its ``InferenceServerClient.infer`` call.
+
+        The server's error messages count texts within the request, hence the location."""
+        chunks = self.chunks()
+        start = 0
+        for chunk in chunks:
+            inputs = [tensor(TEXT, np.array(chunk, dtype=np.object_))]
+            inputs += [tensor(name, data) for name, data in self.options.items()]
+            outputs = [grpcclient.InferRequestedOutput(n) for n in (EMBEDDING, TOKEN_COUNT)]
+            where = f"request for texts[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
+            yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
+            start += len(chunk)
+
+    def finish(self, results: Sequence[grpcclient.InferResult]) -> EmbeddingResult:
+        """Check each chunk's response and put them back together in order."""
+        embeddings = [np.empty((0, self.width), np.float32)]
+        token_counts = [np.empty(0, np.int32)]
+        for chunk, result in zip(self.chunks(), results):
+            emb, tok = result.as_numpy(EMBEDDING), result.as_numpy(TOKEN_COUNT)
+            if emb is None or tok is None:
+                raise EmbeddingError(f"response lacks {EMBEDDING!r} or {TOKEN_COUNT!r}", code="INTERNAL")
+            if emb.shape != (len(chunk), self.width) or tok.shape != (len(chunk),):
+                msg = (
+                    f"expected {EMBEDDING} [{len(chunk)}, {self.width}] and {TOKEN_COUNT} [{len(chunk)}], "
+                    f"got {list(emb.shape)} and {list(tok.shape)}"
+                )
+                raise EmbeddingError(msg, code="INTERNAL")
+            embeddings.append(emb)
+            token_counts.append(tok)
+        emb = np.concatenate(embeddings).astype(np.float32, copy=False)
+        tok = np.concatenate(token_counts).astype(np.int32, copy=False)
+        if self.single:
+            return EmbeddingResult(emb[0], tok[0, ...], self.info.name)
+        return EmbeddingResult(emb, tok, self.info.name)
+
+
+class ClientBase:
+    """Construction and per-call options shared by both clients."""
+
+    _triton_class: Any  # tritonclient.grpc[.aio].InferenceServerClient
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        model: str | None = None,
+        *,
+        timeout: float | None = 60.0,
+        headers: Mapping[str, str] | None = None,
+        compression: str | None = None,
+        verbose: bool = False,
+    ) -> None:
+        if compression not in COMPRESSIONS:
+            raise invalid(f"compression must be gzip, deflate or None, not {compression!r}")
+        self.url = url
+        self._model = model
+        self._info: ModelInfo | None = None
+        # Passed to every RPC; inference calls also get the compression.
+        self._rpc_kw: dict[str, Any] = {"headers": dict(headers) if headers else None, "client_timeout": timeout}
+        self._infer_kw: dict[str, Any] = {**self._rpc_kw, "compression_algorithm": compression}
+        self._triton = self._triton_class(url, verbose=verbose)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r}, model={self._model!r})"

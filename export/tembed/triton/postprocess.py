@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import triton_python_backend_utils as pb_utils
+
+from ..matryoshka import truncate
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            emb = pb_utils.get_input_tensor_by_name(request, "embedding").as_numpy()
+            d = int(pb_utils.get_input_tensor_by_name(request, "dimensions").as_numpy().reshape(-1)[0])
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", truncate(emb, d))]))
+        return responses

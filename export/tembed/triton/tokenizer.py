@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from ..matryoshka import check_dimensions
+from ..profile import ModelProfile
+from ..textproc import RequestError, TextEncoder, decode_option, decode_texts
+from ._util import invalid, optional_input, version_dir
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        folder = version_dir(args)
+        self.profile = ModelProfile.load(folder)
+        self.encoder = TextEncoder(self.profile, folder / "tokenizer.json")
+
+    def _parse(self, request) -> tuple[list[str], int]:
+        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
+        input_type = decode_option(optional_input(request, "input_type"), "input_type")
+        instruction = decode_option(optional_input(request, "instruction"), "instruction")
+        dims = check_dimensions(self.profile, optional_input(request, "dimensions"))
+        return self.encoder.format(texts, input_type, instruction), dims
+
+    def execute(self, requests):
+        responses: list = [None] * len(requests)
+        parsed = []
+        for i, request in enumerate(requests):
+            try:
+                parsed.append((i, *self._parse(request)))
+            except RequestError as exc:
+                responses[i] = invalid(str(exc))
+        for i, texts, dims in parsed:
+            # One tokenizer call per request keeps each request's bucket independent of its neighbours.
+            batch = self.encoder.encode(texts)
+            responses[i] = pb_utils.InferenceResponse(
+                [
+                    pb_utils.Tensor("input_ids", batch.input_ids),
+                    pb_utils.Tensor("attention_mask", batch.attention_mask),
+                    pb_utils.Tensor("token_count", batch.token_count),
+                    pb_utils.Tensor("dimensions_checked", np.array([dims], dtype=np.int32)),
+                ]
+            )
+        return responses

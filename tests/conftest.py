@@ -1,0 +1,85 @@
+"""Shared fixtures: offline model folders, one exported model repository, one real tritonserver.
+
+Everything runs on CPU against the tritonserver shipped in nvidia-pytriton. The model folders are
+built once into ``<repo>/fixtures`` (``make fixtures``) and reused; the repository is exported per
+session into a temporary folder, so a test run always serves what the current code exports.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(os.environ.get("TEMBED_FIXTURES", ROOT / "fixtures"))
+SERVED = ("multilingual-e5-small", "all-minilm-l6-v2", "qwen3-embedding-tiny")
+
+# Texts in the scripts our users send: Chinese, English, mixed, emoji, one long-ish paragraph.
+TEXTS = [
+    "北京是中华人民共和国的首都。",
+    "如何在家里做一杯好喝的咖啡？",
+    "The quick brown fox jumps over the lazy dog.",
+    "Triton 推理服务器 serves embeddings 很快",
+    "今天天气真好 ☀️🌈 let's go hiking 🥾",
+    "深度学习模型在自然语言处理任务中取得了显著进展，尤其是在文本检索、语义搜索和问答系统等方面。"
+    " Large language models changed retrieval-augmented generation as well.",
+]
+
+
+@pytest.fixture(scope="session")
+def fixture_dirs() -> dict[str, Path]:
+    from tembed.fixtures.build import build_fixtures
+
+    return build_fixtures(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def profiles(fixture_dirs):
+    from tembed.profile import read_profile
+
+    # max_texts 8 keeps the "too many texts" and client chunking paths cheap to reach.
+    return {name: read_profile(fixture_dirs[name], max_texts=8) for name in SERVED}
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
+    from tembed.encoder import load_embedding_model
+    from tembed.onnx_export import export_onnx, validate_onnx
+    from tembed.repository import ServingOptions, write_repository
+
+    repo = tmp_path_factory.mktemp("model_repository")
+    for name in SERVED:
+        folder, profile = fixture_dirs[name], profiles[name]
+        written = write_repository(
+            profile, repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=ServingOptions()
+        )
+        model = load_embedding_model(folder, profile)
+        validate_onnx(model, profile, export_onnx(model, profile, written["encoder"] / "1" / "model.onnx"))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(model_repository, tmp_path_factory):
+    from tembed.server import TritonServer
+
+    log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
+    with TritonServer.on_free_ports(model_repository, log_file=log) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def references(fixture_dirs):
+    """sentence-transformers on the same folders: an implementation of pooling, prompts and
+    tokenization that shares no code with ours."""
+    from sentence_transformers import SentenceTransformer
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = SentenceTransformer(str(fixture_dirs[name]), device="cpu")
+        return cache[name]
+
+    return get

@@ -1,0 +1,99 @@
+"""Every config.pbtxt is rendered from the profile and must parse as Triton's ModelConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from tembed.repository import (
+    ServingOptions,
+    encoder_config,
+    ensemble_config,
+    model_names,
+    parse,
+    postprocess_config,
+    render,
+    tokenizer_config,
+    write_repository,
+)
+from tritonclient.grpc import model_config_pb2 as mc
+
+
+@pytest.fixture
+def profile(profiles):
+    return profiles["qwen3-embedding-tiny"]
+
+
+def test_rendered_configs_parse_back(profile):
+    for cfg in (
+        tokenizer_config(profile, ServingOptions()),
+        encoder_config(profile, ServingOptions()),
+        postprocess_config(profile),
+        ensemble_config(profile),
+    ):
+        assert parse(render(cfg)) == cfg
+
+
+def test_ensemble_wiring_is_closed(profile):
+    """Every step input is an ensemble input or an earlier step's output; every output is produced."""
+    opts = ServingOptions()
+    configs = {
+        c.name: c for c in (tokenizer_config(profile, opts), encoder_config(profile, opts), postprocess_config(profile))
+    }
+    ens = ensemble_config(profile)
+    available = {i.name for i in ens.input}
+    for step in ens.ensemble_scheduling.step:
+        model = configs[step.model_name]
+        assert set(step.input_map) <= {i.name for i in model.input}
+        assert {i.name for i in model.input if not i.optional} <= set(step.input_map)
+        assert set(step.input_map.values()) <= available, step.model_name
+        assert set(step.output_map) <= {o.name for o in model.output}
+        available |= set(step.output_map.values())
+    assert {o.name for o in ens.output} <= available
+    assert ens.parameters["max_texts"].string_value == str(profile.max_texts)
+    assert ens.parameters["dimension"].string_value == str(profile.dimension)
+
+
+@pytest.mark.parametrize(
+    ("backend", "platform", "kind"),
+    [
+        ("python-onnx", "", mc.ModelInstanceGroup.KIND_CPU),
+        ("onnxruntime", "onnxruntime_onnx", mc.ModelInstanceGroup.KIND_GPU),
+        ("tensorrt", "tensorrt_plan", mc.ModelInstanceGroup.KIND_GPU),
+    ],
+)
+def test_encoder_backends(profile, backend, platform, kind):
+    cfg = encoder_config(profile, ServingOptions(backend=backend))
+    assert cfg.platform == platform and cfg.instance_group[0].kind == kind
+    assert cfg.max_batch_size == profile.max_texts
+    assert [o.dims for o in cfg.output] == [[profile.dimension]]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
+
+
+def test_ids_dtype_follows_profile(profile):
+    p32 = dataclasses.replace(profile, ids_dtype="int32")
+    for cfg in (tokenizer_config(p32, ServingOptions()), encoder_config(p32, ServingOptions(backend="tensorrt"))):
+        ids = {t.name: t.data_type for t in [*cfg.input, *cfg.output]}
+        assert ids["input_ids"] == mc.TYPE_INT32
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ServingOptions(backend="tflite")
+
+
+def test_write_repository_layout(profile, fixture_dirs, tmp_path):
+    written = write_repository(
+        profile,
+        tmp_path,
+        tokenizer_file=fixture_dirs["qwen3-embedding-tiny"] / "tokenizer.json",
+        encoder_file=None,
+        opts=ServingOptions(),
+    )
+    names = model_names(profile.name)
+    assert {p.name for p in written.values()} == set(names.values())
+    tok = written["tokenizer"] / "1"
+    assert {f.name for f in tok.iterdir()} == {"model.py", "tokenizer.json", "profile.json"}
+    assert (written["ensemble"] / "1").is_dir()  # Triton needs the (empty) version folder
+    for d in written.values():
+        parse((d / "config.pbtxt").read_text())

@@ -95,12 +95,6 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import main as serve_main
-
-    return serve_main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tembed", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -137,13 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--only", nargs="*", help="names to build (default: all)")
     fx.set_defaults(func=cmd_fixtures)
 
-    sv = sub.add_parser("serve", help="run tritonserver on a model repository (see --help)", add_help=False)
-    sv.add_argument("rest", nargs=argparse.REMAINDER)
-    sv.set_defaults(func=cmd_serve)
+    sub.add_parser("serve", help="run tritonserver on a model repository (tembed serve --help)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # its own parser: argparse's REMAINDER drops leading options
+        from .server import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     return args.func(args)

@@ -1,0 +1,1 @@
+"""Retrieval-quality evaluation of served embedding models through the gRPC client."""

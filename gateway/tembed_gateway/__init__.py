@@ -1,0 +1,1 @@
+"""OpenAI-compatible /v1/embeddings gateway in front of Triton."""

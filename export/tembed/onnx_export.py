@@ -76,6 +76,11 @@ def export_onnx(model: EmbeddingModel, profile: ModelProfile, out: Path, *, opse
         )
     import onnx
 
+    # The tracer leaves the hidden size symbolic ("Divembedding_dim_1"); configs and engine
+    # builders want the static size they can check against the profile.
+    graph = onnx.load(str(out), load_external_data=False)
+    graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = profile.dimension
+    onnx.save(graph, str(out))
     onnx.checker.check_model(str(out))
     return out
 

@@ -1,0 +1,79 @@
+"""ONNX export: the graph is validated on shapes the tracer never saw, and a wrong graph fails loudly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from tembed.encoder import EmbeddingModel, load_embedding_model
+from tembed.onnx_export import (
+    DYNAMIC_AXES,
+    TRACE_SHAPE,
+    VALIDATION_SHAPES,
+    ExportValidationError,
+    export_onnx,
+    validate_onnx,
+)
+from tembed.repository import parse
+
+
+@pytest.fixture(scope="module")
+def qwen(fixture_dirs, profiles):
+    return load_embedding_model(fixture_dirs["qwen3-embedding-tiny"], profiles["qwen3-embedding-tiny"])
+
+
+def test_graph_has_named_dynamic_axes(qwen, profiles, tmp_path):
+    path = export_onnx(qwen, profiles["qwen3-embedding-tiny"], tmp_path / "model.onnx")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
+    assert dims == {"input_ids": ["batch_size", "sequence_length"], "attention_mask": ["batch_size", "sequence_length"]}
+    assert [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == ["batch_size", 64]
+    assert set(DYNAMIC_AXES) == {"input_ids", "attention_mask", "embedding"}
+    assert TRACE_SHAPE not in VALIDATION_SHAPES
+    reports = validate_onnx(qwen, profiles["qwen3-embedding-tiny"], path)
+    assert [r.shape for r in reports] == list(VALIDATION_SHAPES)
+    assert max(r.max_abs_err for r in reports) <= 1e-4
+
+
+def test_wrong_graph_fails_validation(qwen, profiles, tmp_path):
+    """A graph that pools the wrong token must not pass as the model."""
+    profile = profiles["qwen3-embedding-tiny"]
+    wrong = EmbeddingModel(qwen.backbone, "mean")
+    path = export_onnx(wrong, profile, tmp_path / "wrong.onnx")
+    with pytest.raises(ExportValidationError, match=r"max abs error .* > 1e-04"):
+        validate_onnx(qwen, profile, path)
+
+
+def test_export_cli_writes_a_servable_repository(fixture_dirs, tmp_path):
+    repo = tmp_path / "repo"
+    cmd = [
+        sys.executable,
+        "-m",
+        "tembed",
+        "export",
+        str(fixture_dirs["qwen3-embedding-tiny"]),
+        "--repo",
+        str(repo),
+        "--name",
+        "q",
+        "--max-texts",
+        "4",
+        "--min-dimension",
+        "16",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "validated on 4 fresh shapes" in done.stderr
+    assert sorted(p.name for p in repo.iterdir()) == ["q", "q-encoder", "q-postprocess", "q-tokenizer"]
+    ens = parse((repo / "q" / "config.pbtxt").read_text())
+    assert ens.parameters["max_texts"].string_value == "4"
+    assert ens.parameters["min_dimension"].string_value == "16"
+    assert (repo / "q-encoder" / "1" / "model.onnx").stat().st_size > 1_000_000
+
+
+def test_export_cli_rejects_a_non_model_folder(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tembed", "export", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode != 0 and "no config.json" in done.stderr

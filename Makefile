@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,test]"
+	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,gateway,test]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install everything into .venv (PyPI only)
@@ -36,8 +36,8 @@ test: fixtures  ## the test suite against a real tritonserver
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check export tests client
-	$(BIN)/ruff format --check export tests client
+	$(BIN)/ruff check export tests client gateway evaluation bench
+	$(BIN)/ruff format --check export tests client gateway evaluation bench
 
 clean:
 	rm -rf $(REPO)/*/ .cache

@@ -1,0 +1,323 @@
+"""The OpenAI-compatible HTTP API: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``.
+
+Why Starlette + orjson and not FastAPI: FastAPI validates and serialises through pydantic, which
+costs tens to hundreds of microseconds per request for a body of 2048 inputs or a response of
+2048 x 1024 floats; the budget is <= 1 ms added over gRPC. Starlette gives routing and request
+parsing for a few microseconds; orjson parses the body and writes numpy rows straight to JSON
+(``OPT_SERIALIZE_NUMPY``), with no list of Python floats in between. Validation is a handful of
+explicit checks below, which also lets every error carry OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from tembed_client import EmbeddingError, EmbeddingResult
+
+from .registry import REFRESH_INTERVAL_S, ModelClient, ModelRegistry
+from .settings import GatewaySettings
+
+log = logging.getLogger("tembed_gateway")
+
+INPUT_TYPES = ("query", "document")
+ENCODINGS = ("float", "base64")
+
+# gRPC status (as EmbeddingError.code) -> HTTP status, OpenAI error type, OpenAI error code.
+TRITON_ERRORS = {
+    "INVALID_ARGUMENT": (400, "invalid_request_error", None),
+    "OUT_OF_RANGE": (400, "invalid_request_error", None),
+    "NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
+    "RESOURCE_EXHAUSTED": (429, "server_error", "overloaded"),
+    "UNAVAILABLE": (503, "server_error", "triton_unavailable"),
+    "DEADLINE_EXCEEDED": (504, "server_error", "timeout"),
+}
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def response(self) -> Response:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return json_response(body, self.status, self.headers)
+
+    @classmethod
+    def from_triton(cls, exc: EmbeddingError, triton_url: str) -> ApiError:
+        status, type_, code = TRITON_ERRORS.get(exc.code, (500, "server_error", "internal_error"))
+        message = exc.message
+        if status == 503:
+            message = f"Triton at {triton_url} is unavailable: {message}"
+        # The client's own checks name their field first ("dimensions must be ...").
+        param = next((p for p in ("dimensions", "input_type", "instruction") if message.startswith(p)), None)
+        return cls(status, message, type=type_, param=param, code=code)
+
+
+def bad_request(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    texts: list[str] | None  # exactly one of texts and token_ids is set
+    token_ids: list[list[int]] | None
+    dimensions: int | None
+    encoding_format: str
+    instruction: str | None
+    input_type: str | None
+
+
+def optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise bad_request(f"{key} must be a string, not {type(value).__name__}", key)
+    return value
+
+
+def parse_input(value: object, max_inputs: int) -> tuple[list[str] | None, list[list[int]] | None]:
+    """OpenAI's four input forms: str, list of str, list of int (one text), list of lists of int."""
+    shapes = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise bad_request(f"input must be {shapes}, not {type(value).__name__}", "input")
+    if not value:
+        raise bad_request("input must not be empty", "input")
+    texts: list[str] | None = None
+    ids: list[list[int]] | None = None
+    if all(isinstance(v, str) for v in value):
+        texts = value
+    elif all(type(v) is int for v in value):  # type() rather than isinstance(): True is not a token
+        ids = [value]
+    elif all(isinstance(v, list) and v and all(type(t) is int for t in v) for v in value):
+        ids = value
+    else:
+        raise bad_request(f"input must be {shapes} (non-empty, not mixed)", "input")
+    n = len(texts if texts is not None else ids)  # type: ignore[arg-type]
+    if n > max_inputs:
+        raise bad_request(f"too many inputs: {n}; at most {max_inputs} per request", "input")
+    if texts is not None:
+        for i, text in enumerate(texts):
+            if not text:
+                raise bad_request(f"input[{i}] is an empty string", "input")
+    return texts, ids
+
+
+def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required and must be a non-empty string", "model")
+    if "input" not in body:
+        raise bad_request("input is required", "input")
+    texts, ids = parse_input(body["input"], max_inputs)
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (type(dimensions) is not int or dimensions < 1):
+        raise bad_request(f"dimensions must be a positive integer, got {dimensions!r}", "dimensions")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ENCODINGS:
+        raise bad_request(f"encoding_format must be 'float' or 'base64', got {encoding!r}", "encoding_format")
+    input_type = optional_str(body, "input_type")
+    if input_type is not None and input_type not in INPUT_TYPES:
+        raise bad_request(f"input_type must be 'query' or 'document', got {input_type!r}", "input_type")
+    # `user` is accepted and ignored, like any other field OpenAI clients may add.
+    return EmbeddingRequest(model, texts, ids, dimensions, encoding, optional_str(body, "instruction"), input_type)
+
+
+def render_embeddings(result: EmbeddingResult, model: str, encoding: str) -> bytes:
+    emb = result.embeddings
+    if encoding == "base64":
+        # OpenAI's base64 is the little-endian float32 bytes of each vector.
+        raw = np.ascontiguousarray(emb, dtype="<f4")
+        vectors: Any = [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
+    else:
+        vectors = list(np.ascontiguousarray(emb, dtype=np.float32))  # rows go to orjson as numpy
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    tokens = int(result.token_counts.sum())
+    body = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Callable[[Gateway, Request], Any]:
+    """Every failure becomes an OpenAI-shaped error; a bug becomes a 500 without its traceback."""
+
+    async def wrapped(self: Gateway, request: Request) -> Response:
+        try:
+            return await handler(self, request)
+        except ApiError as exc:
+            return exc.response()
+        except EmbeddingError as exc:
+            return ApiError.from_triton(exc, self.settings.triton_url).response()
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return ApiError(500, "internal error in the gateway", type="server_error", code="internal_error").response()
+
+    return wrapped
+
+
+class Gateway:
+    """The endpoints, over one :class:`ModelRegistry` created when the server's loop starts."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._keys = [k.encode() for k in settings.api_keys]
+        self._registry: ModelRegistry | None = None
+        self.started = int(time.time())
+
+    @property
+    def registry(self) -> ModelRegistry:
+        assert self._registry is not None, "the gateway's lifespan has not started"
+        return self._registry
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self._registry = ModelRegistry(self.settings)
+        # Triton may come up after the gateway: an unreachable Triton is found again on first use.
+        with contextlib.suppress(EmbeddingError):
+            await self._registry.refresh()
+        try:
+            yield
+        finally:
+            await self._registry.close()
+
+    def authorize(self, request: Request) -> None:
+        if not self._keys:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        # compare_digest against every key: the time taken says nothing about which key was close.
+        if scheme.lower() != "bearer" or not any([hmac.compare_digest(given, k) for k in self._keys]):
+            message = "Incorrect API key provided." if token else "Missing API key: send Authorization: Bearer KEY."
+            raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = ApiError(413, f"request body larger than {limit} bytes", code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():  # also bounds chunked bodies, which declare no length
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def resolve(self, model: str) -> ModelClient:
+        client = await self.registry.resolve(model)
+        if client is None:
+            served = ", ".join(sorted(self.registry.clients)) or "none"
+            raise ApiError(
+                404, f"The model {model!r} does not exist (served: {served})", param="model", code="model_not_found"
+            )
+        return client
+
+    async def decode(self, client: ModelClient, ids: list[list[int]]) -> list[str]:
+        """Token ids back to text with the served tokenizer; the server re-tokenizes the text (and adds
+        the model's prompt and special tokens), so the ids must be ones this model's tokenizer made."""
+        tok = self.registry.tokenizer(client.info.name)
+        if tok is None:
+            raise bad_request(
+                f"token-id input needs the tokenizer of {client.info.name!r}: start the gateway with"
+                " --model-repository pointing at the served repository, or send text",
+                "input",
+            )
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        for i, seq in enumerate(ids):
+            bad = next((t for t in seq if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise bad_request(
+                    f"input[{i}] has token id {bad}, outside this model's vocabulary [0, {vocab})", "input"
+                )
+        # Off the event loop: 2048 long sequences take a while to decode.
+        texts = await asyncio.to_thread(tok.decode_batch, ids, skip_special_tokens=True)
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise bad_request(f"input[{i}] decodes to an empty text", "input")
+        return texts
+
+    @endpoint
+    async def embeddings(self, request: Request) -> Response:
+        self.authorize(request)
+        body = await self.read_body(request)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"the request body is not valid JSON: {exc}") from None
+        req = parse_request(payload, self.settings.max_inputs)
+        client = await self.resolve(req.model)
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
+        result = await client.encode(
+            texts, instruction=req.instruction, input_type=req.input_type, dimensions=req.dimensions
+        )
+        return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
+
+    @endpoint
+    async def models(self, request: Request) -> Response:
+        self.authorize(request)
+        await self.registry.refresh(REFRESH_INTERVAL_S)
+        served = self.registry.clients
+        entries = [(name, name) for name in sorted(served)]
+        entries += [(alias, name) for alias, name in sorted(self.settings.aliases.items()) if name in served]
+        data = [
+            {"id": i, "object": "model", "created": self.started, "owned_by": "tembed", "root": root}
+            for i, root in entries
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def health(self, _request: Request) -> Response:
+        if await self.registry.ready():
+            return json_response({"status": "ok"})
+        return json_response({"status": "unavailable", "triton": self.settings.triton_url}, 503)
+
+
+async def http_error(_request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods, in OpenAI's shape too."""
+    assert isinstance(exc, HTTPException)
+    return ApiError(exc.status_code, exc.detail, code=None, headers=exc.headers).response()
+
+
+def create_app(settings: GatewaySettings) -> Starlette:
+    gw = Gateway(settings)
+    routes = [
+        Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/v1/models", gw.models, methods=["GET"]),
+        Route("/health", gw.health, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={HTTPException: http_error})
+    app.state.gateway = gw
+    return app

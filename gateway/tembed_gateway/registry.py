@@ -1,0 +1,108 @@
+"""The served ensembles, found on Triton, each with its client on one shared gRPC channel."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+
+import tritonclient.grpc.aio as grpcaio
+from tembed_client import AsyncEmbeddingClient, EmbeddingError, ModelInfo
+from tembed_client._common import parse_model_config, ready_models
+from tembed_client.aio import gather
+from tembed_client.errors import triton_errors
+from tokenizers import Tokenizer
+
+from .settings import GatewaySettings
+
+# An unknown model name triggers a re-read of Triton's index, but not more often than this.
+REFRESH_INTERVAL_S = 1.0
+
+
+class ModelClient(AsyncEmbeddingClient):
+    """One model's AsyncEmbeddingClient on the gateway's shared channel (its chunking, concurrent
+    sends and reassembly are what the gateway needs), with the config already read."""
+
+    def __init__(self, triton: grpcaio.InferenceServerClient, url: str, info: ModelInfo, timeout: float) -> None:
+        # ClientBase opens its channel through _triton_class: hand it the shared one instead.
+        self._triton_class = lambda *_a, **_k: triton
+        super().__init__(url, info.name, timeout=timeout)
+        self._info = info
+
+    async def close(self) -> None:
+        """The registry owns the channel."""
+
+    @property
+    def info(self) -> ModelInfo:
+        assert self._info is not None
+        return self._info
+
+
+class ModelRegistry:
+    """Created in the server's event loop: grpc.aio channels belong to the loop that made them."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.triton = grpcaio.InferenceServerClient(settings.triton_url)
+        self.clients: dict[str, ModelClient] = {}
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._tokenizer_models: dict[str, str] = {}  # ensemble -> its first step, the tokenizer model
+        self._lock = asyncio.Lock()
+        self._refreshed_at = -math.inf
+        self._rpc = {"client_timeout": min(settings.timeout_s, 10.0)}
+
+    async def close(self) -> None:
+        await self.triton.close()
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.triton.is_server_ready(client_timeout=2.0))
+        except Exception:  # any failure to reach Triton means "not ready", which is the answer
+            return False
+
+    async def refresh(self, min_interval: float = 0.0) -> None:
+        """Re-read Triton's READY text-embedding ensembles; raises EmbeddingError if Triton is unreachable."""
+        async with self._lock:
+            if time.monotonic() - self._refreshed_at < min_interval:
+                return
+            with triton_errors():
+                index = await self.triton.get_model_repository_index(as_json=True, **self._rpc)
+                names = ready_models(index)
+                configs = await gather(self.triton.get_model_config(n, as_json=True, **self._rpc) for n in names)
+            found = {}
+            for name, config in zip(names, configs):
+                if config.get("config", config).get("platform") != "ensemble":
+                    continue
+                try:
+                    info = parse_model_config(config)
+                except EmbeddingError:  # an ensemble, but not one of ours
+                    continue
+                steps = config.get("config", config).get("ensemble_scheduling", {}).get("step", [])
+                self._tokenizer_models[name] = steps[0]["model_name"] if steps else f"{name}-tokenizer"
+                old = self.clients.get(name)
+                found[name] = old if old is not None and old.info == info else self._client(info)
+            self.clients = found
+            self._refreshed_at = time.monotonic()
+
+    def _client(self, info: ModelInfo) -> ModelClient:
+        return ModelClient(self.triton, self.settings.triton_url, info, self.settings.timeout_s)
+
+    async def resolve(self, model: str) -> ModelClient | None:
+        name = self.settings.aliases.get(model, model)
+        client = self.clients.get(name)
+        if client is None:
+            await self.refresh(REFRESH_INTERVAL_S)
+            client = self.clients.get(name)
+        return client
+
+    def tokenizer(self, name: str) -> Tokenizer | None:
+        """The served tokenizer's ``tokenizer.json``, if the gateway was given the repository."""
+        if name not in self._tokenizers:
+            repo = self.settings.model_repository
+            model = self._tokenizer_models.get(name, f"{name}-tokenizer")
+            path = Path(repo) / model / "1" / "tokenizer.json" if repo else None
+            if path is None or not path.is_file():
+                return None
+            self._tokenizers[name] = Tokenizer.from_file(str(path))
+        return self._tokenizers[name]

@@ -1,0 +1,43 @@
+"""The gateway's settings, and where API keys come from."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+API_KEYS_ENV = "TEMBED_API_KEYS"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_url: str = "localhost:8001"  # Triton's gRPC endpoint
+    aliases: Mapping[str, str] = field(default_factory=dict)  # requested name -> served ensemble
+    api_keys: frozenset[str] = frozenset()  # empty: no authentication
+    model_repository: Path | None = None  # lets token-id input be decoded with the served tokenizer
+    max_inputs: int = 2048  # OpenAI's own limit on inputs per request
+    max_body_bytes: int = 32 << 20  # 2048 inputs of ~16 KB each
+    timeout_s: float = 60.0  # per Triton call
+
+
+def load_api_keys(key_file: Path | None = None, env: Mapping[str, str] = os.environ) -> frozenset[str]:
+    """Keys from ``$TEMBED_API_KEYS`` (comma-separated) and ``key_file`` (one per line, ``#`` comments).
+
+    Giving any key turns authentication on: that is the one setting."""
+    keys = {k.strip() for k in env.get(API_KEYS_ENV, "").split(",")}
+    if key_file is not None:
+        for line in Path(key_file).read_text().splitlines():
+            keys.add(line.split("#", 1)[0].strip())
+    return frozenset(k for k in keys if k)
+
+
+def parse_aliases(items: list[str]) -> dict[str, str]:
+    """``["A=B", ...]`` (``A`` may contain ``/``) as ``{A: B}``."""
+    aliases = {}
+    for item in items:
+        alias, sep, target = item.rpartition("=")
+        if not sep or not alias or not target:
+            raise ValueError(f"alias must look like ALIAS=SERVED_MODEL, got {item!r}")
+        aliases[alias] = target
+    return aliases

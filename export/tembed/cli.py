@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from .repository import ENCODER_BACKENDS
+from .tensorrt_build import register as register_engine
+
 log = logging.getLogger("tembed")
 
 
@@ -62,7 +65,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder_instances=args.encoder_instances,
         intra_op_threads=args.threads,
         max_queue_delay_us=args.max_queue_delay_us,
+        torch_dtype=args.torch_dtype,
     )
+    if args.backend == "pytorch":
+        # The GPU path without an engine: the runner reads the Hugging Face folder copied into the repository.
+        written = write_repository(
+            profile, args.repo, tokenizer_file=folder / "tokenizer.json", encoder_file=folder, opts=opts
+        )
+        log.info("[2/2] wrote %s (PyTorch runner, %s)", ", ".join(str(p) for p in written.values()), opts.torch_dtype)
+        print(f"served model {profile.name!r} written to {Path(args.repo).resolve()}")
+        return 0
     written = write_repository(
         profile, args.repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=opts
     )
@@ -79,6 +91,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         reports = validate_onnx(model, profile, onnx_path)
         worst = max(r.max_abs_err for r in reports)
         log.info("[4/4] validated on %d fresh shapes: max |onnx - torch| = %.2e", len(reports), worst)
+    if profile.ids_dtype == "int32" and args.backend != "tensorrt":
+        # The export always takes int64 ids; `tembed engine` retypes the graph for TensorRT itself.
+        from .tensorrt_build import retype_ids
+
+        retype_ids(onnx_path, onnx_path, "int32")
+        log.info("input ids retyped to int32 in %s", onnx_path)
     if args.backend == "tensorrt":
         log.info(
             "next: build %s/1/model.plan from model.onnx with `make engine` (docker/README.md)", written["encoder"]
@@ -115,11 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--ids-dtype", choices=("int64", "int32"), default="int64")
     ex.add_argument(
         "--backend",
-        choices=("python-onnx", "onnxruntime", "tensorrt"),
+        choices=ENCODER_BACKENDS,
         default="python-onnx",
-        help="encoder: ONNX Runtime in the Python backend (CPU), or the GPU containers' backends",
+        help="encoder: ONNX Runtime in the Python backend (CPU); onnxruntime/tensorrt backends or the PyTorch"
+        " runner (pytorch) in the GPU container",
     )
     ex.add_argument("--encoder-instances", type=int, default=1)
+    ex.add_argument("--torch-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     ex.add_argument("--max-queue-delay-us", type=int, default=2000)
     ex.add_argument("--opset", type=int, default=17)
@@ -132,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     fx.set_defaults(func=cmd_fixtures)
 
     sub.add_parser("serve", help="run tritonserver on a model repository (tembed serve --help)")
+    register_engine(sub)
     return ap
 
 

@@ -3,8 +3,9 @@
 For a profile named ``N`` the repository gets four models:
 
 ``N-tokenizer``   Python backend: texts and options in, bucketed ``input_ids``/``attention_mask`` out.
-``N-encoder``     the pooled encoder: a Python-backend ONNX Runtime runner on CPU, or the
-                  ``onnxruntime_onnx`` / ``tensorrt_plan`` backends in the GPU containers.
+``N-encoder``     the pooled encoder: a Python-backend ONNX Runtime runner on CPU, the
+                  ``onnxruntime_onnx`` / ``tensorrt_plan`` backends in the GPU containers, or a
+                  Python-backend PyTorch runner on GPU (the path that needs no engine build).
 ``N-postprocess`` Python backend: Matryoshka truncation and re-normalisation.
 ``N``             the ensemble clients call: text in, ``[n, dim]`` float32 out.
 """
@@ -19,8 +20,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from .profile import ModelProfile
+from .tensorrt_build import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SEQ_BUCKETS, optimization_profiles
 
-ENCODER_BACKENDS = ("python-onnx", "onnxruntime", "tensorrt")
+ENCODER_BACKENDS = ("python-onnx", "onnxruntime", "tensorrt", "pytorch")
+TORCH_DTYPES = ("bfloat16", "float16", "float32")
+# The pytorch backend's copy of the Hugging Face folder in the version folder (= torch_runner.HF_DIR,
+# not imported: rendering configs must not need torch).
+HF_DIR = "hf"
 _DTYPES = {"int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32}
 _MODEL_PY = (
     '"""Triton Python model; the logic lives in {module}."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
@@ -38,10 +44,16 @@ class ServingOptions:
     max_queue_delay_us: int = 2000
     tensorrt_accelerator: bool = False  # onnxruntime backend: let its TensorRT EP build engines
     gpu_instances: int = 1
+    # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).
+    seq_buckets: tuple[int, ...] = DEFAULT_SEQ_BUCKETS
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
+    torch_dtype: str = "bfloat16"  # pytorch backend
 
     def __post_init__(self) -> None:
         if self.backend not in ENCODER_BACKENDS:
             raise ValueError(f"backend must be one of {ENCODER_BACKENDS}, got {self.backend!r}")
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ValueError(f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}")
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -94,17 +106,34 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         cfg.parameters["pad_token_id"].string_value = str(p.pad_token_id)
         cfg.parameters["padding_side"].string_value = p.padding_side
     elif opts.backend == "onnxruntime":
+        # Without an accelerator the backend runs the CUDA execution provider on KIND_GPU instances.
         cfg.platform = "onnxruntime_onnx"
         cfg.default_model_filename = "model.onnx"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.gpu_instances)
         if opts.tensorrt_accelerator:
             acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+            # FP16 is ORT-TensorRT's only reduced precision; Qwen3-style decoders overflow in it
+            # (docs/GPU.md), so the accelerator is for encoder models or a `tembed engine` bf16 build.
             acc.parameters["precision_mode"] = "FP16"
             acc.parameters["max_workspace_size_bytes"] = str(4 << 30)
-    else:
+            # Engines are built on first use per shape; caching them keeps restarts from rebuilding.
+            acc.parameters["trt_engine_cache_enable"] = "1"
+            acc.parameters["trt_engine_cache_path"] = "/tmp/tembed-ort-trt-cache"
+    elif opts.backend == "tensorrt":
         cfg.platform = "tensorrt_plan"
         cfg.default_model_filename = "model.plan"
+        profiles = optimization_profiles(p.max_length, p.max_texts, opts.seq_buckets, opts.max_batch_tokens)
+        # The backend computes the same bound (max over the listed profiles) and rejects a larger one.
+        cfg.max_batch_size = max(pr.max[0] for pr in profiles)
+        group = cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.gpu_instances)
+        # Unlisted, Triton uses profile 0 only; listed, it runs each batch on the admissible
+        # profile nearest to opt, i.e. the one tuned for that sequence-length range.
+        group.profile.extend(str(i) for i in range(len(profiles)))
+    else:
+        # Pooling and padding come from the profile.json written next to the weights.
+        cfg.backend = "python"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.gpu_instances)
+        cfg.parameters["dtype"].string_value = opts.torch_dtype
     return cfg
 
 
@@ -175,12 +204,18 @@ def _write_model(root: Path, cfg: mc.ModelConfig, files: dict[str, Path | str]) 
     (model_dir / "config.pbtxt").write_text(render(cfg), encoding="utf-8")
     for dest, src in files.items():
         target = version / dest
-        if isinstance(src, Path):
+        if isinstance(src, Path) and src.is_dir():
+            shutil.copytree(src, target, ignore=_HF_IGNORE)
+        elif isinstance(src, Path):
             if src.resolve() != target.resolve():
                 shutil.copy2(src, target)
         else:
             target.write_text(src, encoding="utf-8")
     return model_dir
+
+
+# What the PyTorch runner never reads: other export formats and VCS metadata of a hub snapshot.
+_HF_IGNORE = shutil.ignore_patterns(".git", ".cache", "onnx", "openvino", "*.onnx", "*.onnx_data", "*.plan")
 
 
 def model_py(module: str) -> str:
@@ -204,9 +239,16 @@ def write_repository(
     enc_files: dict[str, Path | str] = {}
     if opts.backend == "python-onnx":
         enc_files["model.py"] = model_py("tembed.triton.onnx_encoder")
-    if encoder_file is not None:
+    if opts.backend == "pytorch":
+        # encoder_file is the Hugging Face folder; its copy makes the repository self-contained.
+        enc_files["model.py"] = model_py("tembed.triton.torch_encoder")
+        if encoder_file is not None:
+            enc_files[HF_DIR] = Path(encoder_file)
+    elif encoder_file is not None:
         enc_files["model.plan" if opts.backend == "tensorrt" else "model.onnx"] = Path(encoder_file)
     written["encoder"] = _write_model(repo, encoder_config(p, opts), enc_files)
+    if opts.backend == "pytorch":
+        p.save(written["encoder"] / "1")  # pooling and padding side for the runner
     written["postprocess"] = _write_model(
         repo, postprocess_config(p), {"model.py": model_py("tembed.triton.postprocess")}
     )

@@ -1,0 +1,202 @@
+"""GPU throughput of the PyTorch runner on random-weight models with the real Qwen3-Embedding shapes.
+
+No checkpoint, network, TensorRT or Triton: the weights are random (speed does not depend on their
+values), the model is ``transformers``' Qwen3 with the published sizes, and every batch goes through
+``tembed.torch_runner.TorchEncoder``, the code the Triton Python backend runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tembed.encoder import EmbeddingModel
+from tembed.torch_runner import TorchEncoder
+
+PAD_ID = 0
+END_ID = 1
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+
+
+# Published config.json sizes of Qwen/Qwen3-Embedding-0.6B and -4B; "tiny" is for CPU smoke runs.
+SHAPES = {
+    "qwen3-embedding-0.6b": Shape(layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, ffn=3072, vocab=151_669),
+    "qwen3-embedding-4b": Shape(layers=36, hidden=2560, heads=32, kv_heads=8, head_dim=128, ffn=9728, vocab=151_669),
+    "tiny": Shape(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=1000),
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    lengths: tuple[int, ...]  # real tokens per sequence; the batch is left-padded to the longest
+
+
+def workloads(tiny: bool, seed: int = 0) -> list[Workload]:
+    rng = np.random.default_rng(seed)
+    if tiny:
+        mixed = tuple(int(x) for x in rng.integers(8, 64, size=8))
+        return [Workload("batch 4 x 64", (64,) * 4), Workload("mixed 8 x <=64", mixed), Workload("1 x 256 doc", (256,))]
+    # Mixed: what a retrieval ingest batch looks like, queries and passages of 32..2048 tokens.
+    mixed = tuple(int(x) for x in np.exp(rng.uniform(np.log(32), np.log(2048), size=16)).astype(int))
+    return [
+        Workload("batch 16 x 512", (512,) * 16),
+        Workload("mixed 16 x 32..2048", mixed),
+        Workload("1 x 32768 doc", (32768,)),
+    ]
+
+
+def build_model(shape: Shape, dtype: torch.dtype, device: str) -> EmbeddingModel:
+    from transformers import AutoModel, Qwen3Config
+
+    config = Qwen3Config(
+        num_hidden_layers=shape.layers,
+        hidden_size=shape.hidden,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        head_dim=shape.head_dim,
+        intermediate_size=shape.ffn,
+        vocab_size=shape.vocab,
+        max_position_embeddings=40960,
+        pad_token_id=PAD_ID,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):  # initialise on the GPU: a 4B model's fp32 init on CPU takes minutes
+        backbone = AutoModel.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    return EmbeddingModel(backbone, "last").eval()
+
+
+def non_embedding_params(model: EmbeddingModel) -> int:
+    # An embedding lookup does no multiply-adds; every other weight does 2 FLOPs per token.
+    embed = model.backbone.get_input_embeddings().weight.numel()
+    return sum(p.numel() for p in model.parameters()) - embed
+
+
+def flops_per_token(params: int, shape: Shape, seq: int) -> float:
+    """2 x params for the matmuls, plus 4 x layers x seq x (heads x head_dim) for QK^T and AV.
+
+    Attention is counted in full, as SDPA with a padding mask computes it (a causal kernel would skip
+    half); this is model FLOPs for MFU, not what a particular kernel executes.
+    """
+    return 2.0 * params + 4.0 * shape.layers * seq * shape.heads * shape.head_dim
+
+
+def matmul_peak_tflops(device: str, dtype: torch.dtype, n: int, seconds: float = 2.0) -> float:
+    """Dense matmul throughput measured here: the denominator of MFU, same clock and power state."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    iters, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(10):
+            a @ b
+        iters += 10
+        _sync(device)
+    return 2.0 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def make_batch(work: Workload, vocab: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    width = max(work.lengths)
+    ids = np.full((len(work.lengths), width), PAD_ID, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, n in enumerate(work.lengths):
+        ids[row, width - n :] = rng.integers(2, vocab, size=n)
+        ids[row, -1] = END_ID
+        mask[row, width - n :] = 1
+    return ids, mask
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Result:
+    model: str
+    workload: str
+    batch: int
+    padded_len: int
+    real_tokens: int
+    iters: int
+    seqs_per_s: float
+    tokens_per_s: float
+    p50_ms: float
+    p99_ms: float
+    peak_mem_gib: float | None
+    tflops: float
+    mfu: float
+
+
+def run_workload(
+    runner: TorchEncoder, name: str, shape: Shape, params: int, work: Workload, *, seconds: float, peak: float
+) -> Result:
+    device = str(runner.device)
+    ids, mask = make_batch(work, shape.vocab, seed=1)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):  # warm-up: cuBLAS heuristics, SDPA kernel selection, allocator
+        runner([ids], [mask])
+    latencies = []
+    t_end = time.perf_counter() + seconds
+    while len(latencies) < 3 or (time.perf_counter() < t_end and len(latencies) < 1000):
+        t0 = time.perf_counter()
+        runner([ids], [mask])  # returns host numpy: includes the copies the Triton model makes
+        latencies.append(time.perf_counter() - t0)
+    lat = np.array(latencies)
+    real = int(mask.sum())
+    # Model FLOPs of the useful (unpadded) tokens: padding waste shows up as lower MFU.
+    flops = sum(n * flops_per_token(params, shape, n) for n in work.lengths)
+    mean = float(lat.mean())
+    tflops = flops / mean / 1e12
+    return Result(
+        model=name,
+        workload=work.name,
+        batch=len(work.lengths),
+        padded_len=ids.shape[1],
+        real_tokens=real,
+        iters=len(lat),
+        seqs_per_s=len(work.lengths) / mean,
+        tokens_per_s=real / mean,
+        p50_ms=float(np.percentile(lat, 50) * 1e3),
+        p99_ms=float(np.percentile(lat, 99) * 1e3),
+        peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        tflops=tflops,
+        mfu=tflops / peak,
+    )
+
+
+def markdown(results: list[Result], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| model | workload | batch x padded len | seq/s | tokens/s | P50 ms | P99 ms | peak GiB | TFLOP/s | MFU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        mem = "-" if r.peak_mem_gib is None else f"{r.peak_mem_gib:.1f}"
+        lines.append(
+            f"| {r.model} | {r.workload} | {r.batch} x {r.padded_len} | {r.seqs_per_s:.1f} | {r.tokens_per_s:,.0f} "
+            f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {mem} | {r.tflops:.1f} | {r.mfu:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def results_json(results: list[Result]) -> list[dict]:
+    return [asdict(r) for r in results]

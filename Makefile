@@ -7,7 +7,10 @@ MODEL  ?= multilingual-e5-small
 TEXT   ?= 北京是中华人民共和国的首都。
 PYTEST_ARGS ?=
 
-.PHONY: setup fixtures export serve demo test lint clean
+NAME   ?= $(MODEL)
+ENGINE_ARGS ?=
+
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +37,17 @@ demo: export  ## like serve, but stop after printing the embedding
 
 test: fixtures  ## the test suite against a real tritonserver
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+engine:  ## build NAME's TensorRT engine inside the tritonserver 24.10 image (GPU + Docker; docs/GPU.md)
+	docker build -f docker/Dockerfile --target builder -t tembed-builder:24.10 .
+	REPO=$(REPO) docker/build_engine.sh $(NAME) $(ENGINE_ARGS)
+
+serve-gpu:  ## serve REPO on all GPUs in the tritonserver 24.10 image (HTTP 8000, gRPC 8001, metrics 8002)
+	docker build -f docker/Dockerfile --target serve -t tembed:24.10 .
+	TEMBED_REPO=$(abspath $(REPO)) docker compose -f docker/compose.yaml up
+
+bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B shapes, bf16, on a CUDA GPU (≈5 min); --tiny --device cpu to dry-run
+	$(BIN)/python bench/gpu_bench.py
 
 lint: setup
 	$(BIN)/ruff check export tests client gateway evaluation bench

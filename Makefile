@@ -10,12 +10,12 @@ PYTEST_ARGS ?=
 NAME   ?= $(MODEL)
 ENGINE_ARGS ?=
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,gateway,test]"
+	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,gateway,bench,test]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install everything into .venv (PyPI only)
@@ -48,6 +48,20 @@ serve-gpu:  ## serve REPO on all GPUs in the tritonserver 24.10 image (HTTP 8000
 
 bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B shapes, bf16, on a CUDA GPU (≈5 min); --tiny --device cpu to dry-run
 	$(BIN)/python bench/gpu_bench.py
+
+perf: setup  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
+	VENV=$(VENV) bash bench/perf.sh
+
+$(VENV)-infinity/.installed: bench/requirements-infinity.txt
+	$(PYTHON) -m venv $(VENV)-infinity
+	$(VENV)-infinity/bin/pip install -q -r bench/requirements-infinity.txt
+	touch $@
+
+bench: fixtures $(VENV)-infinity/.installed  ## raw ORT vs Triton vs Infinity vs sentence-transformers -> docs/BENCHMARKS.md
+	$(BIN)/python -m tembed_bench.compare
+
+bench-gateway: export  ## added latency of the OpenAI-compatible gateway over direct gRPC
+	$(BIN)/python bench/gateway_overhead.py --model-repository $(REPO)
 
 lint: setup
 	$(BIN)/ruff check export tests client gateway evaluation bench

@@ -10,9 +10,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from tokenizers import Tokenizer
+
 from tembed_client import EmbeddingClient
 from tembed_gateway import GatewaySettings, GatewayThread
-from tokenizers import Tokenizer
 
 from .conftest import SERVED, TEXTS
 

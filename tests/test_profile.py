@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+
 from tembed.profile import ModelProfile, ProfileError, default_buckets, read_profile
 
 

@@ -7,8 +7,9 @@ import threading
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 from tritonclient.utils import InferenceServerException
+
+from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 
 from .conftest import SERVED, TEXTS
 

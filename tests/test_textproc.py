@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from tembed.fixtures.qwen3_tiny import base_tokenizer_folder
 from tembed.textproc import RequestError, TextEncoder, decode_option, decode_texts
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from tembed_client import AsyncEmbeddingClient
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
 from tembed.encoder import EmbeddingModel
 from tembed.torch_runner import TorchEncoder
 

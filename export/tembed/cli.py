@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--encoder-instances", type=int, default=1)
     ex.add_argument("--torch-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
-    ex.add_argument("--max-queue-delay-us", type=int, default=2000)
+    ex.add_argument("--max-queue-delay-us", type=int, default=0)
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument("--skip-validation", action="store_true")
     ex.set_defaults(func=cmd_export)

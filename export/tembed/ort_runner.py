@@ -2,23 +2,78 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+# graph_optimization value -> onnxruntime.GraphOptimizationLevel member
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+@dataclass(frozen=True)
+class OrtOptions:
+    """Knobs measured in bench/ (docs/BENCHMARKS.md); the defaults are the fastest measured on CPU."""
+
+    intra_op_threads: int = 0  # 0: ONNX Runtime picks (all cores)
+    # Spinning threads burn the cores the tokenizer, the gRPC front end and other instances need.
+    allow_spinning: bool = False
+    graph_optimization: str = "all"
+    # Sort rows by length and run each length group cut to its own longest row (see OrtEncoder.run).
+    trim_padding: bool = True
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> OrtOptions:
+        """From a Triton config's ``parameters``; absent keys keep the defaults."""
+        d = cls()
+        return cls(
+            intra_op_threads=int(params.get("intra_op_threads", d.intra_op_threads)),
+            allow_spinning=params.get("allow_spinning", str(int(d.allow_spinning))) in ("1", "true"),
+            graph_optimization=params.get("graph_optimization", d.graph_optimization),
+            trim_padding=params.get("trim_padding", str(int(d.trim_padding))) in ("1", "true"),
+        )
+
+
+def _length_group(n: int) -> int:
+    # Power-of-two classes from 16: few ORT calls per batch, little padding within each.
+    return max(16, 1 << (int(n) - 1).bit_length())
 
 
 class OrtEncoder:
     """Run several requests' token tensors as one batch and split the embeddings back per request."""
 
-    def __init__(self, onnx_path: Path, *, pad_token_id: int, padding_side: str, intra_op_threads: int = 0):
+    def __init__(
+        self,
+        onnx_path: Path,
+        *,
+        pad_token_id: int,
+        padding_side: str,
+        intra_op_threads: int | None = None,
+        options: OrtOptions | None = None,
+    ):
         import onnxruntime as ort
 
+        o = options or OrtOptions()
+        if intra_op_threads is not None:
+            o = OrtOptions(intra_op_threads, o.allow_spinning, o.graph_optimization, o.trim_padding)
+        if o.graph_optimization not in _OPT_LEVELS:
+            raise ValueError(f"graph_optimization must be one of {tuple(_OPT_LEVELS)}, got {o.graph_optimization!r}")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = o.intra_op_threads
+        opts.inter_op_num_threads = 1  # sequential execution: one graph at a time per instance
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[o.graph_optimization])
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if o.allow_spinning else "0")
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.options = o
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
+        # The exported graph takes the ids dtype it was exported with (--ids-dtype).
+        self._ids_dtype = np.int32 if "int32" in self.session.get_inputs()[0].type else np.int64
 
     def _pad(self, arr: np.ndarray, width: int, value: int) -> np.ndarray:
         extra = width - arr.shape[1]
@@ -27,10 +82,42 @@ class OrtEncoder:
         spec = ((0, 0), (extra, 0)) if self.left else ((0, 0), (0, extra))
         return np.pad(arr, spec, constant_values=value)
 
+    def _session_run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {
+            "input_ids": ids.astype(self._ids_dtype, copy=False),
+            "attention_mask": mask.astype(self._ids_dtype, copy=False),
+        }
+        return self.session.run(["embedding"], feeds)[0]
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Embeddings of one padded batch.
+
+        Requests arrive padded to a length bucket (so the dynamic batcher can merge them), and a
+        request mixing a query with a long paragraph is padded to the paragraph's bucket. Cutting
+        each length group to its own longest row spends the compute on tokens, not padding; the
+        mask makes the result independent of how much padding a row had.
+        """
+        if not self.options.trim_padding:
+            return self._session_run(ids, mask)
+        lengths = mask.sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        groups = np.array([_length_group(n) for n in lengths[order]])
+        cuts = np.flatnonzero(np.diff(groups)) + 1
+        width = ids.shape[1]
+        out: np.ndarray | None = None
+        for rows in np.split(order, cuts):
+            w = int(lengths[rows].max())
+            cols = slice(width - w, width) if self.left else slice(0, w)
+            emb = self._session_run(ids[rows, cols], mask[rows, cols])
+            if out is None:
+                out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
+            out[rows] = emb
+        return out
+
     def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
         # The dynamic batcher merges same-shape requests; a mixed set is padded to the widest.
         width = max(a.shape[1] for a in ids)
         all_ids = np.concatenate([self._pad(a, width, self.pad_token_id) for a in ids])
         all_mask = np.concatenate([self._pad(m, width, 0) for m in masks])
-        out = self.session.run(["embedding"], {"input_ids": all_ids, "attention_mask": all_mask})[0]
+        out = self.run(all_ids, all_mask)
         return np.split(out, np.cumsum([a.shape[0] for a in ids])[:-1])

@@ -41,7 +41,8 @@ class ServingOptions:
     encoder_instances: int = 1
     tokenizer_instances: int = 2
     intra_op_threads: int = 0  # 0: ONNX Runtime picks (all cores)
-    max_queue_delay_us: int = 2000
+    # 0: a request never waits for company; batches still form while the encoder is busy (docs/BENCHMARKS.md).
+    max_queue_delay_us: int = 0
     tensorrt_accelerator: bool = False  # onnxruntime backend: let its TensorRT EP build engines
     gpu_instances: int = 1
     # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).

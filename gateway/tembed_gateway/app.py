@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
 from tembed_client import EmbeddingError, EmbeddingResult
 
 from .registry import REFRESH_INTERVAL_S, ModelClient, ModelRegistry

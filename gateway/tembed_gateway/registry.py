@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import tritonclient.grpc.aio as grpcaio
+from tokenizers import Tokenizer
+
 from tembed_client import AsyncEmbeddingClient, EmbeddingError, ModelInfo
 from tembed_client._common import parse_model_config, ready_models
 from tembed_client.aio import gather
 from tembed_client.errors import triton_errors
-from tokenizers import Tokenizer
 
 from .settings import GatewaySettings
 

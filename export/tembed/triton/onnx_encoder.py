@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-from ..ort_runner import OrtEncoder
+from ..ort_runner import OrtEncoder, OrtOptions
 from ._util import parameters, version_dir
 
 
@@ -13,7 +13,7 @@ class TritonPythonModel:
             version_dir(args) / "model.onnx",
             pad_token_id=int(params["pad_token_id"]),
             padding_side=params["padding_side"],
-            intra_op_threads=int(params.get("intra_op_threads", "0")),
+            options=OrtOptions.from_parameters(params),
         )
 
     def execute(self, requests):

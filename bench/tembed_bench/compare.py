@@ -1,0 +1,275 @@
+"""Side-by-side benchmark on the default model and the same texts: the raw in-process encoder (the
+ceiling), our Triton ensemble over gRPC, Infinity over HTTP and sentence-transformers in-process.
+
+    python -m tembed_bench.compare            # ~6-8 min on 2 cores
+    python -m tembed_bench.compare --quick    # a smoke run
+
+Writes docs/BENCHMARKS.md (between the compare markers), docs/benchmarks.png and prints a JSON
+summary as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import data, systems
+from .data import Item
+
+START, END = "<!-- compare:start -->", "<!-- compare:end -->"
+
+
+@dataclass
+class Load:
+    requests: int
+    texts: int
+    tokens: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.texts / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def drive(
+    embed: Callable[[list[Item]], None],
+    reqs: list[list[Item]],
+    tokens: dict[str, int],
+    concurrency: int,
+    cap_s: float,
+    desc: str,
+) -> Load:
+    """Send ``reqs`` with ``concurrency`` in flight; stop starting new ones after ``cap_s``."""
+    lat: list[float] = []
+    done: list[list[Item]] = []
+    t0 = time.perf_counter()
+
+    def one(req: list[Item]) -> None:
+        if time.perf_counter() - t0 > cap_s:
+            return
+        s = time.perf_counter()
+        embed(req)
+        lat.append(time.perf_counter() - s)
+        done.append(req)
+
+    with tqdm(total=len(reqs), desc=desc, leave=False) as bar:
+        if concurrency == 1:
+            for r in reqs:
+                one(r)
+                bar.update()
+        else:
+            with ThreadPoolExecutor(concurrency) as pool:
+                for _ in pool.map(one, reqs):
+                    bar.update()
+    secs = time.perf_counter() - t0
+    ms = np.array(lat) * 1e3
+    return Load(
+        requests=len(done),
+        texts=sum(len(r) for r in done),
+        tokens=sum(tokens[i.text] for r in done for i in r),
+        seconds=secs,
+        p50_ms=float(np.percentile(ms, 50)),
+        p99_ms=float(np.percentile(ms, 99)),
+    )
+
+
+def token_counts(repo: Path, items: list[Item]) -> dict[str, int]:
+    """Real tokens per text (prompt included, after truncation), from our tokenizer."""
+    from tembed.profile import ModelProfile
+    from tembed.textproc import TextEncoder
+
+    tok_dir = repo / f"{systems.MODEL}-tokenizer" / "1"
+    raw_tok = TextEncoder(ModelProfile.load(tok_dir), tok_dir / "tokenizer.json")
+    out = {}
+    for it in items:
+        out[it.text] = int(raw_tok([it.text], it.input_type).token_count[0])
+    return out
+
+
+@dataclass
+class Plan:
+    load_texts: int = 768
+    batch: int = 16  # texts per request under load (and the in-process batch size)
+    load_concurrency: int = 8
+    queries: int = 200  # single short queries per latency run
+    cap_s: float = 60.0  # per phase
+
+    @classmethod
+    def quick(cls) -> Plan:
+        return cls(load_texts=128, queries=40, cap_s=15.0)
+
+
+def bench_system(sys_, plan: Plan, load_reqs, queries, tokens, warm: list[list[Item]]) -> dict:
+    for r in warm:  # first calls build ORT/torch kernels and arenas
+        sys_.embed(r)
+    res: dict = {"name": sys_.name}
+    conc = plan.load_concurrency if sys_.concurrent else 1
+    res["load"] = drive(sys_.embed, load_reqs, tokens, conc, plan.cap_s, f"{sys_.name}: load x{conc}")
+    res["query_c1"] = drive(sys_.embed, queries, tokens, 1, plan.cap_s, f"{sys_.name}: queries x1")
+    if sys_.concurrent:
+        c = plan.load_concurrency
+        res[f"query_c{c}"] = drive(sys_.embed, queries, tokens, c, plan.cap_s, f"{sys_.name}: queries x{c}")
+    return res
+
+
+def row(res: dict, ceiling: dict | None, c: int) -> dict:
+    load: Load = res["load"]
+    out = {
+        "system": res["name"],
+        "texts_per_s": round(load.texts_per_s, 1),
+        "tokens_per_s": round(load.tokens_per_s),
+        "load_p50_ms": round(load.p50_ms, 1),
+        "load_p99_ms": round(load.p99_ms, 1),
+        "q_c1_p50_ms": round(res["query_c1"].p50_ms, 2),
+        "q_c1_p99_ms": round(res["query_c1"].p99_ms, 2),
+    }
+    if f"query_c{c}" in res:
+        out[f"q_c{c}_p50_ms"] = round(res[f"query_c{c}"].p50_ms, 2)
+        out[f"q_c{c}_p99_ms"] = round(res[f"query_c{c}"].p99_ms, 2)
+    if ceiling is not None:
+        # tokens/s: a time cap may stop systems at different requests, whose texts differ in length.
+        out["x_ceiling"] = round(load.tokens_per_s / ceiling["load"].tokens_per_s, 3)
+    return out
+
+
+def markdown(rows: list[dict], plan: Plan, notes: list[str]) -> str:
+    c = plan.load_concurrency
+    head = (
+        "| system | texts/s | tokens/s | × ceiling (tokens/s) | load P50 / P99 ms | query c=1 P50 / P99 ms"
+        f" | query c={c} P50 / P99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    )
+    body = ""
+    for r in rows:
+        qc = f"{r[f'q_c{c}_p50_ms']} / {r[f'q_c{c}_p99_ms']}" if f"q_c{c}_p50_ms" in r else "n/a (in-process)"
+        body += (
+            f"| {r['system']} | {r['texts_per_s']} | {r['tokens_per_s']} | {r.get('x_ceiling', '')} |"
+            f" {r['load_p50_ms']} / {r['load_p99_ms']} | {r['q_c1_p50_ms']} / {r['q_c1_p99_ms']} | {qc} |\n"
+        )
+    return (
+        f"{START}\n## Side by side: multilingual-e5-small on CPU\n\n"
+        f"`python -m tembed_bench.compare` on {os.cpu_count()} cores ({platform.processor() or platform.machine()}),"
+        f" {time.strftime('%Y-%m-%d %H:%M')}. Load: {plan.load_texts} mixed texts (40% short queries, 30% English"
+        f" passages, 22% Chinese paragraphs, 8% long documents truncated at 512 tokens) in requests of"
+        f" {plan.batch}, {c} in flight for the servers and one at a time in-process. Queries: {plan.queries}"
+        " single short queries. Same thread budget for everyone (ORT/torch threads = cores).\n\n"
+        + head
+        + body
+        + "\n"
+        + "".join(f"- {n}\n" for n in notes)
+        + "\n![throughput and latency](benchmarks.png)\n"
+        + END
+    )
+
+
+def write_doc(path: Path, section: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def plot(rows: list[dict], path: Path, c: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["system"].replace(" (", "\n(") for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    a.bar(names, [r["texts_per_s"] for r in rows], color="tab:blue")
+    a.set_title("throughput at saturation (texts/s, higher is better)")
+    a.tick_params(axis="x", labelsize=7)
+    x = np.arange(len(rows))
+    b.bar(x - 0.2, [r["q_c1_p50_ms"] for r in rows], 0.4, label="c=1 P50")
+    b.bar(x + 0.2, [r.get(f"q_c{c}_p99_ms", 0) for r in rows], 0.4, label=f"c={c} P99")
+    b.set_xticks(x, names, fontsize=7)
+    b.set_yscale("log")
+    b.set_title("single short query latency (ms, log)")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--systems", default="raw,triton,infinity,st", help="comma list of raw,triton,infinity,st")
+    ap.add_argument("--infinity-engine", default="optimum", choices=("optimum", "torch"))
+    ap.add_argument("--queue-delay-us", type=int, default=0, help="Triton dynamic batcher delay (export flag)")
+    ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
+    ap.add_argument("--doc", type=Path, default=systems.ROOT / "docs" / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    plan = Plan.quick() if args.quick else Plan()
+    wanted = args.systems.split(",")
+    args.work.mkdir(parents=True, exist_ok=True)
+    flags = ("--max-queue-delay-us", str(args.queue_delay_us), "--ids-dtype", "int32")
+    repo = systems.export_repo(
+        args.work / f"repo-t{args.threads}-d{args.queue_delay_us}-i32", threads=args.threads, flags=flags
+    )
+
+    load_reqs = data.requests(data.mixed(plan.load_texts), plan.batch)
+    queries = [[q] for q in data.short_queries(plan.queries)]
+    warm = load_reqs[:2] + queries[:3]
+    tokens = token_counts(repo, [i for r in load_reqs + queries for i in r])
+    results: list[dict] = []
+    notes: list[str] = []
+
+    def attempt(label: str, make: Callable[[], contextlib.AbstractContextManager]) -> None:
+        if label not in wanted:
+            return
+        try:
+            with make() as sys_:
+                results.append(bench_system(sys_, plan, load_reqs, queries, tokens, warm))
+        except Exception as exc:  # one failing system must not cost the others' numbers
+            msg = f"{label} failed: {type(exc).__name__}: {str(exc).strip()[-600:]}"
+            print(msg, flush=True)
+            notes.append(msg.replace("\n", " "))
+
+    attempt("raw", lambda: contextlib.nullcontext(systems.Raw(repo, threads=args.threads)))
+    attempt("triton", lambda: systems.triton_server(repo, args.work / "tritonserver.log"))
+    attempt(
+        "infinity",
+        lambda: systems.infinity_server(
+            args.infinity_engine,
+            args.work / "infinity.log",
+            systems.infinity_model_folder(args.work / "e5-infinity"),
+            batch_size=32,
+        ),
+    )
+    attempt("st", lambda: contextlib.nullcontext(systems.SentenceTransformers(threads=args.threads)))
+
+    ceiling = next((r for r in results if r["name"] == systems.Raw.name), None)
+    rows = [row(r, ceiling, plan.load_concurrency) for r in results]
+    notes.append("CPU shared with other work while measured: treat differences under ~10% as noise.")
+    write_doc(args.doc, markdown(rows, plan, notes))
+    if rows:
+        plot(rows, args.doc.with_name("benchmarks.png"), plan.load_concurrency)
+    for r in rows:
+        print(r)
+    print(json.dumps({"plan": asdict(plan), "results": rows, "notes": notes}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,12 +10,16 @@ PYTEST_ARGS ?=
 NAME   ?= $(MODEL)
 ENGINE_ARGS ?=
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway
+EVAL_REPO   ?= .cache/eval_repository
+EVAL_MODELS ?= multilingual-e5-small,all-minilm-l6-v2,qwen3-embedding-tiny:100
+EVAL_ARGS   ?= --max-docs 1000
+
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,gateway,bench,test]"
+	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,gateway,eval,bench,test]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install everything into .venv (PyPI only)
@@ -48,6 +52,11 @@ serve-gpu:  ## serve REPO on all GPUs in the tritonserver 24.10 image (HTTP 8000
 
 bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B shapes, bf16, on a CUDA GPU (≈5 min); --tiny --device cpu to dry-run
 	$(BIN)/python bench/gpu_bench.py
+
+eval: fixtures  ## retrieval quality of the served models -> docs/QUALITY.md (+ .png), ~6-12 min on 2 cores
+	for m in multilingual-e5-small all-minilm-l6-v2 qwen3-embedding-tiny; do \
+	  test -f $(EVAL_REPO)/$$m-encoder/1/model.onnx || $(BIN)/tembed export fixtures/$$m --repo $(EVAL_REPO) || exit 1; done
+	$(BIN)/python -m tembed_eval --serve $(EVAL_REPO) --models $(EVAL_MODELS) $(EVAL_ARGS) --out docs/QUALITY.md
 
 perf: setup  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
 	VENV=$(VENV) bash bench/perf.sh

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run tritonserver on a model repository (tembed serve --help)")
     register_engine(sub)
+    try:  # the eval extra (qdrant-client, ir-measures) may not be installed
+        from tembed_eval import register as register_eval
+    except ImportError:
+        pass
+    else:
+        register_eval(sub)
     return ap
 
 

@@ -1,0 +1,158 @@
+"""docs/QUALITY.md: one column per served model, and a plot of quality against bytes per vector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .evaluate import task_metrics
+
+Results = dict[str, dict[str, Any]]  # model -> evaluate_model() result
+
+
+def _primary(task: str) -> str:
+    return task_metrics(task)[0]
+
+
+def _cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _task_names(results: Results) -> list[str]:
+    names: list[str] = []
+    for r in results.values():
+        names += [t for t in r["tasks"] if t not in names]
+    return names
+
+
+def table(results: Results, memory: dict[str, Any] | None) -> list[str]:
+    models = list(results)
+    rows: list[tuple[str, list[str]]] = []
+
+    def add(label: str, get) -> None:
+        cells = []
+        for m in models:
+            try:
+                cells.append(get(results[m]))
+            except (KeyError, TypeError):
+                cells.append("—")
+        rows.append((label, cells))
+
+    tasks = _task_names(results)
+    for t in tasks:
+        add(f"{t}: size", lambda r, t=t: f"{r['tasks'][t]['queries']} q / {r['tasks'][t]['docs']} docs")
+        for metric in results[next(m for m in models if t in results[m]["tasks"])]["tasks"][t]["metrics"]:
+            add(f"{t} {metric}", lambda r, t=t, metric=metric: _cell(r["tasks"][t]["metrics"][metric]))
+    for t in tasks:
+        p = _primary(t)
+
+        def delta(r, t=t, p=p) -> str:
+            with_, without = r["tasks"][t]["metrics"][p], r["tasks"][t]["no_prompt"][p]
+            return f"{with_ - without:+.3f} ({with_:.3f} vs {without:.3f})"
+
+        add(f"prompt Δ {t} {p} (with − without)", delta)
+    dims = sorted({int(d) for r in results.values() for t in r["tasks"].values() for d in t["sweep"]})
+    legend = " · ".join(f"{t} {_primary(t)}" for t in tasks)
+    for d in dims:
+
+        def sweep(r, d=d) -> str:
+            vals = [r["tasks"][t]["sweep"].get(d, r["tasks"][t]["sweep"].get(str(d))) for t in tasks]
+            if all(v is None for v in vals):
+                return "—"
+            return " · ".join(_cell(v[_primary(t)] if v else None) for t, v in zip(tasks, vals))
+
+        add(f"Matryoshka d={d} ({4 * d} B)", sweep)
+    add(
+        "long text: chars / tokens embedded",
+        lambda r: f"{r['long_text']['chars']} / {r['long_text']['tokens_embedded']}",
+    )
+    add("long text: cos(first, last paragraph)", lambda r: _cell(r["long_text"]["first_last_cos"]))
+    add(
+        "long text: cos(paragraph, whole doc) mean / min",
+        lambda r: f"{r['long_text']['para_to_doc_mean']:.3f} / {r['long_text']['para_to_doc_min']:.3f}",
+    )
+    add(
+        "latency P50 / P99 (ms per request)",
+        lambda r: f"{r['latency']['p50_ms']:.0f} / {r['latency']['p99_ms']:.0f} (n={r['latency']['requests']})",
+    )
+    if memory:
+        add("server memory: this model's stubs (MiB RSS)", lambda r: f"{memory['model_stubs_mib'][r['name']]:.0f}")
+        add("server memory: whole tritonserver (MiB RSS)", lambda r: f"{memory['total_mib']:.0f}")
+    add(
+        "Qdrant vs exact numpy (mismatched / checked)",
+        lambda r: "{} / {}".format(
+            sum(t["cross_check"]["mismatched"] for t in r["tasks"].values()),
+            sum(t["cross_check"]["queries"] for t in r["tasks"].values()),
+        ),
+    )
+    add(
+        "server `dimensions` vs client truncation (max abs diff)",
+        lambda r: f"{r['matryoshka_check']['max_abs_diff']:.1e}",
+    )
+    lines = [
+        f"Matryoshka cells: {legend}.",
+        "",
+        "| | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    return lines
+
+
+def plot(results: Results, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    tasks = _task_names(results)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        p = _primary(t)
+        for model, r in results.items():
+            if t not in r["tasks"]:
+                continue
+            sweep = {int(d): v[p] for d, v in r["tasks"][t]["sweep"].items()}
+            dims = sorted(sweep)
+            ax.plot([4 * d for d in dims], [sweep[d] for d in dims], marker="o", label=model)
+        ax.set_xscale("log", base=2)
+        ticks = sorted({int(d) for r in results.values() if t in r["tasks"] for d in r["tasks"][t]["sweep"]})
+        ax.set_xticks([4 * d for d in ticks], [f"{4 * d} B\nd={d}" for d in ticks], fontsize=7)
+        ax.minorticks_off()
+        ax.set_ylim(0, 1.02)  # one scale for every panel and model
+        ax.set_title(f"{t}: {p}", fontsize=10)
+        ax.set_xlabel("bytes per vector (float32: 4·d)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("quality")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    results: Results, memory: dict[str, Any] | None, out: Path, command: str, date: str, notes: list[str]
+) -> tuple[Path, Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(results, out.with_suffix(".png"))
+    text = [
+        "# Retrieval quality of the served models",
+        "",
+        f"Generated {date} by:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        *table(results, memory),
+        "",
+        f"![quality against bytes per vector]({png.name})",
+        "",
+        "## How it is measured",
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+    ]
+    out.write_text("\n".join(text), encoding="utf-8")
+    return out, png

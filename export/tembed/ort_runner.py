@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class OrtOptions:
     graph_optimization: str = "all"
     # Sort rows by length and run each length group cut to its own longest row (see OrtEncoder.run).
     trim_padding: bool = True
+    # Rows x tokens per ONNX Runtime call: activations (attention is rows x heads x len^2) and the
+    # CPU arena, which keeps its peak for the life of the process, stay bounded however large the
+    # merged batch. e5-small, 64 CMRC paragraphs in one request: unbounded +1844 MiB RSS in 11.7 s;
+    # 16384 +1136 MiB, 8192 +498 MiB, 4096 +296 MiB in 10.1 s (no slower: rows x 512 is still a big GEMM).
+    max_batch_tokens: int = 4096
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> OrtOptions:
@@ -36,6 +42,7 @@ class OrtOptions:
             allow_spinning=params.get("allow_spinning", str(int(d.allow_spinning))) in ("1", "true"),
             graph_optimization=params.get("graph_optimization", d.graph_optimization),
             trim_padding=params.get("trim_padding", str(int(d.trim_padding))) in ("1", "true"),
+            max_batch_tokens=int(params.get("max_batch_tokens", d.max_batch_tokens)),
         )
 
 
@@ -60,7 +67,7 @@ class OrtEncoder:
 
         o = options or OrtOptions()
         if intra_op_threads is not None:
-            o = OrtOptions(intra_op_threads, o.allow_spinning, o.graph_optimization, o.trim_padding)
+            o = dataclasses.replace(o, intra_op_threads=intra_op_threads)
         if o.graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {tuple(_OPT_LEVELS)}, got {o.graph_optimization!r}")
         opts = ort.SessionOptions()
@@ -97,21 +104,26 @@ class OrtEncoder:
         each length group to its own longest row spends the compute on tokens, not padding; the
         mask makes the result independent of how much padding a row had.
         """
-        if not self.options.trim_padding:
-            return self._session_run(ids, mask)
         lengths = mask.sum(axis=1)
-        order = np.argsort(lengths, kind="stable")
-        groups = np.array([_length_group(n) for n in lengths[order]])
-        cuts = np.flatnonzero(np.diff(groups)) + 1
+        trim = self.options.trim_padding
+        if trim:
+            order = np.argsort(lengths, kind="stable")
+            groups = np.array([_length_group(n) for n in lengths[order]])
+            parts = np.split(order, np.flatnonzero(np.diff(groups)) + 1)
+        else:
+            parts = [np.arange(ids.shape[0])]
         width = ids.shape[1]
         out: np.ndarray | None = None
-        for rows in np.split(order, cuts):
-            w = int(lengths[rows].max())
+        for part in parts:
+            w = int(lengths[part].max()) if trim else width
             cols = slice(width - w, width) if self.left else slice(0, w)
-            emb = self._session_run(ids[rows, cols], mask[rows, cols])
-            if out is None:
-                out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
-            out[rows] = emb
+            step = max(1, self.options.max_batch_tokens // w)
+            for start in range(0, len(part), step):
+                rows = part[start : start + step]
+                emb = self._session_run(ids[rows, cols], mask[rows, cols])
+                if out is None:
+                    out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
+                out[rows] = emb
         return out
 
     def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:

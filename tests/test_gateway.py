@@ -254,4 +254,6 @@ def test_concurrent_clients_get_their_own_results(gateway, grpc):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(run, jobs))
     for g, e in zip(got, expected):
-        np.testing.assert_array_equal(g, e)
+        # Concurrent requests may be merged into one encoder batch: same vectors up to float rounding
+        # (distinct texts per job differ by far more than this).
+        np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)

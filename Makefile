@@ -58,7 +58,7 @@ eval: fixtures  ## retrieval quality of the served models -> docs/QUALITY.md (+ 
 	  test -f $(EVAL_REPO)/$$m-encoder/1/model.onnx || $(BIN)/tembed export fixtures/$$m --repo $(EVAL_REPO) || exit 1; done
 	$(BIN)/python -m tembed_eval --serve $(EVAL_REPO) --models $(EVAL_MODELS) $(EVAL_ARGS) --out docs/QUALITY.md
 
-perf: setup  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
+perf: fixtures  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
 	VENV=$(VENV) bash bench/perf.sh
 
 $(VENV)-infinity/.installed: bench/requirements-infinity.txt

@@ -70,6 +70,17 @@ def server(model_repository, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def clients(server):
+    """One gRPC client per served model."""
+    from tembed_client import EmbeddingClient
+
+    made = {name: EmbeddingClient(server.grpc_url, name) for name in SERVED}
+    yield made
+    for c in made.values():
+        c.close()
+
+
+@pytest.fixture(scope="session")
 def references(fixture_dirs):
     """sentence-transformers on the same folders: an implementation of pooling, prompts and
     tokenization that shares no code with ours."""

@@ -12,7 +12,6 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from tembed_client import EmbeddingClient
 from tembed_gateway import GatewaySettings, GatewayThread
 
 from .conftest import SERVED, TEXTS
@@ -54,11 +53,9 @@ def down_gateway():
 
 
 @pytest.fixture(scope="module")
-def grpc(server):
-    made = {name: EmbeddingClient(server.grpc_url, name) for name in SERVED}
-    yield made
-    for c in made.values():
-        c.close()
+def grpc(clients):
+    """The gRPC clients every gateway answer is compared with."""
+    return clients
 
 
 def oai(gw: GatewayThread, api_key: str = "EMPTY") -> openai.Client:

@@ -16,14 +16,6 @@ from .conftest import SERVED, TEXTS
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def clients(server):
-    made = {name: EmbeddingClient(server.grpc_url, name) for name in SERVED}
-    yield made
-    for c in made.values():
-        c.close()
-
-
 def reference(references, name, texts, prompt_name=None, prompt=None):
     st = references(name)
     kw = {"prompt": prompt} if prompt is not None else {"prompt_name": prompt_name} if prompt_name else {}

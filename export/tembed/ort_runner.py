@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +59,11 @@ class OrtEncoder:
         *,
         pad_token_id: int,
         padding_side: str,
-        intra_op_threads: int | None = None,
         options: OrtOptions | None = None,
     ):
         import onnxruntime as ort
 
         o = options or OrtOptions()
-        if intra_op_threads is not None:
-            o = dataclasses.replace(o, intra_op_threads=intra_op_threads)
         if o.graph_optimization not in _OPT_LEVELS:
             raise ValueError(f"graph_optimization must be one of {tuple(_OPT_LEVELS)}, got {o.graph_optimization!r}")
         opts = ort.SessionOptions()

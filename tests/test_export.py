@@ -77,3 +77,23 @@ def test_export_cli_writes_a_servable_repository(fixture_dirs, tmp_path):
 def test_export_cli_rejects_a_non_model_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tembed", "export", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode != 0 and "no config.json" in done.stderr
+
+
+def test_export_cli_int8(fixture_dirs, tmp_path):
+    """int8 is checked on real text: e5-small keeps its neighbours, MiniLM (activation outliers) does not."""
+
+    def export(name, *extra):
+        cmd = [sys.executable, "-m", "tembed", "export", str(fixture_dirs[name]), "--repo", str(tmp_path / "repo")]
+        return subprocess.run([*cmd, "--quantize", "int8", *extra], capture_output=True, text=True, timeout=600)
+
+    done = export("multilingual-e5-small", "--name", "e5-int8", "--skip-validation")
+    assert done.returncode == 0, done.stderr
+    assert "quantised to int8" in done.stderr
+    version = tmp_path / "repo" / "e5-int8-encoder" / "1"
+    graph = onnx.load(str(version / "model.onnx"))
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.graph.initializer)
+    assert not list(version.glob("*.fp32.onnx"))
+    refused = export("all-minilm-l6-v2", "--skip-validation")
+    assert refused.returncode != 0 and "int8 graph: min cosine to fp32" in refused.stderr
+    bad = export("all-minilm-l6-v2", "--backend", "tensorrt")
+    assert bad.returncode != 0 and "--quantize int8 is for the ONNX Runtime encoders" in bad.stderr

@@ -22,7 +22,17 @@ MODEL = "multilingual-e5-small"
 def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, flags: tuple[str, ...] = ()) -> Path:
     """Export ``model`` into ``repo`` once (reused while ``model.onnx`` is there)."""
     if not (repo / f"{model}-encoder" / "1" / "model.onnx").exists():
-        cmd = [sys.executable, "-m", "tembed", "export", str(ROOT / "fixtures" / model), "--repo", str(repo), "--threads", str(threads)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tembed",
+            "export",
+            str(ROOT / "fixtures" / model),
+            "--repo",
+            str(repo),
+            "--threads",
+            str(threads),
+        ]
         subprocess.run([*cmd, *flags, "--skip-validation"], check=True, stdout=subprocess.DEVNULL)
     return repo
 

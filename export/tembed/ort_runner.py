@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .textproc import pad_batch
+
 # graph_optimization value -> onnxruntime.GraphOptimizationLevel member
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -78,13 +80,6 @@ class OrtEncoder:
         # The exported graph takes the ids dtype it was exported with (--ids-dtype).
         self._ids_dtype = np.int32 if "int32" in self.session.get_inputs()[0].type else np.int64
 
-    def _pad(self, arr: np.ndarray, width: int, value: int) -> np.ndarray:
-        extra = width - arr.shape[1]
-        if extra == 0:
-            return arr
-        spec = ((0, 0), (extra, 0)) if self.left else ((0, 0), (0, extra))
-        return np.pad(arr, spec, constant_values=value)
-
     def _session_run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = {
             "input_ids": ids.astype(self._ids_dtype, copy=False),
@@ -124,8 +119,7 @@ class OrtEncoder:
 
     def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
         # The dynamic batcher merges same-shape requests; a mixed set is padded to the widest.
-        width = max(a.shape[1] for a in ids)
-        all_ids = np.concatenate([self._pad(a, width, self.pad_token_id) for a in ids])
-        all_mask = np.concatenate([self._pad(m, width, 0) for m in masks])
+        all_ids = pad_batch(ids, self.pad_token_id, self.left)
+        all_mask = pad_batch(masks, 0, self.left)
         out = self.run(all_ids, all_mask)
         return np.split(out, np.cumsum([a.shape[0] for a in ids])[:-1])

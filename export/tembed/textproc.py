@@ -51,6 +51,17 @@ def decode_option(raw: np.ndarray | None, name: str) -> str | None:
     return values[0]
 
 
+def pad_batch(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
+    """Concatenate ``[n_i, s_i]`` arrays into ``[sum n_i, max s_i]``, padding on the tokenizer's side."""
+    width = max(a.shape[1] for a in arrays)
+    padded = []
+    for a in arrays:
+        extra = width - a.shape[1]
+        spec = ((0, 0), (extra, 0)) if left else ((0, 0), (0, extra))
+        padded.append(np.pad(a, spec, constant_values=value) if extra else a)
+    return np.concatenate(padded)
+
+
 class TextEncoder:
     """Prompting, whitespace clean-up, truncation, end token and bucketed padding for one model."""
 

@@ -14,20 +14,10 @@ import torch
 
 from .encoder import EmbeddingModel, load_embedding_model
 from .profile import ModelProfile
+from .textproc import pad_batch
 
 HF_DIR = "hf"  # where write_repository copies the Hugging Face folder, inside the version folder
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def pad_batch(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
-    """Concatenate ``[n_i, s_i]`` arrays into ``[sum n_i, max s_i]``, padding on the tokenizer's side."""
-    width = max(a.shape[1] for a in arrays)
-    padded = []
-    for a in arrays:
-        extra = width - a.shape[1]
-        spec = ((0, 0), (extra, 0)) if left else ((0, 0), (0, extra))
-        padded.append(np.pad(a, spec, constant_values=value) if extra else a)
-    return np.concatenate(padded)
 
 
 class TorchEncoder:

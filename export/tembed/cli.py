@@ -69,6 +69,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         intra_op_threads=args.threads,
         max_queue_delay_us=args.max_queue_delay_us,
         torch_dtype=args.torch_dtype,
+        torch_device=args.torch_device,
     )
     if args.backend == "pytorch":
         # The GPU path without an engine: the runner reads the Hugging Face folder copied into the repository.
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--encoder-instances", type=int, default=1)
     ex.add_argument("--torch-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    ex.add_argument(
+        "--torch-device", choices=("cuda", "cpu"), default="cuda", help="pytorch backend: GPU instances, or CPU"
+    )
     ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     ex.add_argument("--max-queue-delay-us", type=int, default=0)
     ex.add_argument("--opset", type=int, default=17)

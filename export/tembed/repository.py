@@ -49,12 +49,15 @@ class ServingOptions:
     seq_buckets: tuple[int, ...] = DEFAULT_SEQ_BUCKETS
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     torch_dtype: str = "bfloat16"  # pytorch backend
+    torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
 
     def __post_init__(self) -> None:
         if self.backend not in ENCODER_BACKENDS:
             raise ValueError(f"backend must be one of {ENCODER_BACKENDS}, got {self.backend!r}")
         if self.torch_dtype not in TORCH_DTYPES:
             raise ValueError(f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}")
+        if self.torch_device not in ("cuda", "cpu"):
+            raise ValueError(f"torch_device must be 'cuda' or 'cpu', got {self.torch_device!r}")
 
 
 def model_names(name: str) -> dict[str, str]:
@@ -133,7 +136,8 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     else:
         # Pooling and padding come from the profile.json written next to the weights.
         cfg.backend = "python"
-        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.gpu_instances)
+        kind = mc.ModelInstanceGroup.KIND_GPU if opts.torch_device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+        cfg.instance_group.add(kind=kind, count=opts.gpu_instances)
         cfg.parameters["dtype"].string_value = opts.torch_dtype
     return cfg
 

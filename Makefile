@@ -16,10 +16,10 @@ EVAL_ARGS   ?= --max-docs 1000
 
 .PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval
 
-$(VENV)/.installed: pyproject.toml client/pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./client -e ".[export,server,fixtures,gateway,eval,bench,test]"
+	$(BIN)/pip install -q -e ./client -e "./serving[torch,triton]" -e ./gateway -e ".[export,server,fixtures,gateway,eval,bench,test]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install everything into .venv (PyPI only)
@@ -73,8 +73,8 @@ bench-gateway: export  ## added latency of the OpenAI-compatible gateway over di
 	$(BIN)/python bench/gateway_overhead.py --model-repository $(REPO)
 
 lint: setup
-	$(BIN)/ruff check export tests client gateway evaluation bench
-	$(BIN)/ruff format --check export tests client gateway evaluation bench
+	$(BIN)/ruff check export serving tests client gateway evaluation bench
+	$(BIN)/ruff format --check export serving tests client gateway evaluation bench
 
 clean:
 	rm -rf $(REPO)/*/ .cache

@@ -15,9 +15,9 @@ import json
 import platform
 from pathlib import Path
 
-from tembed.server import TritonServer, free_port
 from tembed_bench.gateway import compare, gateway_process, table
 from tembed_client import EmbeddingClient
+from tembed_serving.server import TritonServer, free_port
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tembed_bench without installing bench/
 
-from tembed.torch_runner import DTYPES, TorchEncoder  # noqa: E402
 from tembed_bench.gpu import (  # noqa: E402
     SHAPES,
     build_model,
@@ -29,6 +28,7 @@ from tembed_bench.gpu import (  # noqa: E402
     run_workload,
     workloads,
 )
+from tembed_serving.runners.torch import DTYPES, TorchEncoder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,15 +139,17 @@ def in_process(repo: Path, name: str, seconds: float, device: str) -> dict:
     """The runner without a server: tokenizer + TorchEncoder as the encoder model.py builds it."""
     import torch
 
-    from tembed.profile import ModelProfile
-    from tembed.textproc import TextEncoder
-    from tembed.torch_runner import HF_DIR, TorchEncoder
+    from tembed_serving.contract import HF_DIR, Layout
+    from tembed_serving.profile import ModelProfile
+    from tembed_serving.runners.torch import TorchEncoder
+    from tembed_serving.textproc import TextEncoder
 
-    enc_dir = repo / f"{name}-encoder" / "1"
+    layout = Layout(repo, name)
+    enc_dir = layout.version_dir("encoder")
     profile = ModelProfile.load(enc_dir)
     dtype = "bfloat16" if device == "cuda" else "float32"
     runner = TorchEncoder.load(enc_dir / HF_DIR, profile, dtype=dtype, device=device)
-    tok = TextEncoder(profile, repo / f"{name}-tokenizer" / "1" / "tokenizer.json")
+    tok = TextEncoder(profile, layout.tokenizer_file)
 
     def embed(texts: list[str], input_type: str) -> np.ndarray:
         b = tok(texts, input_type)
@@ -174,8 +176,8 @@ def in_process(repo: Path, name: str, seconds: float, device: str) -> dict:
 
 
 def through_triton(repo: Path, name: str, seconds: float) -> dict:
-    from tembed.server import TritonServer
     from tembed_client import EmbeddingClient
+    from tembed_serving.server import TritonServer
 
     log = Path("/tmp/tembed-gpu-triton.log")
     t0 = time.perf_counter()

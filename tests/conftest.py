@@ -37,7 +37,7 @@ def fixture_dirs() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def profiles(fixture_dirs):
-    from tembed.profile import read_profile
+    from tembed.hf_folder import read_profile
 
     # max_texts 8 keeps the "too many texts" and client chunking paths cheap to reach.
     return {name: read_profile(fixture_dirs[name], max_texts=8) for name in SERVED}
@@ -45,9 +45,9 @@ def profiles(fixture_dirs):
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
-    from tembed.encoder import load_embedding_model
     from tembed.onnx_export import export_onnx, validate_onnx
     from tembed.repository import ServingOptions, write_repository
+    from tembed_serving.runners.torch_model import load_embedding_model
 
     repo = tmp_path_factory.mktemp("model_repository")
     for name in SERVED:
@@ -62,7 +62,7 @@ def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_repository, tmp_path_factory):
-    from tembed.server import TritonServer
+    from tembed_serving.server import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer.on_free_ports(model_repository, log_file=log) as srv:

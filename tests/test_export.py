@@ -8,7 +8,6 @@ import sys
 import onnx
 import pytest
 
-from tembed.encoder import EmbeddingModel, load_embedding_model
 from tembed.onnx_export import (
     DYNAMIC_AXES,
     TRACE_SHAPE,
@@ -18,6 +17,7 @@ from tembed.onnx_export import (
     validate_onnx,
 )
 from tembed.repository import parse
+from tembed_serving.runners.torch_model import EmbeddingModel, load_embedding_model
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tembed.encoder import load_embedding_model
 from tembed.onnx_export import export_onnx, sample_inputs
-from tembed.ort_runner import OrtEncoder, OrtOptions
+from tembed_serving.runners.ort import OrtEncoder, OrtOptions
+from tembed_serving.runners.torch_model import load_embedding_model
 
 
 @pytest.fixture(scope="module", params=["qwen3-embedding-tiny", "all-minilm-l6-v2"])  # left and right padding

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from tembed.profile import ModelProfile, ProfileError, default_buckets, read_profile
+from tembed.hf_folder import read_profile
+from tembed_serving.profile import ModelProfile, ProfileError, default_buckets
 
 
 def test_fixture_profiles(profiles):

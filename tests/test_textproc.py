@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tembed.fixtures.qwen3_tiny import base_tokenizer_folder
-from tembed.textproc import RequestError, TextEncoder, decode_option, decode_texts
+from tembed_serving.textproc import RequestError, TextEncoder, decode_option, decode_texts
 
 EOT = 151643
 

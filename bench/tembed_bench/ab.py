@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tembed_serving.contract import Layout
+
 from . import data, systems
 from .compare import drive, token_counts
 
@@ -58,8 +60,8 @@ def raw_experiments(repo: Path, threads: int, rounds: int) -> dict:
 
 def tokenizer_cost() -> dict:
     """Milliseconds per 1,000 mixed texts, tokenizer only (prompt, truncation, bucketed padding)."""
-    from tembed.profile import read_profile
-    from tembed.textproc import TextEncoder
+    from tembed.hf_folder import read_profile
+    from tembed_serving.textproc import TextEncoder
 
     texts = [i.text for i in data.mixed(1000, seed=7)]
     out = {}
@@ -90,7 +92,7 @@ def variant_repo(base: Path, dest: Path, encoder: dict[str, str], params: dict[s
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(base, dest, copy_function=os.link)
-    path = dest / f"{systems.MODEL}-encoder" / "config.pbtxt"
+    path = Layout(dest, systems.MODEL).model_dir("encoder") / "config.pbtxt"
     cfg = parse(path.read_text())
     if "delay_us" in encoder:
         cfg.dynamic_batching.max_queue_delay_microseconds = int(encoder["delay_us"])
@@ -138,13 +140,11 @@ def int8_experiment(repo: Path, work: Path, threads: int, rounds: int) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     q = work / "int8-repo"
-    if not (q / f"{systems.MODEL}-encoder" / "1" / "model.onnx").exists():
+    target = Layout(q, systems.MODEL).onnx_file
+    if not target.exists():
         shutil.copytree(repo, q, copy_function=os.link, dirs_exist_ok=True)
-        target = q / f"{systems.MODEL}-encoder" / "1" / "model.onnx"
         target.unlink()
-        quantize_dynamic(
-            str(repo / f"{systems.MODEL}-encoder" / "1" / "model.onnx"), str(target), weight_type=QuantType.QInt8
-        )
+        quantize_dynamic(str(Layout(repo, systems.MODEL).onnx_file), str(target), weight_type=QuantType.QInt8)
     fp32, int8 = systems.Raw(repo, threads=threads), systems.Raw(q, threads=threads)
     items = data.mixed(200, seed=11)
     cos = []
@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
     args = ap.parse_args(argv)
-    flags = ("--max-queue-delay-us", "0", "--ids-dtype", "int32")
-    repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads, flags=flags)
+    repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
     out: dict = {}
     if "tokenizer" in args.which:
         out["tokenizer_ms"] = tokenizer_cost()

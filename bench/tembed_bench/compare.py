@@ -92,8 +92,8 @@ def drive(
 
 def token_counts(repo: Path, items: list[Item]) -> dict[str, int]:
     """Real tokens per text (prompt included, after truncation), from our tokenizer."""
-    from tembed.profile import ModelProfile
-    from tembed.textproc import TextEncoder
+    from tembed_serving.profile import ModelProfile
+    from tembed_serving.textproc import TextEncoder
 
     tok_dir = repo / f"{systems.MODEL}-tokenizer" / "1"
     raw_tok = TextEncoder(ModelProfile.load(tok_dir), tok_dir / "tokenizer.json")
@@ -223,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.quick() if args.quick else Plan()
     wanted = args.systems.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
-    flags = ("--max-queue-delay-us", str(args.queue_delay_us), "--ids-dtype", "int32")
     repo = systems.export_repo(
-        args.work / f"repo-t{args.threads}-d{args.queue_delay_us}-i32", threads=args.threads, flags=flags
+        args.work / f"repo-t{args.threads}-d{args.queue_delay_us}-i32",
+        threads=args.threads,
+        queue_delay_us=args.queue_delay_us,
     )
 
     load_reqs = data.requests(data.mixed(plan.load_texts), plan.batch)

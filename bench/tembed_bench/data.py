@@ -1,4 +1,5 @@
-"""Realistic request texts from /work/shared/data: Chinese questions and paragraphs, English
+"""Realistic request texts from the evaluation data (``../shared/data`` beside the checkout, or
+$TEMBED_DATA): Chinese questions and paragraphs, English
 queries and passages, Tatoeba sentences and a few long documents, mixed the way a search
 service sees them (many short queries, fewer and longer documents)."""
 
@@ -11,7 +12,10 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-DATA = Path(os.environ.get("TEMBED_DATA", "/work/shared/data"))
+from tembed_eval.data import DEFAULT_DATA
+
+# The one definition of where the data lies is the evaluation package's.
+DATA = Path(os.environ.get("TEMBED_DATA", DEFAULT_DATA))
 
 
 @dataclass(frozen=True)

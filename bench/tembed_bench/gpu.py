@@ -2,7 +2,7 @@
 
 No checkpoint, network, TensorRT or Triton: the weights are random (speed does not depend on their
 values), the model is ``transformers``' Qwen3 with the published sizes, and every batch goes through
-``tembed.torch_runner.TorchEncoder``, the code the Triton Python backend runs.
+``tembed_serving.runners.torch.TorchEncoder``, the code the Triton Python backend runs.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from tembed.encoder import EmbeddingModel
-from tembed.torch_runner import TorchEncoder
+from tembed_serving.runners.torch import TorchEncoder
+from tembed_serving.runners.torch_model import EmbeddingModel
 
 PAD_ID = 0
 END_ID = 1

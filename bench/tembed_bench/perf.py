@@ -117,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None:
-            flags = ("--max-queue-delay-us", "0", "--ids-dtype", "int32")
-            repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads, flags=flags)
-            from tembed.server import TritonServer
+            repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
+            from tembed_serving.server import TritonServer
 
             url = stack.enter_context(TritonServer.on_free_ports(repo, log_file=args.work / "perf-server.log")).grpc_url
         out = sweep(url, args.model, data_file, args.out, levels, args.window_ms, args.percentile, args.stability)

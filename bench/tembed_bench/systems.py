@@ -7,11 +7,12 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tembed_serving.contract import ATTENTION_MASK, INPUT_IDS, Layout
 
 from .data import Item
 
@@ -19,21 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "multilingual-e5-small"
 
 
-def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, flags: tuple[str, ...] = ()) -> Path:
-    """Export ``model`` into ``repo`` once (reused while ``model.onnx`` is there)."""
-    if not (repo / f"{model}-encoder" / "1" / "model.onnx").exists():
-        cmd = [
-            sys.executable,
-            "-m",
-            "tembed",
-            "export",
-            str(ROOT / "fixtures" / model),
-            "--repo",
-            str(repo),
-            "--threads",
-            str(threads),
-        ]
-        subprocess.run([*cmd, *flags, "--skip-validation"], check=True, stdout=subprocess.DEVNULL)
+def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, queue_delay_us: int = 0) -> Path:
+    """Export ``model`` into ``repo`` once (reused while its ONNX graph is there), int32 ids."""
+    from tembed.pipeline import ExportOptions, export_model
+    from tembed.repository import ServingOptions
+
+    if not Layout(repo, model).onnx_file.exists():
+        serving = ServingOptions(intra_op_threads=threads, max_queue_delay_us=queue_delay_us)
+        export_model(ROOT / "fixtures" / model, repo, ExportOptions(ids_dtype="int32", serving=serving, validate=False))
     return repo
 
 
@@ -44,15 +38,15 @@ class Raw:
     concurrent = False
 
     def __init__(self, repo: Path, model: str = MODEL, threads: int = 2, **ort_options) -> None:
-        from tembed.ort_runner import OrtEncoder, OrtOptions
-        from tembed.profile import ModelProfile
-        from tembed.textproc import TextEncoder
+        from tembed_serving.profile import ModelProfile
+        from tembed_serving.runners.ort import OrtEncoder, OrtOptions
+        from tembed_serving.textproc import TextEncoder
 
-        tok_dir = repo / f"{model}-tokenizer" / "1"
-        profile = ModelProfile.load(tok_dir)
-        self.tok = TextEncoder(profile, tok_dir / "tokenizer.json")
+        layout = Layout(repo, model)
+        profile = ModelProfile.load(layout.profile_file)
+        self.tok = TextEncoder(profile, layout.tokenizer_file)
         self.enc = OrtEncoder(
-            repo / f"{model}-encoder" / "1" / "model.onnx",
+            layout.onnx_file,
             pad_token_id=profile.pad_token_id,
             padding_side=profile.padding_side,
             options=OrtOptions(intra_op_threads=threads, **ort_options),
@@ -93,7 +87,7 @@ class Triton:
 
 @contextlib.contextmanager
 def triton_server(repo: Path, log_file: Path) -> Iterator[Triton]:
-    from tembed.server import TritonServer
+    from tembed_serving.server import TritonServer
 
     with TritonServer.on_free_ports(repo, log_file=log_file) as srv:
         yield Triton(srv.grpc_url)
@@ -139,7 +133,7 @@ def infinity_server(
     engine: str, log_file: Path, model_dir: Path, batch_size: int = 32, timeout: float = 300
 ) -> Iterator[Infinity]:
     """Infinity in its own venv (it pins torch/transformers/optimum of its own), on a free port."""
-    from tembed.server import free_port
+    from tembed_serving.server import free_port
 
     if not INFINITY_BIN.exists():
         raise RuntimeError(
@@ -215,9 +209,9 @@ def infinity_model_folder(out: Path, model: str = MODEL) -> Path:
             Hidden(),
             (ids, ids),
             str(onnx_path),
-            input_names=["input_ids", "attention_mask"],
+            input_names=[INPUT_IDS, ATTENTION_MASK],
             output_names=["last_hidden_state"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes},
+            dynamic_axes={INPUT_IDS: axes, ATTENTION_MASK: axes, "last_hidden_state": axes},
             opset_version=17,
             dynamo=False,
         )

@@ -1,10 +1,37 @@
-"""Thin gRPC client for the Triton text-embedding server."""
+"""Thin gRPC client for the Triton text-embedding server.
 
-from ._common import EmbeddingResult, ModelInfo
-from .aio import AsyncEmbeddingClient
-from .errors import EmbeddingError
-from .sync import EmbeddingClient
+Names are imported on first use, so ``tembed_client.contract`` (the wire contract the server's
+runtime shares) costs a Triton stub no tritonclient import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "EmbeddingResult", "ModelInfo"]
+_EXPORTS = {
+    "AsyncEmbeddingClient": "aio",
+    "EmbeddingClient": "sync",
+    "EmbeddingError": "errors",
+    "EmbeddingResult": "_common",
+    "ModelInfo": "_common",
+    "discover_models": "_common",
+    "gather": "aio",
+    "parse_model_config": "_common",
+    "ready_models": "_common",
+    "triton_errors": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

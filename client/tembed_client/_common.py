@@ -3,7 +3,6 @@ chunking and reassembly. Nothing in here does I/O."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -11,12 +10,10 @@ from typing import Any, Union
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from . import contract as c
+from .contract import DIMENSIONS, EMBEDDING, INPUT_TYPE, INPUT_TYPES, INSTRUCTION, TEXT, TOKEN_COUNT
 from .errors import EmbeddingError
 
-# The ensemble's tensors.
-TEXT, INSTRUCTION, INPUT_TYPE, DIMENSIONS = "text", "instruction", "input_type", "dimensions"
-EMBEDDING, TOKEN_COUNT = "embedding", "token_count"
-INPUT_TYPES = ("query", "document")
 COMPRESSIONS = (None, "gzip", "deflate")
 
 Text = Union[str, bytes]
@@ -38,6 +35,7 @@ class ModelInfo:
     model_type: str | None = None
     pooling: str | None = None
     platform: str = ""
+    task: str = c.TASK_EMBED  # what the ensemble does (its "task" parameter; older repositories: embed)
     parameters: Mapping[str, str] = field(default_factory=dict)  # every parameter, raw
 
 
@@ -76,15 +74,21 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
             raise EmbeddingError(msg, code="FAILED_PRECONDITION")
         return value
 
-    dimension = integer("dimension")
+    task = params.get(c.PARAM_TASK, c.TASK_EMBED)
+    if task not in c.TASKS:
+        raise EmbeddingError(
+            f"model {name!r} has task {task!r}; this client knows {c.TASKS}", code="FAILED_PRECONDITION"
+        )
+    dimension = integer(c.PARAM_DIMENSION)
     return ModelInfo(
         name=name,
         dimension=dimension,
-        min_dimension=integer("min_dimension", dimension),
-        max_texts=integer("max_texts"),
-        model_type=params.get("model_type"),
-        pooling=params.get("pooling"),
+        min_dimension=integer(c.PARAM_MIN_DIMENSION, dimension),
+        max_texts=integer(c.PARAM_MAX_TEXTS),
+        model_type=params.get(c.PARAM_MODEL_TYPE),
+        pooling=params.get(c.PARAM_POOLING),
         platform=cfg.get("platform", ""),
+        task=task,
         parameters=params,
     )
 
@@ -92,6 +96,24 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
 def ready_models(index: Mapping[str, Any]) -> list[str]:
     """Names of the READY models in ``get_model_repository_index(as_json=True)``."""
     return sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+
+
+def discover_models(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, ModelInfo]:
+    """The served ensembles among the configs of the ready models, by name.
+
+    An ensemble is ours when its parameters say what it does; one without (someone else's
+    ensemble on the same server) is left out rather than failing discovery.
+    """
+    found = {}
+    for name in sorted(configs):
+        cfg = configs[name].get("config", configs[name])
+        if cfg.get("platform") != "ensemble":
+            continue
+        try:
+            found[name] = parse_model_config(configs[name])
+        except EmbeddingError:
+            continue
+    return found
 
 
 def pick_model(configs: Mapping[str, Mapping[str, Any]]) -> ModelInfo:
@@ -138,12 +160,10 @@ def encode_texts(texts: Texts) -> tuple[list[bytes], bool]:
 
 
 def check_dimensions(dimensions: object, info: ModelInfo) -> int:
-    if isinstance(dimensions, bool) or not isinstance(dimensions, numbers.Integral):
-        raise invalid(f"dimensions must be an int, not {type(dimensions).__name__}")
-    if not info.min_dimension <= int(dimensions) <= info.dimension:
-        lo, hi = info.min_dimension, info.dimension
-        raise invalid(f"dimensions must be in [{lo}, {hi}] for model {info.name!r}, got {dimensions}")
-    return int(dimensions)
+    error = c.dimensions_error(dimensions, info.min_dimension, info.dimension, info.name)
+    if error:
+        raise invalid(error)
+    return int(dimensions)  # type: ignore[call-overload]
 
 
 def tensor(name: str, data: np.ndarray) -> grpcclient.InferInput:
@@ -242,16 +262,21 @@ class ClientBase:
         headers: Mapping[str, str] | None = None,
         compression: str | None = None,
         verbose: bool = False,
+        triton: Any = None,
+        info: ModelInfo | None = None,
     ) -> None:
+        """``triton``: an open ``tritonclient`` InferenceServerClient to share (its owner closes it;
+        ``close()`` then leaves it open). ``info``: the model's config, when the caller has read it."""
         if compression not in COMPRESSIONS:
             raise invalid(f"compression must be gzip, deflate or None, not {compression!r}")
         self.url = url
-        self._model = model
-        self._info: ModelInfo | None = None
+        self._model = model if info is None else info.name
+        self._info: ModelInfo | None = info
         # Passed to every RPC; inference calls also get the compression.
         self._rpc_kw: dict[str, Any] = {"headers": dict(headers) if headers else None, "client_timeout": timeout}
         self._infer_kw: dict[str, Any] = {**self._rpc_kw, "compression_algorithm": compression}
-        self._triton = self._triton_class(url, verbose=verbose)
+        self._owns_triton = triton is None
+        self._triton = self._triton_class(url, verbose=verbose) if triton is None else triton
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, model={self._model!r})"

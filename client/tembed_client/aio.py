@@ -51,7 +51,8 @@ class AsyncEmbeddingClient(ClientBase):
         await self.close()
 
     async def close(self) -> None:
-        await self._triton.close()
+        if self._owns_triton:
+            await self._triton.close()
 
     async def server_info(self) -> dict[str, Any]:
         """The server's metadata: ``name``, ``version``, ``extensions``."""

@@ -39,7 +39,8 @@ class EmbeddingClient(ClientBase):
         self.close()
 
     def close(self) -> None:
-        self._triton.close()
+        if self._owns_triton:
+            self._triton.close()
 
     def server_info(self) -> dict[str, Any]:
         """The server's metadata: ``name``, ``version``, ``extensions``."""

@@ -6,13 +6,14 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import shlex
 import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .data import DEFAULT_DATA
+from .data import DEFAULT_DATA, ROOT
 from .evaluate import ALL_TASKS, SWEEP_DIMS, EvalConfig, evaluate_model
 from .index import qdrant_client
 from .report import write_report
@@ -90,7 +91,7 @@ def _notes(args: argparse.Namespace, memory: dict[str, Any] | None) -> list[str]
         else "server memory not measured (no tritonserver pid found; pass --server-pid)."
     )
     return [
-        f"Data: `{args.data}` (see its README.md for sources and licences). Sizes are in the table: "
+        f"Data: `{os.path.relpath(Path(args.data).resolve(), ROOT)}` (see its README.md for sources and licences). Sizes are in the table: "
         "CMRC2018 dev is question → the paragraph it was asked about; Tatoeba cmn–eng line i ↔ line i, both directions; "
         "MS MARCO is the BEIR-format 5k subset, graded qrels"
         + (
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
     with contextlib.ExitStack() as stack:
         if args.serve:
-            from tembed.server import TritonServer
+            from tembed_serving.server import TritonServer
 
             log = Path(".cache") / "tritonserver-eval.log"  # gitignored, beside `tembed serve`'s log
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The evaluation sets, read from /work/shared/data-style folders into one retrieval shape."""
+"""The evaluation sets, read from ``../shared/data``-style folders into one retrieval shape."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from .repository import ENCODER_BACKENDS
@@ -28,42 +28,10 @@ def resolve_model(ref: str) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .encoder import load_embedding_model
-    from .onnx_export import export_onnx, validate_onnx
+    from .pipeline import ExportOptions, export_model
+    from .repository import ServingOptions
 
-    if args.quantize and args.backend not in ("python-onnx", "onnxruntime"):
-        raise SystemExit("error: --quantize int8 is for the ONNX Runtime encoders (python-onnx, onnxruntime)")
-    from .profile import read_profile
-    from .repository import ServingOptions, write_repository
-
-    folder = resolve_model(args.model)
-    prompts = None
-    if args.query_prompt is not None or args.document_prompt is not None:
-        prompts = {"query": args.query_prompt or "", "document": args.document_prompt or ""}
-    profile = read_profile(
-        folder,
-        name=args.name,
-        pooling=args.pooling,
-        max_length=args.max_length,
-        min_dimension=args.min_dimension,
-        max_texts=args.max_texts,
-        padding_side=args.padding_side,
-        prompts=prompts,
-        end_token=args.end_token,
-        ids_dtype=args.ids_dtype,
-    )
-    log.info(
-        "[1/4] profile of %s: pooling=%s padding=%s max_length=%d dim=%d (min %d) end_token=%s prompts=%s",
-        folder,
-        profile.pooling,
-        profile.padding_side,
-        profile.max_length,
-        profile.dimension,
-        profile.min_dimension,
-        profile.end_token,
-        profile.prompts,
-    )
-    opts = ServingOptions(
+    serving = ServingOptions(
         backend=args.backend,
         encoder_instances=args.encoder_instances,
         intra_op_threads=args.threads,
@@ -71,48 +39,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         torch_dtype=args.torch_dtype,
         torch_device=args.torch_device,
     )
-    if args.backend == "pytorch":
-        # The GPU path without an engine: the runner reads the Hugging Face folder copied into the repository.
-        written = write_repository(
-            profile, args.repo, tokenizer_file=folder / "tokenizer.json", encoder_file=folder, opts=opts
-        )
-        log.info("[2/2] wrote %s (PyTorch runner, %s)", ", ".join(str(p) for p in written.values()), opts.torch_dtype)
-        print(f"served model {profile.name!r} written to {Path(args.repo).resolve()}")
-        return 0
-    written = write_repository(
-        profile, args.repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=opts
+    options = ExportOptions(
+        name=args.name,
+        pooling=args.pooling,
+        padding_side=args.padding_side,
+        max_length=args.max_length,
+        min_dimension=args.min_dimension,
+        max_texts=args.max_texts,
+        query_prompt=args.query_prompt,
+        document_prompt=args.document_prompt,
+        end_token=args.end_token,
+        ids_dtype=args.ids_dtype,
+        serving=serving,
+        opset=args.opset,
+        quantize=args.quantize,
+        validate=not args.skip_validation,
     )
-    log.info("[2/4] wrote %s", ", ".join(str(p) for p in written.values()))
-    t0 = time.perf_counter()
-    model = load_embedding_model(folder, profile)
-    onnx_path = export_onnx(model, profile, written["encoder"] / "1" / "model.onnx", opset=args.opset)
-    log.info(
-        "[3/4] exported %s (%.0f MB) in %.1fs", onnx_path, onnx_path.stat().st_size / 2**20, time.perf_counter() - t0
-    )
-    if args.skip_validation:
-        log.warning("[4/4] validation skipped")
-    else:
-        reports = validate_onnx(model, profile, onnx_path)
-        worst = max(r.max_abs_err for r in reports)
-        log.info("[4/4] validated on %d fresh shapes: max |onnx - torch| = %.2e", len(reports), worst)
-    if args.quantize == "int8":
-        from .onnx_export import INT8_CHECK_TEXTS, quantize_int8
-        from .textproc import TextEncoder
-
-        batch = TextEncoder(profile, folder / "tokenizer.json")(list(INT8_CHECK_TEXTS))
-        worst = quantize_int8(onnx_path, batch.input_ids, batch.attention_mask)
-        log.info("quantised to int8 (dynamic): min cosine to fp32 on %d texts = %.4f", len(INT8_CHECK_TEXTS), worst)
-    if profile.ids_dtype == "int32" and args.backend != "tensorrt":
-        # The export always takes int64 ids; `tembed engine` retypes the graph for TensorRT itself.
-        from .tensorrt_build import retype_ids
-
-        retype_ids(onnx_path, onnx_path, "int32")
-        log.info("input ids retyped to int32 in %s", onnx_path)
-    if args.backend == "tensorrt":
-        log.info(
-            "next: build %s/1/model.plan from model.onnx with `make engine` (docker/README.md)", written["encoder"]
-        )
-    print(f"served model {profile.name!r} written to {Path(args.repo).resolve()}")
+    try:
+        result = export_model(resolve_model(args.model), args.repo, options)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"served model {result.profile.name!r} written to {Path(args.repo).resolve()}")
     return 0
 
 
@@ -170,21 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--only", nargs="*", help="names to build (default: all)")
     fx.set_defaults(func=cmd_fixtures)
 
-    sub.add_parser("serve", help="run tritonserver on a model repository (tembed serve --help)")
+    sub.add_parser("serve", help="run tritonserver and the gateway on a model repository (tembed serve --help)")
     register_engine(sub)
-    try:  # the eval extra (qdrant-client, ir-measures) may not be installed
-        from tembed_eval import register as register_eval
-    except ImportError:
-        pass
-    else:
-        register_eval(sub)
+    # Commands other distributions add (tembed eval from evaluation/), found without importing them here.
+    for ep in entry_points(group="tembed.commands"):
+        try:
+            ep.load()(sub)
+        except ImportError:  # its extra is not installed
+            continue
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # its own parser: argparse's REMAINDER drops leading options
-        from .server import main as serve_main
+        from tembed_gateway.launch import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)

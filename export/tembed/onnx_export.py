@@ -10,17 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoder import EmbeddingModel
-from .profile import ModelProfile
+from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, INPUT_IDS
+from tembed_serving.profile import ModelProfile
+from tembed_serving.runners.torch_model import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("input_ids", "attention_mask")
-OUTPUT = "embedding"
 DYNAMIC_AXES = {
-    "input_ids": {0: "batch_size", 1: "sequence_length"},
-    "attention_mask": {0: "batch_size", 1: "sequence_length"},
-    "embedding": {0: "batch_size"},
+    INPUT_IDS: {0: "batch_size", 1: "sequence_length"},
+    ATTENTION_MASK: {0: "batch_size", 1: "sequence_length"},
+    ENCODER_OUTPUT: {0: "batch_size"},
 }
 TRACE_SHAPE = (2, 12)
 # Shapes never seen by the tracer: odd lengths, batch 1, padding on the profile's side.
@@ -68,8 +67,8 @@ def export_onnx(model: EmbeddingModel, profile: ModelProfile, out: Path, *, opse
             model,
             (torch.from_numpy(ids), torch.from_numpy(mask)),
             str(out),
-            input_names=list(INPUTS),
-            output_names=[OUTPUT],
+            input_names=list(ENCODER_INPUTS),
+            output_names=[ENCODER_OUTPUT],
             dynamic_axes=DYNAMIC_AXES,
             opset_version=opset,
             dynamo=False,
@@ -94,7 +93,7 @@ def validate_onnx(
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    if names != list(INPUTS) or [o.name for o in sess.get_outputs()] != [OUTPUT]:
+    if names != list(ENCODER_INPUTS) or [o.name for o in sess.get_outputs()] != [ENCODER_OUTPUT]:
         raise ExportValidationError(f"unexpected graph signature: inputs {names}")
     vocab = model.backbone.config.vocab_size
     reports = []
@@ -102,7 +101,7 @@ def validate_onnx(
         ids, mask = sample_inputs(profile, batch, length, vocab=vocab, seed=100 + i)
         with torch.inference_mode():
             ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        got = sess.run([OUTPUT], {"input_ids": ids, "attention_mask": mask})[0]
+        got = sess.run([ENCODER_OUTPUT], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
         if got.shape != (batch, profile.dimension):
             raise ExportValidationError(
                 f"shape {(batch, length)}: output {got.shape}, expected {(batch, profile.dimension)}"
@@ -145,9 +144,9 @@ def quantize_int8(onnx_path: Path, ids: np.ndarray, mask: np.ndarray, *, min_cos
     onnx_path.replace(fp32)
     try:
         quantize_dynamic(str(fp32), str(onnx_path), weight_type=QuantType.QInt8)
-        feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
+        feeds = {INPUT_IDS: ids.astype(np.int64), ATTENTION_MASK: mask.astype(np.int64)}
         ref, got = (
-            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run([OUTPUT], feeds)[0]
+            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run([ENCODER_OUTPUT], feeds)[0]
             for p in (fp32, onnx_path)
         )
         worst = float((ref * got).sum(-1).min())

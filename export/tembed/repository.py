@@ -1,11 +1,18 @@
-"""Lay out a Triton model repository for one embedding model, every config rendered from its profile.
+"""Lay out a Triton model repository for one served model, every config rendered from its profile.
 
-For a profile named ``N`` the repository gets four models:
+The seams:
+
+- **Backends**: one :class:`EncoderBackend` object per encoder backend in :data:`BACKENDS` says how
+  its encoder config looks and which files its version folder holds. The Python-backend ones name
+  a runner of :mod:`tembed_serving.runners`.
+- **Tasks**: one :class:`Task` per task in :data:`TASKS` builds the models around the encoder
+  (the embedding task: tokenizer, postprocess and the ensemble). A reranker is one more class.
+
+For a profile named ``N`` the embedding task writes four models (names in
+:func:`tembed_serving.contract.model_names`):
 
 ``N-tokenizer``   Python backend: texts and options in, bucketed ``input_ids``/``attention_mask`` out.
-``N-encoder``     the pooled encoder: a Python-backend ONNX Runtime runner on CPU, the
-                  ``onnxruntime_onnx`` / ``tensorrt_plan`` backends in the GPU containers, or a
-                  Python-backend PyTorch runner on GPU (the path that needs no engine build).
+``N-encoder``     the pooled encoder, as the chosen backend runs it.
 ``N-postprocess`` Python backend: Matryoshka truncation and re-normalisation.
 ``N``             the ensemble clients call: text in, ``[n, dim]`` float32 out.
 """
@@ -19,18 +26,19 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .profile import ModelProfile
-from .tensorrt_build import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SEQ_BUCKETS, optimization_profiles
+from tembed_serving import contract as c
+from tembed_serving.contract import model_names
+from tembed_serving.profile import ModelProfile
 
-ENCODER_BACKENDS = ("python-onnx", "onnxruntime", "tensorrt", "pytorch")
+from .trt_profiles import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SEQ_BUCKETS, optimization_profiles
+
 TORCH_DTYPES = ("bfloat16", "float16", "float32")
-# The pytorch backend's copy of the Hugging Face folder in the version folder (= torch_runner.HF_DIR,
-# not imported: rendering configs must not need torch).
-HF_DIR = "hf"
 _DTYPES = {"int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32}
 _MODEL_PY = (
     '"""Triton Python model; the logic lives in {module}."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
 )
+# What the PyTorch runner never reads: other export formats and VCS metadata of a hub snapshot.
+_HF_IGNORE = shutil.ignore_patterns(".git", ".cache", "onnx", "openvino", "*.onnx", "*.onnx_data", "*.plan")
 
 
 @dataclass(frozen=True)
@@ -52,67 +60,83 @@ class ServingOptions:
     torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
 
     def __post_init__(self) -> None:
-        if self.backend not in ENCODER_BACKENDS:
-            raise ValueError(f"backend must be one of {ENCODER_BACKENDS}, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
         if self.torch_dtype not in TORCH_DTYPES:
             raise ValueError(f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}")
         if self.torch_device not in ("cuda", "cpu"):
             raise ValueError(f"torch_device must be 'cuda' or 'cpu', got {self.torch_device!r}")
 
 
-def model_names(name: str) -> dict[str, str]:
-    return {
-        "ensemble": name,
-        "tokenizer": f"{name}-tokenizer",
-        "encoder": f"{name}-encoder",
-        "postprocess": f"{name}-postprocess",
-    }
+# --- encoder backends ----------------------------------------------------------------------------
 
 
-def _io(msg, name: str, dtype: int, dims: list[int], optional: bool = False):
-    t = msg.add(name=name, data_type=dtype, dims=dims)
-    if optional:
-        t.optional = True
-    return t
+class EncoderBackend:
+    """How one backend's encoder model is configured and what its version folder holds."""
+
+    name: str
+    #: the exported graph this backend's encoder is built from ("onnx"), or None (the HF folder)
+    graph: str | None = "onnx"
+    #: quantize int8 applies to the ONNX graph it serves
+    quantizable: bool = False
+    #: a Python-backend model of tembed_serving (it reads profile.json)
+    runs_in_python: bool = False
+
+    def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
+        raise NotImplementedError
+
+    def files(self, source: Path | None) -> dict[str, Path | str]:
+        """Files of the version folder: name -> source path (file or folder) or text."""
+        return {}
 
 
-def _text_inputs(cfg: mc.ModelConfig) -> None:
-    _io(cfg.input, "text", mc.TYPE_STRING, [-1])
-    _io(cfg.input, "instruction", mc.TYPE_STRING, [1], optional=True)
-    _io(cfg.input, "input_type", mc.TYPE_STRING, [1], optional=True)
-    _io(cfg.input, "dimensions", mc.TYPE_INT32, [1], optional=True)
+class PythonRunnerBackend(EncoderBackend):
+    """The encoder model of :mod:`tembed_serving.triton.encoder`, running one of its runners."""
 
+    runner: str
+    runs_in_python = True
 
-def tokenizer_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
-    ids = _DTYPES[p.ids_dtype]
-    cfg = mc.ModelConfig(name=model_names(p.name)["tokenizer"], backend="python", max_batch_size=0)
-    _text_inputs(cfg)
-    _io(cfg.output, "input_ids", ids, [-1, -1])
-    _io(cfg.output, "attention_mask", ids, [-1, -1])
-    _io(cfg.output, "token_count", mc.TYPE_INT32, [-1])
-    _io(cfg.output, "dimensions_checked", mc.TYPE_INT32, [1])
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.tokenizer_instances)
-    return cfg
-
-
-def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
-    ids = _DTYPES[p.ids_dtype]
-    cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.max_texts)
-    _io(cfg.input, "input_ids", ids, [-1])
-    _io(cfg.input, "attention_mask", ids, [-1])
-    _io(cfg.output, "embedding", mc.TYPE_FP32, [p.dimension])
-    # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
-    cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
-    if opts.backend == "python-onnx":
+    def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
         cfg.backend = "python"
+        cfg.parameters[c.PARAM_RUNNER].string_value = self.runner
+
+    def files(self, source: Path | None) -> dict[str, Path | str]:
+        return {"model.py": model_py("tembed_serving.triton.encoder")}
+
+
+class PythonOnnxBackend(PythonRunnerBackend):
+    name, runner, quantizable = "python-onnx", "onnxruntime", True
+
+    def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
+        super().configure(cfg, p, opts)
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.encoder_instances)
         cfg.parameters["intra_op_threads"].string_value = str(opts.intra_op_threads)
-        cfg.parameters["pad_token_id"].string_value = str(p.pad_token_id)
-        cfg.parameters["padding_side"].string_value = p.padding_side
-    elif opts.backend == "onnxruntime":
+
+    def files(self, source: Path | None) -> dict[str, Path | str]:
+        return {**super().files(source), **({c.ONNX_FILE: source} if source is not None else {})}
+
+
+class PytorchBackend(PythonRunnerBackend):
+    name, runner, graph = "pytorch", "torch", None
+
+    def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
+        super().configure(cfg, p, opts)
+        kind = mc.ModelInstanceGroup.KIND_GPU if opts.torch_device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+        cfg.instance_group.add(kind=kind, count=opts.gpu_instances)
+        cfg.parameters[c.PARAM_DTYPE].string_value = opts.torch_dtype
+
+    def files(self, source: Path | None) -> dict[str, Path | str]:
+        # source is the Hugging Face folder; its copy makes the repository self-contained.
+        return {**super().files(source), **({c.HF_DIR: source} if source is not None else {})}
+
+
+class OnnxruntimeBackend(EncoderBackend):
+    name, quantizable = "onnxruntime", True
+
+    def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
         # Without an accelerator the backend runs the CUDA execution provider on KIND_GPU instances.
         cfg.platform = "onnxruntime_onnx"
-        cfg.default_model_filename = "model.onnx"
+        cfg.default_model_filename = c.ONNX_FILE
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.gpu_instances)
         if opts.tensorrt_accelerator:
             acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
@@ -123,9 +147,17 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
             # Engines are built on first use per shape; caching them keeps restarts from rebuilding.
             acc.parameters["trt_engine_cache_enable"] = "1"
             acc.parameters["trt_engine_cache_path"] = "/tmp/tembed-ort-trt-cache"
-    elif opts.backend == "tensorrt":
+
+    def files(self, source: Path | None) -> dict[str, Path | str]:
+        return {c.ONNX_FILE: source} if source is not None else {}
+
+
+class TensorrtBackend(EncoderBackend):
+    name = "tensorrt"
+
+    def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
         cfg.platform = "tensorrt_plan"
-        cfg.default_model_filename = "model.plan"
+        cfg.default_model_filename = c.PLAN_FILE
         profiles = optimization_profiles(p.max_length, p.max_texts, opts.seq_buckets, opts.max_batch_tokens)
         # The backend computes the same bound (max over the listed profiles) and rejects a larger one.
         cfg.max_batch_size = max(pr.max[0] for pr in profiles)
@@ -133,61 +165,148 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         # Unlisted, Triton uses profile 0 only; listed, it runs each batch on the admissible
         # profile nearest to opt, i.e. the one tuned for that sequence-length range.
         group.profile.extend(str(i) for i in range(len(profiles)))
-    else:
-        # Pooling and padding come from the profile.json written next to the weights.
-        cfg.backend = "python"
-        kind = mc.ModelInstanceGroup.KIND_GPU if opts.torch_device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
-        cfg.instance_group.add(kind=kind, count=opts.gpu_instances)
-        cfg.parameters["dtype"].string_value = opts.torch_dtype
+
+    def files(self, source: Path | None) -> dict[str, Path | str]:
+        # The ONNX graph waits next to the engine slot until `tembed engine` builds model.plan.
+        return {c.ONNX_FILE: source} if source is not None else {}
+
+
+BACKENDS: dict[str, EncoderBackend] = {
+    b.name: b for b in (PythonOnnxBackend(), OnnxruntimeBackend(), TensorrtBackend(), PytorchBackend())
+}
+ENCODER_BACKENDS = tuple(BACKENDS)
+
+
+# --- configs ---------------------------------------------------------------------------------------
+
+
+def _io(msg, name: str, dtype: int, dims: list[int], optional: bool = False):
+    t = msg.add(name=name, data_type=dtype, dims=dims)
+    if optional:
+        t.optional = True
+    return t
+
+
+def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
+    ids = _DTYPES[p.ids_dtype]
+    cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.max_texts)
+    for name in c.ENCODER_INPUTS:
+        _io(cfg.input, name, ids, [-1])
+    _io(cfg.output, c.ENCODER_OUTPUT, mc.TYPE_FP32, [p.dimension])
+    # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
+    cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    BACKENDS[opts.backend].configure(cfg, p, opts)
     return cfg
+
+
+@dataclass
+class ModelSpec:
+    """One model to write: its role, config, version-folder files, and whether profile.json goes there."""
+
+    role: str
+    config: mc.ModelConfig
+    files: dict[str, Path | str]
+    profile: bool = False
+
+
+class Task:
+    """The models a task puts around the encoder, and the ensemble that chains them."""
+
+    name: str
+
+    def models(self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path) -> list[ModelSpec]:
+        """Every model of the task but the encoder (which the backend writes)."""
+        raise NotImplementedError
+
+
+class EmbedTask(Task):
+    name = c.TASK_EMBED
+
+    @staticmethod
+    def _text_inputs(cfg: mc.ModelConfig) -> None:
+        _io(cfg.input, c.TEXT, mc.TYPE_STRING, [-1])
+        _io(cfg.input, c.INSTRUCTION, mc.TYPE_STRING, [1], optional=True)
+        _io(cfg.input, c.INPUT_TYPE, mc.TYPE_STRING, [1], optional=True)
+        _io(cfg.input, c.DIMENSIONS, mc.TYPE_INT32, [1], optional=True)
+
+    def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
+        ids = _DTYPES[p.ids_dtype]
+        cfg = mc.ModelConfig(name=model_names(p.name)["tokenizer"], backend="python", max_batch_size=0)
+        self._text_inputs(cfg)
+        for name in c.ENCODER_INPUTS:
+            _io(cfg.output, name, ids, [-1, -1])
+        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.DIMENSIONS_CHECKED, mc.TYPE_INT32, [1])
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.tokenizer_instances)
+        return cfg
+
+    def postprocess_config(self, p: ModelProfile) -> mc.ModelConfig:
+        cfg = mc.ModelConfig(name=model_names(p.name)["postprocess"], backend="python", max_batch_size=0)
+        _io(cfg.input, c.EMBEDDING, mc.TYPE_FP32, [-1, p.dimension])
+        _io(cfg.input, c.DIMENSIONS, mc.TYPE_INT32, [1])
+        _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1, -1])
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+        return cfg
+
+    def ensemble_config(self, p: ModelProfile) -> mc.ModelConfig:
+        names = model_names(p.name)
+        cfg = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=0)
+        self._text_inputs(cfg)
+        _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1, -1])
+        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        # What clients need to know without reading the profile: request limits and vector sizes.
+        for key, value in {
+            c.PARAM_TASK: p.task,
+            c.PARAM_MAX_TEXTS: p.max_texts,
+            c.PARAM_DIMENSION: p.dimension,
+            c.PARAM_MIN_DIMENSION: p.min_dimension,
+            c.PARAM_MAX_LENGTH: p.max_length,
+            c.PARAM_MODEL_TYPE: p.model_type,
+            c.PARAM_POOLING: p.pooling,
+            c.PARAM_INSTRUCTION: "yes" if p.instruction_template else "no",
+        }.items():
+            cfg.parameters[key].string_value = str(value)
+        steps = cfg.ensemble_scheduling.step
+        tok = steps.add(model_name=names["tokenizer"], model_version=-1)
+        for key in (c.TEXT, c.INSTRUCTION, c.INPUT_TYPE, c.DIMENSIONS):
+            tok.input_map[key] = key
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.DIMENSIONS_CHECKED):
+            tok.output_map[key] = key
+        enc = steps.add(model_name=names["encoder"], model_version=-1)
+        for key in c.ENCODER_INPUTS:
+            enc.input_map[key] = key
+        enc.output_map[c.ENCODER_OUTPUT] = c.FULL_EMBEDDING
+        post = steps.add(model_name=names["postprocess"], model_version=-1)
+        post.input_map[c.EMBEDDING] = c.FULL_EMBEDDING
+        post.input_map[c.DIMENSIONS] = c.DIMENSIONS_CHECKED
+        post.output_map[c.EMBEDDING] = c.EMBEDDING
+        return cfg
+
+    def models(self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path) -> list[ModelSpec]:
+        tok_files = {"model.py": model_py("tembed_serving.triton.tokenizer"), c.TOKENIZER_FILE: Path(tokenizer_file)}
+        return [
+            ModelSpec("tokenizer", self.tokenizer_config(p, opts), tok_files, profile=True),
+            ModelSpec(
+                "postprocess", self.postprocess_config(p), {"model.py": model_py("tembed_serving.triton.postprocess")}
+            ),
+            ModelSpec("ensemble", self.ensemble_config(p), {}),
+        ]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (EmbedTask(),)}
+
+
+# Kept as functions: tests and `tembed engine` render single configs.
+def tokenizer_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
+    return EmbedTask().tokenizer_config(p, opts)
 
 
 def postprocess_config(p: ModelProfile) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=model_names(p.name)["postprocess"], backend="python", max_batch_size=0)
-    _io(cfg.input, "embedding", mc.TYPE_FP32, [-1, p.dimension])
-    _io(cfg.input, "dimensions", mc.TYPE_INT32, [1])
-    _io(cfg.output, "embedding", mc.TYPE_FP32, [-1, -1])
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
-    return cfg
+    return EmbedTask().postprocess_config(p)
 
 
 def ensemble_config(p: ModelProfile) -> mc.ModelConfig:
-    names = model_names(p.name)
-    cfg = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=0)
-    _text_inputs(cfg)
-    _io(cfg.output, "embedding", mc.TYPE_FP32, [-1, -1])
-    _io(cfg.output, "token_count", mc.TYPE_INT32, [-1])
-    # What clients need to know without reading the profile: request limits and vector sizes.
-    for key, value in {
-        "max_texts": p.max_texts,
-        "dimension": p.dimension,
-        "min_dimension": p.min_dimension,
-        "max_length": p.max_length,
-        "model_type": p.model_type,
-        "pooling": p.pooling,
-        "instruction": "yes" if p.instruction_template else "no",
-    }.items():
-        cfg.parameters[key].string_value = str(value)
-    steps = cfg.ensemble_scheduling.step
-    tok = steps.add(model_name=names["tokenizer"], model_version=-1)
-    for key in ("text", "instruction", "input_type", "dimensions"):
-        tok.input_map[key] = key
-    for key, value in {
-        "input_ids": "input_ids",
-        "attention_mask": "attention_mask",
-        "token_count": "token_count",
-        "dimensions_checked": "dimensions_checked",
-    }.items():
-        tok.output_map[key] = value
-    enc = steps.add(model_name=names["encoder"], model_version=-1)
-    enc.input_map["input_ids"] = "input_ids"
-    enc.input_map["attention_mask"] = "attention_mask"
-    enc.output_map["embedding"] = "full_embedding"
-    post = steps.add(model_name=names["postprocess"], model_version=-1)
-    post.input_map["embedding"] = "full_embedding"
-    post.input_map["dimensions"] = "dimensions_checked"
-    post.output_map["embedding"] = "embedding"
-    return cfg
+    return EmbedTask().ensemble_config(p)
 
 
 def render(cfg: mc.ModelConfig) -> str:
@@ -200,9 +319,13 @@ def parse(text: str) -> mc.ModelConfig:
     return text_format.Parse(text, mc.ModelConfig())
 
 
+def model_py(module: str) -> str:
+    return _MODEL_PY.format(module=module)
+
+
 def _write_model(root: Path, cfg: mc.ModelConfig, files: dict[str, Path | str]) -> Path:
     model_dir = root / cfg.name
-    version = model_dir / "1"
+    version = model_dir / c.VERSION
     if model_dir.exists():
         shutil.rmtree(model_dir)
     version.mkdir(parents=True)
@@ -219,43 +342,22 @@ def _write_model(root: Path, cfg: mc.ModelConfig, files: dict[str, Path | str]) 
     return model_dir
 
 
-# What the PyTorch runner never reads: other export formats and VCS metadata of a hub snapshot.
-_HF_IGNORE = shutil.ignore_patterns(".git", ".cache", "onnx", "openvino", "*.onnx", "*.onnx_data", "*.plan")
-
-
-def model_py(module: str) -> str:
-    return _MODEL_PY.format(module=module)
-
-
 def write_repository(
     p: ModelProfile, repo: Path, *, tokenizer_file: Path, encoder_file: Path | None, opts: ServingOptions
 ) -> dict[str, Path]:
-    """Write (or replace) the four models of profile ``p`` under ``repo``."""
+    """Write (or replace) the models of profile ``p`` under ``repo``; role -> model folder.
+
+    ``encoder_file`` is what the backend serves (an ONNX graph, or the Hugging Face folder for
+    ``pytorch``); None leaves the slot empty for the exporter to fill.
+    """
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
+    backend = BACKENDS[opts.backend]
+    # The runner reads pooling, padding side and pad id from the profile next to it.
+    encoder = ModelSpec("encoder", encoder_config(p, opts), backend.files(encoder_file), backend.runs_in_python)
     written = {}
-    tok_dir = _write_model(
-        repo,
-        tokenizer_config(p, opts),
-        {"model.py": model_py("tembed.triton.tokenizer"), "tokenizer.json": Path(tokenizer_file)},
-    )
-    p.save(tok_dir / "1")
-    written["tokenizer"] = tok_dir
-    enc_files: dict[str, Path | str] = {}
-    if opts.backend == "python-onnx":
-        enc_files["model.py"] = model_py("tembed.triton.onnx_encoder")
-    if opts.backend == "pytorch":
-        # encoder_file is the Hugging Face folder; its copy makes the repository self-contained.
-        enc_files["model.py"] = model_py("tembed.triton.torch_encoder")
-        if encoder_file is not None:
-            enc_files[HF_DIR] = Path(encoder_file)
-    elif encoder_file is not None:
-        enc_files["model.plan" if opts.backend == "tensorrt" else "model.onnx"] = Path(encoder_file)
-    written["encoder"] = _write_model(repo, encoder_config(p, opts), enc_files)
-    if opts.backend == "pytorch":
-        p.save(written["encoder"] / "1")  # pooling and padding side for the runner
-    written["postprocess"] = _write_model(
-        repo, postprocess_config(p), {"model.py": model_py("tembed.triton.postprocess")}
-    )
-    written["ensemble"] = _write_model(repo, ensemble_config(p), {})
-    return written
+    for spec in [encoder, *TASKS[p.task].models(p, opts, tokenizer_file)]:
+        written[spec.role] = _write_model(repo, spec.config, spec.files)
+        if spec.profile:
+            p.save(written[spec.role] / c.VERSION)
+    return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))

@@ -22,21 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .profile import ModelProfile
+from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, INPUT_IDS, Layout
+from tembed_serving.profile import ModelProfile
+
+from .repository import ServingOptions, encoder_config, parse, render
+from .trt_profiles import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_SEQ_BUCKETS,
+    ShapeProfile,
+    optimization_profiles,
+    select_profile,
+)
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-# One profile per range; each range's kernels are tuned for its own shapes. A single 1..32k profile
-# makes TensorRT time every tactic at one opt shape and size activation memory for the 32k worst
-# case, which short requests (most traffic) then pay for.
-DEFAULT_SEQ_BUCKETS = (512, 2048, 8192, 32768)
-# Caps batch x sequence per profile: activation memory grows with tokens, and TensorRT reserves it
-# for the largest profile at load time (64 x 32k tokens of a 4B model would not fit on an 80 GB GPU).
-DEFAULT_MAX_BATCH_TOKENS = 65536
 DEFAULT_TIMING_CACHE = Path(".cache/tensorrt/timing.cache")
-INPUTS = ("input_ids", "attention_mask")  # the names onnx_export writes; kept here to avoid importing torch
-OUTPUT = "embedding"
 SIDECAR_SUFFIX = ".json"
 
 # RMSNorm / LayerNorm / the final L2 normalisation exported from PyTorch: Pow -> ReduceMean -> Add ->
@@ -69,55 +70,6 @@ TOLERANCES = {
     "fp16": Tolerance(atol=2e-2, min_cosine=0.998),
     "bf16": Tolerance(atol=5e-2, min_cosine=0.995),
 }
-
-
-@dataclass(frozen=True)
-class ShapeProfile:
-    """(batch, sequence) shapes of one optimization profile; the same for input_ids and attention_mask."""
-
-    min: tuple[int, int]
-    opt: tuple[int, int]
-    max: tuple[int, int]
-
-    def admits(self, batch: int, seq: int) -> bool:
-        return self.min[0] <= batch <= self.max[0] and self.min[1] <= seq <= self.max[1]
-
-
-def optimization_profiles(
-    max_length: int,
-    max_batch: int,
-    seq_buckets: tuple[int, ...] | list[int] = DEFAULT_SEQ_BUCKETS,
-    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
-) -> list[ShapeProfile]:
-    """Contiguous, non-overlapping sequence ranges (1..b0, b0+1..b1, ...) capped at ``max_length``.
-
-    Non-overlapping, so exactly one profile admits a request's shape and Triton's choice (the
-    admissible profile nearest to opt) is the one tuned for it.
-    """
-    if max_length < 1 or max_batch < 1:
-        raise ValueError(f"max_length and max_batch must be >= 1, got {max_length}, {max_batch}")
-    if not seq_buckets or any(int(b) < 1 for b in seq_buckets):
-        raise ValueError(f"sequence buckets must be positive integers, got {list(seq_buckets)}")
-    if max_batch_tokens is not None and max_batch_tokens < 1:
-        raise ValueError(f"max_batch_tokens must be >= 1 (or None for no cap), got {max_batch_tokens}")
-    caps = sorted({int(b) for b in seq_buckets if b < max_length} | {max_length})
-    profiles, lo = [], 1
-    for hi in caps:
-        batch = max_batch if max_batch_tokens is None else max(1, min(max_batch, max_batch_tokens // hi))
-        # opt at the top of the range: the tokenizer pads to power-of-two buckets, so within one
-        # range the longest bucket costs the most GPU time, and under load (when throughput
-        # matters) the dynamic batcher fills batches. TensorRT times tactics only at opt.
-        profiles.append(ShapeProfile(min=(1, lo), opt=(batch, hi), max=(batch, hi)))
-        lo = hi + 1
-    return profiles
-
-
-def select_profile(profiles: list[ShapeProfile], batch: int, seq: int) -> int:
-    """The profile Triton's tensorrt backend runs a batch with: admissible, then nearest to opt."""
-    admissible = [i for i, p in enumerate(profiles) if p.admits(batch, seq)]
-    if not admissible:
-        raise ValueError(f"no optimization profile admits batch={batch}, seq={seq}")
-    return min(admissible, key=lambda i: abs(profiles[i].opt[0] - batch) + abs(profiles[i].opt[1] - seq))
 
 
 def default_precision(profile: ModelProfile) -> str:
@@ -265,8 +217,10 @@ def _log_network(trt, network) -> dict[str, dict]:
             log.info("network %s %-15s shape=%s dtype=%s", kind, t.name, list(t.shape), _dtype_name(trt, t.dtype))
     names_in = [n for n, v in io.items() if v["kind"] == "input"]
     names_out = [n for n, v in io.items() if v["kind"] == "output"]
-    if names_in != list(INPUTS) or names_out != [OUTPUT]:
-        raise EngineBuildError(f"expected inputs {list(INPUTS)} and output [{OUTPUT!r}], got {names_in} -> {names_out}")
+    if names_in != list(ENCODER_INPUTS) or names_out != [ENCODER_OUTPUT]:
+        raise EngineBuildError(
+            f"expected inputs {list(ENCODER_INPUTS)} and output [{ENCODER_OUTPUT!r}], got {names_in} -> {names_out}"
+        )
     return io
 
 
@@ -336,7 +290,7 @@ def build_engine(spec: BuildSpec) -> Path:
             log.error("ONNX parser: %s", err)
         raise EngineBuildError(f"TensorRT could not parse {spec.onnx}: {len(errors)} error(s), first: {errors[:1]}")
     io = _log_network(trt, network)
-    ids_dtype = io["input_ids"]["dtype"]
+    ids_dtype = io[INPUT_IDS]["dtype"]
     if ids_dtype != spec.profile.ids_dtype:
         raise EngineBuildError(
             f"{spec.onnx} takes {ids_dtype} ids but the profile serves {spec.profile.ids_dtype}: "
@@ -357,7 +311,7 @@ def build_engine(spec: BuildSpec) -> Path:
     profiles = spec.profiles()
     for i, p in enumerate(profiles):
         opt_profile = builder.create_optimization_profile()
-        for name in INPUTS:
+        for name in ENCODER_INPUTS:
             opt_profile.set_shape(name, p.min, p.opt, p.max)
         config.add_optimization_profile(opt_profile)
         log.info("profile %d: min %s opt %s max %s (batch, tokens)", i, p.min, p.opt, p.max)
@@ -411,7 +365,7 @@ def retype_ids(src: Path, dst: Path, dtype: str = "int32") -> Path:
     graph = model.graph
     casts = []
     for inp in graph.input:
-        if inp.name not in INPUTS or inp.type.tensor_type.elem_type == elem:
+        if inp.name not in ENCODER_INPUTS or inp.type.tensor_type.elem_type == elem:
             continue
         original = inp.type.tensor_type.elem_type
         inner = f"{inp.name}_{onnx.TensorProto.DataType.Name(original).lower()}"
@@ -432,7 +386,9 @@ def onnx_vocab_size(onnx_path: Path, default: int = 1000) -> int:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {t.name: t for t in model.graph.initializer}
-    feeds = set(INPUTS[:1]) | {n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] == INPUTS[0]}
+    feeds = set(ENCODER_INPUTS[:1]) | {
+        n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] == ENCODER_INPUTS[0]
+    }
     for node in model.graph.node:
         if node.op_type == "Gather" and node.input[1] in feeds and node.input[0] in inits:
             return int(inits[node.input[0]].dims[0])
@@ -468,7 +424,7 @@ def validate_engine(
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
     if engine is None:
         raise EngineMismatchError(f"{plan}: TensorRT could not deserialize the engine (see its log above)")
-    torch_ids = {"int32": torch.int32, "int64": torch.int64}[_dtype_name(trt, engine.get_tensor_dtype("input_ids"))]
+    torch_ids = {"int32": torch.int32, "int64": torch.int64}[_dtype_name(trt, engine.get_tensor_dtype(INPUT_IDS))]
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
     sess = ort.InferenceSession(str(onnx_path), providers=providers)
     np_ids = np.int32 if "int32" in sess.get_inputs()[0].type else np.int64
@@ -479,18 +435,18 @@ def validate_engine(
     for i, (batch, seq) in enumerate(shapes or default_validation_shapes(profiles)):
         index = select_profile(profiles, batch, seq)
         ids, mask = sample_inputs(profile, batch, seq, vocab=vocab, seed=1000 + i)
-        ref = sess.run([OUTPUT], {"input_ids": ids.astype(np_ids), "attention_mask": mask.astype(np_ids)})[0]
+        ref = sess.run([ENCODER_OUTPUT], {INPUT_IDS: ids.astype(np_ids), ATTENTION_MASK: mask.astype(np_ids)})[0]
         feeds = {
-            "input_ids": torch.from_numpy(ids).to("cuda", torch_ids),
-            "attention_mask": torch.from_numpy(mask).to("cuda", torch_ids),
+            INPUT_IDS: torch.from_numpy(ids).to("cuda", torch_ids),
+            ATTENTION_MASK: torch.from_numpy(mask).to("cuda", torch_ids),
         }
         torch.cuda.synchronize()
         context.set_optimization_profile_async(index, stream.cuda_stream)
         for name, tensor in feeds.items():
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
-        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT)), dtype=torch.float32, device="cuda")
-        context.set_tensor_address(OUTPUT, out.data_ptr())
+        out = torch.empty(tuple(context.get_tensor_shape(ENCODER_OUTPUT)), dtype=torch.float32, device="cuda")
+        context.set_tensor_address(ENCODER_OUTPUT, out.data_ptr())
         if not context.execute_async_v3(stream.cuda_stream):
             raise EngineMismatchError(f"engine failed to run batch={batch}, seq={seq} on profile {index}")
         stream.synchronize()
@@ -510,24 +466,14 @@ def validate_engine(
 # --- `tembed engine` -----------------------------------------------------------------------------
 
 
-def _model_paths(repo: Path, name: str) -> tuple[Path, Path]:
-    from .repository import model_names
-
-    names = model_names(name)
-    return repo / names["tokenizer"] / "1", repo / names["encoder"]
-
-
 def cmd_engine(args: argparse.Namespace) -> int:
-    from .repository import ServingOptions, encoder_config, parse, render
-
-    tok_version, encoder_dir = _model_paths(args.repo, args.name)
-    if not (tok_version / "profile.json").exists():
-        raise SystemExit(
-            f"error: {tok_version / 'profile.json'} not found: run `tembed export --backend tensorrt` first"
-        )
-    profile = ModelProfile.load(tok_version)
-    onnx_path = args.onnx or encoder_dir / "1" / "model.onnx"
-    out = args.out or encoder_dir / "1" / "model.plan"
+    layout = Layout(args.repo, args.name)
+    encoder_dir = layout.model_dir("encoder")
+    if not layout.profile_file.exists():
+        raise SystemExit(f"error: {layout.profile_file} not found: run `tembed export --backend tensorrt` first")
+    profile = ModelProfile.load(layout.profile_file)
+    onnx_path = args.onnx or layout.onnx_file
+    out = args.out or layout.plan_file
     max_tokens = args.max_batch_tokens or None
     spec = BuildSpec(
         onnx=onnx_path,

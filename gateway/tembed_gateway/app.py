@@ -29,13 +29,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tembed_client import EmbeddingError, EmbeddingResult
+from tembed_client.contract import INPUT_TYPES
 
 from .registry import REFRESH_INTERVAL_S, ModelClient, ModelRegistry
 from .settings import GatewaySettings
 
 log = logging.getLogger("tembed_gateway")
 
-INPUT_TYPES = ("query", "document")
 ENCODINGS = ("float", "base64")
 
 # gRPC status (as EmbeddingError.code) -> HTTP status, OpenAI error type, OpenAI error code.

@@ -10,10 +10,8 @@ from pathlib import Path
 import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
 
-from tembed_client import AsyncEmbeddingClient, EmbeddingError, ModelInfo
-from tembed_client._common import parse_model_config, ready_models
-from tembed_client.aio import gather
-from tembed_client.errors import triton_errors
+from tembed_client import AsyncEmbeddingClient, ModelInfo, discover_models, gather, ready_models, triton_errors
+from tembed_serving.contract import Layout
 
 from .settings import GatewaySettings
 
@@ -26,13 +24,7 @@ class ModelClient(AsyncEmbeddingClient):
     sends and reassembly are what the gateway needs), with the config already read."""
 
     def __init__(self, triton: grpcaio.InferenceServerClient, url: str, info: ModelInfo, timeout: float) -> None:
-        # ClientBase opens its channel through _triton_class: hand it the shared one instead.
-        self._triton_class = lambda *_a, **_k: triton
-        super().__init__(url, info.name, timeout=timeout)
-        self._info = info
-
-    async def close(self) -> None:
-        """The registry owns the channel."""
+        super().__init__(url, timeout=timeout, triton=triton, info=info)
 
     @property
     def info(self) -> ModelInfo:
@@ -48,7 +40,6 @@ class ModelRegistry:
         self.triton = grpcaio.InferenceServerClient(settings.triton_url)
         self.clients: dict[str, ModelClient] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
-        self._tokenizer_models: dict[str, str] = {}  # ensemble -> its first step, the tokenizer model
         self._lock = asyncio.Lock()
         self._refreshed_at = -math.inf
         self._rpc = {"client_timeout": min(settings.timeout_s, 10.0)}
@@ -72,15 +63,8 @@ class ModelRegistry:
                 names = ready_models(index)
                 configs = await gather(self.triton.get_model_config(n, as_json=True, **self._rpc) for n in names)
             found = {}
-            for name, config in zip(names, configs):
-                if config.get("config", config).get("platform") != "ensemble":
-                    continue
-                try:
-                    info = parse_model_config(config)
-                except EmbeddingError:  # an ensemble, but not one of ours
-                    continue
-                steps = config.get("config", config).get("ensemble_scheduling", {}).get("step", [])
-                self._tokenizer_models[name] = steps[0]["model_name"] if steps else f"{name}-tokenizer"
+            by_name = dict(zip(names, configs))
+            for name, info in discover_models(by_name).items():
                 old = self.clients.get(name)
                 found[name] = old if old is not None and old.info == info else self._client(info)
             self.clients = found
@@ -101,8 +85,7 @@ class ModelRegistry:
         """The served tokenizer's ``tokenizer.json``, if the gateway was given the repository."""
         if name not in self._tokenizers:
             repo = self.settings.model_repository
-            model = self._tokenizer_models.get(name, f"{name}-tokenizer")
-            path = Path(repo) / model / "1" / "tokenizer.json" if repo else None
+            path = Layout(Path(repo), name).tokenizer_file if repo else None
             if path is None or not path.is_file():
                 return None
             self._tokenizers[name] = Tokenizer.from_file(str(path))

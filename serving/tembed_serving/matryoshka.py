@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .contract import dimensions_error
 from .profile import ModelProfile
 from .textproc import RequestError
 
@@ -16,11 +17,9 @@ def check_dimensions(profile: ModelProfile, value: np.ndarray | None) -> int:
     if flat.size != 1:
         raise RequestError(f"dimensions takes exactly one value, got {flat.size}")
     d = int(flat[0])
-    if not profile.min_dimension <= d <= profile.dimension:
-        raise RequestError(
-            f"dimensions must be between {profile.min_dimension} and {profile.dimension} for model"
-            f" {profile.name!r}, got {d}"
-        )
+    error = dimensions_error(d, profile.min_dimension, profile.dimension, profile.name)
+    if error:
+        raise RequestError(error)
     return d
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .profile import ModelProfile
+from ..profile import ModelProfile
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The GPU encoder that needs no engine build: PyTorch, bf16, scaled-dot-product attention.
 
 It runs the same ``EmbeddingModel`` that is exported to ONNX and used as the reference, so a served
-vector differs from the reference only by dtype and attention kernel. The Triton Python model
-(``tembed.triton.torch_encoder``) and ``bench/gpu_bench.py`` both call this class.
+vector differs from the reference only by dtype and attention kernel. The encoder model (runner
+``torch``) and ``bench/gpu_bench.py`` both call this class.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .encoder import EmbeddingModel, load_embedding_model
-from .profile import ModelProfile
-from .textproc import pad_batch
+from ..profile import ModelProfile
+from ..textproc import pad_batch
+from .torch_model import EmbeddingModel, load_embedding_model
 
-HF_DIR = "hf"  # where write_repository copies the Hugging Face folder, inside the version folder
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .textproc import pad_batch
+from ..contract import ATTENTION_MASK, ENCODER_OUTPUT, INPUT_IDS
+from ..textproc import pad_batch
 
 # graph_optimization value -> onnxruntime.GraphOptimizationLevel member
 _OPT_LEVELS = {
@@ -82,10 +83,10 @@ class OrtEncoder:
 
     def _session_run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feeds = {
-            "input_ids": ids.astype(self._ids_dtype, copy=False),
-            "attention_mask": mask.astype(self._ids_dtype, copy=False),
+            INPUT_IDS: ids.astype(self._ids_dtype, copy=False),
+            ATTENTION_MASK: mask.astype(self._ids_dtype, copy=False),
         }
-        return self.session.run(["embedding"], feeds)[0]
+        return self.session.run([ENCODER_OUTPUT], feeds)[0]
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Embeddings of one padded batch.

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, processors
 
-from .profile import INPUT_TYPES, ModelProfile
+from .contract import INPUT_TYPES
+from .profile import ModelProfile
 
 
 class RequestError(ValueError):

@@ -172,86 +172,35 @@ class TritonServer:
         self.stop()
 
 
-def show_embedding(url: str, text: str) -> None:
-    """What a user wants to see first: one real embedding from the running server."""
-    from tembed_client import EmbeddingClient
-
-    with EmbeddingClient(url) as client:
-        info = client.model_info()
-        result = client.encode([text], input_type="query")
-    vec = result.embeddings[0]
-    head = ", ".join(f"{x:+.4f}" for x in vec[:8])
-    print(
-        f"model {info.name}: {text!r} -> {vec.shape[0]}-dim embedding, {int(result.token_counts[0])} tokens,"
-        f" norm {float((vec * vec).sum()) ** 0.5:.4f}\n  [{head}, ...]",
-        flush=True,
-    )
-
-
-def show_openai_embedding(base_url: str, text: str, api_key: str) -> None:
-    """The same text through the gateway, the way existing OpenAI client code calls it."""
-    try:
-        import openai
-    except ImportError:  # the test extra brings it; plain HTTP shows the same
-        openai = None
-    extra = {"input_type": "query"}  # as the gRPC demo, so the numbers match
-    if openai is not None:
-        client = openai.Client(base_url=f"{base_url}/v1", api_key=api_key)
-        model = client.models.list().data[0].id
-        resp = client.embeddings.create(model=model, input=text, extra_body=extra)
-        vec, tokens = resp.data[0].embedding, resp.usage.total_tokens
-    else:
-        import json
-
-        def call(path: str, body: dict | None = None) -> dict:
-            data = json.dumps(body).encode() if body is not None else None
-            headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
-            with urllib.request.urlopen(urllib.request.Request(base_url + path, data, headers), timeout=60) as r:
-                return json.load(r)
-
-        model = call("/v1/models")["data"][0]["id"]
-        resp = call("/v1/embeddings", {"model": model, "input": text, **extra})
-        vec, tokens = resp["data"][0]["embedding"], resp["usage"]["total_tokens"]
-    head = ", ".join(f"{x:+.4f}" for x in vec[:8])
-    print(f"{base_url}/v1/embeddings model {model}: {len(vec)}-dim, {tokens} tokens\n  [{head}, ...]", flush=True)
-
-
-def start_gateway(args: argparse.Namespace, triton_url: str):  # -> (GatewayThread | None, api key)
-    """The OpenAI-compatible gateway on Triton, in a thread of this process; (None, "") without the extra."""
-    try:
-        from tembed_gateway import GatewaySettings, GatewayThread, load_api_keys
-    except ImportError as exc:
-        print(f"OpenAI-compatible gateway not started ({exc}): pip install -e '.[gateway]'", flush=True)
-        return None, ""
-    keys = load_api_keys()  # $TEMBED_API_KEYS turns authentication on
-    settings = GatewaySettings(triton_url, api_keys=keys, model_repository=args.model_repository)
-    try:
-        gw = GatewayThread(settings, args.gateway_host, args.gateway_port).start()
-    except (OSError, RuntimeError) as exc:
-        msg = f"gateway could not start on {args.gateway_host}:{args.gateway_port} ({exc}); use --gateway-port or --no-gateway"
-        raise ServerError(msg) from None
-    auth = "API key required" if keys else "no API key needed"
-    print(f"OpenAI-compatible gateway ready: {gw.url}/v1 ({auth})", flush=True)
-    return gw, min(keys, default="EMPTY")
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="tembed serve", description="Serve a model repository with the pip-installed tritonserver."
-    )
+    """Triton alone on a repository (``python -m tembed_serving.server``); ``tembed serve`` adds the gateway."""
+    ap = argparse.ArgumentParser(prog="python -m tembed_serving.server", description=main.__doc__)
+    add_server_args(ap)
+    args = ap.parse_args(argv)
+    srv = server_from_args(args)
+    try:
+        srv.start()
+        print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
+        srv.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+    return 0
+
+
+def add_server_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-repository", type=Path, default=Path("model_repository"))
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--log-verbose", type=int, default=0)
     ap.add_argument("--log-file", type=Path, default=Path(".cache/tritonserver.log"), help="server log")
-    ap.add_argument("--demo", metavar="TEXT", help="once ready, embed TEXT through the gRPC client and print it")
-    ap.add_argument("--exit-after-demo", action="store_true", help="stop the server after the demo")
-    ap.add_argument("--gateway-port", type=int, default=30000, help="OpenAI-compatible /v1/embeddings port")
-    ap.add_argument("--gateway-host", default="127.0.0.1")
-    ap.add_argument("--no-gateway", action="store_true", help="serve gRPC/HTTP only, no OpenAI-compatible gateway")
-    args = ap.parse_args(argv)
-    srv = TritonServer(
+
+
+def server_from_args(args: argparse.Namespace) -> TritonServer:
+    args.log_file.parent.mkdir(parents=True, exist_ok=True)
+    return TritonServer(
         args.model_repository,
         args.grpc_port,
         args.http_port,
@@ -259,27 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         args.log_verbose,
         log_file=args.log_file,
     )
-    args.log_file.parent.mkdir(parents=True, exist_ok=True)
-    gateway, api_key = None, ""
-    try:
-        srv.start()
-        print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
-        if not args.no_gateway:
-            gateway, api_key = start_gateway(args, srv.grpc_url)
-        if args.demo:
-            show_embedding(srv.grpc_url, args.demo)
-            if gateway is not None:
-                show_openai_embedding(gateway.url, args.demo, api_key)
-        if not args.exit_after_demo:
-            print("serving; Ctrl-C stops it", flush=True)
-            srv.proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if gateway is not None:  # first, so it stops taking requests for a Triton about to go
-            gateway.stop()
-        srv.stop()
-    return 0
 
 
 if __name__ == "__main__":

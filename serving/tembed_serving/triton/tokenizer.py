@@ -3,6 +3,17 @@ from __future__ import annotations
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from ..contract import (
+    ATTENTION_MASK,
+    DIMENSIONS,
+    DIMENSIONS_CHECKED,
+    INPUT_IDS,
+    INPUT_TYPE,
+    INSTRUCTION,
+    TEXT,
+    TOKEN_COUNT,
+    TOKENIZER_FILE,
+)
 from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
 from ..textproc import RequestError, TextEncoder, decode_option, decode_texts
@@ -13,13 +24,13 @@ class TritonPythonModel:
     def initialize(self, args):
         folder = version_dir(args)
         self.profile = ModelProfile.load(folder)
-        self.encoder = TextEncoder(self.profile, folder / "tokenizer.json")
+        self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
 
     def _parse(self, request) -> tuple[list[str], int]:
-        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text").as_numpy())
-        input_type = decode_option(optional_input(request, "input_type"), "input_type")
-        instruction = decode_option(optional_input(request, "instruction"), "instruction")
-        dims = check_dimensions(self.profile, optional_input(request, "dimensions"))
+        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy())
+        input_type = decode_option(optional_input(request, INPUT_TYPE), INPUT_TYPE)
+        instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
+        dims = check_dimensions(self.profile, optional_input(request, DIMENSIONS))
         return self.encoder.format(texts, input_type, instruction), dims
 
     def execute(self, requests):
@@ -35,10 +46,10 @@ class TritonPythonModel:
             batch = self.encoder.encode(texts)
             responses[i] = pb_utils.InferenceResponse(
                 [
-                    pb_utils.Tensor("input_ids", batch.input_ids),
-                    pb_utils.Tensor("attention_mask", batch.attention_mask),
-                    pb_utils.Tensor("token_count", batch.token_count),
-                    pb_utils.Tensor("dimensions_checked", np.array([dims], dtype=np.int32)),
+                    pb_utils.Tensor(INPUT_IDS, batch.input_ids),
+                    pb_utils.Tensor(ATTENTION_MASK, batch.attention_mask),
+                    pb_utils.Tensor(TOKEN_COUNT, batch.token_count),
+                    pb_utils.Tensor(DIMENSIONS_CHECKED, np.array([dims], dtype=np.int32)),
                 ]
             )
         return responses

@@ -1,0 +1,44 @@
+"""The served ensembles' public interface: tensor names, option values and config parameters.
+
+The one place these are written. The client builds requests from them, the server's runtime
+(``tembed_serving``) validates and renders configs from them, the gateway maps HTTP fields onto
+them. Plain Python with no dependencies, so a Triton stub can import it for nothing.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+# Tasks a served ensemble performs; its config's ``task`` parameter names one.
+TASK_EMBED = "embed"
+TASKS = (TASK_EMBED,)
+
+# Embedding ensemble: inputs.
+TEXT = "text"  # BYTES [n]: UTF-8 texts
+INSTRUCTION = "instruction"  # BYTES [1], optional: replaces the query task of instruction models
+INPUT_TYPE = "input_type"  # BYTES [1], optional: one of INPUT_TYPES
+DIMENSIONS = "dimensions"  # INT32 [1], optional: Matryoshka output size
+# Embedding ensemble: outputs.
+EMBEDDING = "embedding"  # FP32 [n, d], unit length
+TOKEN_COUNT = "token_count"  # INT32 [n]: tokens embedded per text (after truncation)
+
+INPUT_TYPES = ("query", "document")
+
+# Keys of the ensemble config's ``parameters``: what a client needs without reading the profile.
+PARAM_TASK = "task"
+PARAM_MAX_TEXTS = "max_texts"
+PARAM_DIMENSION = "dimension"
+PARAM_MIN_DIMENSION = "min_dimension"
+PARAM_MAX_LENGTH = "max_length"
+PARAM_MODEL_TYPE = "model_type"
+PARAM_POOLING = "pooling"
+PARAM_INSTRUCTION = "instruction"  # "yes" when the model takes an instruction
+
+
+def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) -> str | None:
+    """Why ``d`` is not a valid Matryoshka size for this model, or None when it is."""
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+        return f"dimensions must be an integer, not {type(d).__name__}"
+    if not min_dimension <= int(d) <= dimension:
+        return f"dimensions must be between {min_dimension} and {dimension} for model {model!r}, got {d}"
+    return None

@@ -1,0 +1,137 @@
+"""The export pipeline as a library call: model folder -> profile -> repository -> encoder graph.
+
+``tembed export`` is a thin CLI over :func:`export_model`; tests and ``bench/`` call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tembed_serving.contract import Layout
+from tembed_serving.profile import ModelProfile
+
+from .hf_folder import read_profile
+from .repository import BACKENDS, ServingOptions, write_repository
+
+log = logging.getLogger("tembed")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to read differently from the model's files (None: what they say) and how to serve it."""
+
+    name: str | None = None
+    pooling: str | None = None
+    padding_side: str | None = None
+    max_length: int | None = None
+    min_dimension: int | None = None
+    max_texts: int = 64
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    end_token: str | None = None
+    ids_dtype: str = "int64"
+    serving: ServingOptions = field(default_factory=ServingOptions)
+    opset: int = 17
+    quantize: str | None = None  # "int8"
+    validate: bool = True
+
+
+@dataclass
+class ExportResult:
+    profile: ModelProfile
+    layout: Layout
+    models: dict[str, Path]  # role -> model folder
+    onnx: Path | None = None
+    max_abs_err: float | None = None  # ONNX vs PyTorch on fresh shapes
+    int8_min_cosine: float | None = None
+
+
+def read_export_profile(source: Path, o: ExportOptions) -> ModelProfile:
+    prompts = None
+    if o.query_prompt is not None or o.document_prompt is not None:
+        prompts = {"query": o.query_prompt or "", "document": o.document_prompt or ""}
+    return read_profile(
+        source,
+        name=o.name,
+        pooling=o.pooling,
+        max_length=o.max_length,
+        min_dimension=o.min_dimension,
+        max_texts=o.max_texts,
+        padding_side=o.padding_side,
+        prompts=prompts,
+        end_token=o.end_token,
+        ids_dtype=o.ids_dtype,
+    )
+
+
+def export_model(source: Path, repo: Path, options: ExportOptions | None = None) -> ExportResult:
+    """Export the Hugging Face folder ``source`` into the Triton repository ``repo``."""
+    o = options or ExportOptions()
+    source = Path(source)
+    backend = BACKENDS[o.serving.backend]
+    if o.quantize and not backend.quantizable:
+        quantizable = ", ".join(b.name for b in BACKENDS.values() if b.quantizable)
+        raise ValueError(f"--quantize {o.quantize} is for the ONNX Runtime encoders ({quantizable})")
+    profile = read_export_profile(source, o)
+    log.info(
+        "[1/4] profile of %s: task=%s pooling=%s padding=%s max_length=%d dim=%d (min %d) end_token=%s prompts=%s",
+        source,
+        profile.task,
+        profile.pooling,
+        profile.padding_side,
+        profile.max_length,
+        profile.dimension,
+        profile.min_dimension,
+        profile.end_token,
+        profile.prompts,
+    )
+    layout = Layout(Path(repo), profile.name)
+    tokenizer_file = source / "tokenizer.json"
+    if backend.graph is None:  # the runner reads the Hugging Face folder copied into the repository
+        models = write_repository(profile, repo, tokenizer_file=tokenizer_file, encoder_file=source, opts=o.serving)
+        log.info("[2/2] wrote %s (%s backend)", ", ".join(str(p) for p in models.values()), backend.name)
+        return ExportResult(profile, layout, models)
+
+    models = write_repository(profile, repo, tokenizer_file=tokenizer_file, encoder_file=None, opts=o.serving)
+    log.info("[2/4] wrote %s", ", ".join(str(p) for p in models.values()))
+    from tembed_serving.runners.torch_model import load_embedding_model
+
+    from .onnx_export import export_onnx, validate_onnx
+
+    t0 = time.perf_counter()
+    model = load_embedding_model(source, profile)
+    onnx_path = export_onnx(model, profile, layout.onnx_file, opset=o.opset)
+    log.info(
+        "[3/4] exported %s (%.0f MB) in %.1fs", onnx_path, onnx_path.stat().st_size / 2**20, time.perf_counter() - t0
+    )
+    result = ExportResult(profile, layout, models, onnx=onnx_path)
+    if o.validate:
+        reports = validate_onnx(model, profile, onnx_path)
+        result.max_abs_err = max(r.max_abs_err for r in reports)
+        log.info("[4/4] validated on %d fresh shapes: max |onnx - torch| = %.2e", len(reports), result.max_abs_err)
+    else:
+        log.warning("[4/4] validation skipped")
+    if o.quantize == "int8":
+        from tembed_serving.textproc import TextEncoder
+
+        from .onnx_export import INT8_CHECK_TEXTS, quantize_int8
+
+        batch = TextEncoder(profile, tokenizer_file)(list(INT8_CHECK_TEXTS))
+        result.int8_min_cosine = quantize_int8(onnx_path, batch.input_ids, batch.attention_mask)
+        log.info(
+            "quantised to int8 (dynamic): min cosine to fp32 on %d texts = %.4f",
+            len(INT8_CHECK_TEXTS),
+            result.int8_min_cosine,
+        )
+    if profile.ids_dtype == "int32" and backend.name != "tensorrt":
+        # The export always takes int64 ids; `tembed engine` retypes the graph for TensorRT itself.
+        from .tensorrt_build import retype_ids
+
+        retype_ids(onnx_path, onnx_path, "int32")
+        log.info("input ids retyped to int32 in %s", onnx_path)
+    if backend.name == "tensorrt":
+        log.info("next: build %s from %s with `make engine` (docker/README.md)", layout.plan_file, onnx_path.name)
+    return result

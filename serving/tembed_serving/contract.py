@@ -1,0 +1,94 @@
+"""The server side of the contract, written once: tensor names between the composing models, the
+encoder's parameters, and where each file of a served model lies in the repository.
+
+The ensemble's public tensors, option values and parameters are the client's
+(:mod:`tembed_client.contract`): imported here, never restated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's one import for the contract)
+    DIMENSIONS,
+    EMBEDDING,
+    INPUT_TYPE,
+    INPUT_TYPES,
+    INSTRUCTION,
+    PARAM_DIMENSION,
+    PARAM_INSTRUCTION,
+    PARAM_MAX_LENGTH,
+    PARAM_MAX_TEXTS,
+    PARAM_MIN_DIMENSION,
+    PARAM_MODEL_TYPE,
+    PARAM_POOLING,
+    PARAM_TASK,
+    TASK_EMBED,
+    TASKS,
+    TEXT,
+    TOKEN_COUNT,
+    dimensions_error,
+)
+
+# Between the composing models (never seen by a client).
+INPUT_IDS = "input_ids"  # [n, bucket], the profile's ids dtype
+ATTENTION_MASK = "attention_mask"  # [n, bucket], same dtype
+ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
+FULL_EMBEDDING = "full_embedding"  # the encoder's output inside the ensemble, before Matryoshka
+DIMENSIONS_CHECKED = "dimensions_checked"  # INT32 [1]: the validated output size
+# The encoder graph's output name (ONNX, TensorRT) and the encoder model's output tensor.
+ENCODER_OUTPUT = EMBEDDING
+
+# The encoder model's config parameters (Python-backend runners).
+PARAM_RUNNER = "runner"  # a key of tembed_serving.runners.RUNNERS
+PARAM_DTYPE = "dtype"  # torch runner
+
+# Files inside a model's version folder.
+VERSION = "1"
+PROFILE_FILE = "profile.json"
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+HF_DIR = "hf"  # the Hugging Face folder the torch runner loads
+
+ROLES = ("ensemble", "tokenizer", "encoder", "postprocess")
+
+
+def model_names(name: str) -> dict[str, str]:
+    """The Triton model name of each role of served model ``name``."""
+    return {role: name if role == "ensemble" else f"{name}-{role}" for role in ROLES}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where served model ``name``'s files lie in ``repo``."""
+
+    repo: Path
+    name: str
+
+    def model_dir(self, role: str) -> Path:
+        return Path(self.repo) / model_names(self.name)[role]
+
+    def version_dir(self, role: str) -> Path:
+        return self.model_dir(role) / VERSION
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.version_dir("tokenizer") / TOKENIZER_FILE
+
+    @property
+    def profile_file(self) -> Path:
+        return self.version_dir("tokenizer") / PROFILE_FILE
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.version_dir("encoder") / ONNX_FILE
+
+    @property
+    def plan_file(self) -> Path:
+        return self.version_dir("encoder") / PLAN_FILE
+
+    @property
+    def hf_dir(self) -> Path:
+        return self.version_dir("encoder") / HF_DIR

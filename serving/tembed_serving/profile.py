@@ -1,0 +1,97 @@
+"""What a served model needs to be served correctly: the profile, one JSON file per model.
+
+It is read once at export from the model's own files (``tembed.hf_folder``), written as
+``profile.json`` into the model repository, and read back here by every Python model. Every
+config.pbtxt is rendered from it, so a fact such as the padding side exists in exactly one place.
+``task`` says what the model does (``embed``; the seam for rerankers and other heads).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .contract import INPUT_TYPES, PROFILE_FILE, TASK_EMBED, TASKS
+
+POOLINGS = ("mean", "cls", "last")
+
+
+class ProfileError(ValueError):
+    """The model folder does not say enough (or says something contradictory) to serve it."""
+
+
+@dataclass
+class ModelProfile:
+    name: str
+    model_type: str
+    pooling: str
+    padding_side: str
+    max_length: int
+    dimension: int
+    min_dimension: int
+    pad_token_id: int
+    # Token that must end every sequence exactly once (last-token pooling reads its state).
+    end_token: str | None = None
+    end_token_id: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_input_type: str = "document"
+    # "Instruct: {instruction}\nQuery:" when the model's query prompt carries a replaceable task.
+    instruction_template: str | None = None
+    default_instruction: str | None = None
+    max_texts: int = 64
+    length_buckets: list[int] = field(default_factory=list)
+    ids_dtype: str = "int64"
+    source: str = ""
+    task: str = TASK_EMBED
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ProfileError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.pooling not in POOLINGS:
+            raise ProfileError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ProfileError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if not 1 <= self.min_dimension <= self.dimension:
+            raise ProfileError(f"min_dimension {self.min_dimension} outside [1, {self.dimension}]")
+        if self.default_input_type not in INPUT_TYPES:
+            raise ProfileError(f"default_input_type must be one of {INPUT_TYPES}")
+        if self.pooling == "last" and self.end_token_id is None:
+            raise ProfileError("last-token pooling needs an end token (none in the tokenizer template or config.json)")
+        if not self.length_buckets:
+            self.length_buckets = default_buckets(self.max_length)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / PROFILE_FILE
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ModelProfile:
+        path = Path(path)
+        if path.is_dir():
+            path = path / PROFILE_FILE
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def prompt_for(self, input_type: str) -> str:
+        return self.prompts.get(input_type, "")
+
+    def bucket(self, length: int) -> int:
+        """Smallest bucket >= length: requests of similar length share a shape and can be batched."""
+        for b in self.length_buckets:
+            if b >= length:
+                return b
+        return self.max_length
+
+
+def default_buckets(max_length: int) -> list[int]:
+    buckets, b = [], 16
+    while b < max_length:
+        buckets.append(b)
+        b *= 2
+    return [*buckets, max_length]

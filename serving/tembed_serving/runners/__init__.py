@@ -1,0 +1,54 @@
+"""Encoder runners: what runs the encoder inside a Python-backend model, behind one protocol.
+
+A runner takes several requests' token tensors (each ``[n_i, s_i]``, padded on the profile's side)
+and returns one ``[n_i, dimension]`` float32 array per request. The encoder model's config names
+its runner (``parameters { key: "runner" }``); adding a backend is one module here plus one entry
+in ``RUNNERS`` (and its export-side entry in ``tembed.repository.BACKENDS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..contract import HF_DIR, ONNX_FILE, PARAM_DTYPE
+from ..profile import ModelProfile
+
+
+class Runner(Protocol):
+    def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+# (version folder, profile, the model config's parameters, device) -> runner
+RunnerFactory = Callable[[Path, ModelProfile, Mapping[str, str], str], Runner]
+
+
+def _onnxruntime(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
+    from .ort import OrtEncoder, OrtOptions
+
+    return OrtEncoder(
+        folder / ONNX_FILE,
+        pad_token_id=profile.pad_token_id,
+        padding_side=profile.padding_side,
+        options=OrtOptions.from_parameters(params),
+    )
+
+
+def _torch(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
+    from .torch import TorchEncoder
+
+    return TorchEncoder.load(folder / HF_DIR, profile, dtype=params.get(PARAM_DTYPE, "bfloat16"), device=device)
+
+
+RUNNERS: dict[str, RunnerFactory] = {"onnxruntime": _onnxruntime, "torch": _torch}
+
+
+def load_runner(
+    name: str, folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str = "cpu"
+) -> Runner:
+    if name not in RUNNERS:
+        raise ValueError(f"unknown runner {name!r}; known: {', '.join(RUNNERS)}")
+    return RUNNERS[name](Path(folder), profile, params, device)

@@ -8,6 +8,7 @@ session into a temporary folder, so a test run always serves what the current co
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("TEMBED_FIXTURES", ROOT / "fixtures"))
 SERVED = ("multilingual-e5-small", "all-minilm-l6-v2", "qwen3-embedding-tiny")
+# Rerankers, served by their own server next to one embedding model (rerank_server).
+QWEN, TWIN, BERT = "qwen3-reranker-tiny", "qwen3-reranker-tiny-seq-cls", "bert-cross-encoder-tiny"
+RERANKERS = (QWEN, TWIN, BERT)
+EMBEDDER = "multilingual-e5-small"
+MAX_LENGTH = 512  # small on purpose: the truncation path is reached with short texts on 2 CPU cores
 
 # Texts in the scripts our users send: Chinese, English, mixed, emoji, one long-ish paragraph.
 TEXTS = [
@@ -94,3 +100,28 @@ def references(fixture_dirs):
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def rerank_dirs():
+    from tembed.fixtures.build import build_fixtures
+
+    return build_fixtures(FIXTURES, only=list(RERANKERS))
+
+
+@pytest.fixture(scope="session")
+def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
+    """One server: three rerankers and an embedding model."""
+    from tembed.pipeline import ExportOptions, export_model
+    from tembed_serving.contract import model_names
+    from tembed_serving.server import TritonServer
+
+    repo = tmp_path_factory.mktemp("rerank-repo")
+    for name in RERANKERS:
+        result = export_model(rerank_dirs[name], repo, ExportOptions(max_length=MAX_LENGTH, max_texts=16))
+        assert result.profile.task == "rerank" and result.max_abs_err < 1e-4
+    for name in model_names(EMBEDDER).values():
+        shutil.copytree(model_repository / name, repo / name)
+    log = tmp_path_factory.mktemp("rerank-triton") / "tritonserver.log"
+    with TritonServer.on_free_ports(repo, log_file=log) as srv:
+        yield srv

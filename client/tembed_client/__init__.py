@@ -17,6 +17,7 @@ _EXPORTS = {
     "EmbeddingError": "errors",
     "EmbeddingResult": "_common",
     "ModelInfo": "_common",
+    "RerankResult": "_common",
     "discover_models": "_common",
     "gather": "aio",
     "parse_model_config": "_common",

@@ -11,7 +11,18 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from . import contract as c
-from .contract import DIMENSIONS, EMBEDDING, INPUT_TYPE, INPUT_TYPES, INSTRUCTION, TEXT, TOKEN_COUNT
+from .contract import (
+    DIMENSIONS,
+    DOCUMENTS,
+    EMBEDDING,
+    INPUT_TYPE,
+    INPUT_TYPES,
+    INSTRUCTION,
+    QUERY,
+    SCORE,
+    TEXT,
+    TOKEN_COUNT,
+)
 from .errors import EmbeddingError
 
 COMPRESSIONS = (None, "gzip", "deflate")
@@ -50,6 +61,30 @@ class EmbeddingResult:
     embeddings: np.ndarray
     token_counts: np.ndarray
     model: str
+
+
+@dataclass(frozen=True, eq=False)
+class RerankResult:
+    """Scores and token counts in the order the documents were given, and the ranking."""
+
+    scores: np.ndarray  # [n] float32
+    token_counts: np.ndarray  # [n] int32: tokens of each (query, document) pair as scored
+    model: str
+
+    def ranking(self, top_n: int | None = None) -> list[tuple[int, float]]:
+        """``(index, score)`` pairs, best first; ties keep the documents' order."""
+        order = np.argsort(-self.scores, kind="stable")
+        return [(int(i), float(self.scores[i])) for i in order[:top_n]]
+
+
+def check_task(info: ModelInfo, task: str) -> None:
+    if info.task != task:
+        what = {c.TASK_EMBED: "an embedding model", c.TASK_RERANK: "a reranker"}
+        raise EmbeddingError(
+            f"model {info.name!r} is {what.get(info.task, info.task)} (task {info.task!r});"
+            f" this call needs {what.get(task, task)}",
+            code="FAILED_PRECONDITION",
+        )
 
 
 def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
@@ -148,15 +183,15 @@ def utf8(value: object, what: str) -> bytes:
     raise invalid(f"{what} must be str or bytes, not {type(value).__name__}")
 
 
-def encode_texts(texts: Texts) -> tuple[list[bytes], bool]:
+def encode_texts(texts: Texts, what: str = "texts") -> tuple[list[bytes], bool]:
     """The texts as UTF-8 bytes, and whether a single text (not a list) was given."""
     if isinstance(texts, (str, bytes)):
         return [utf8(texts, "text")], True
     try:
         items = list(texts)
     except TypeError:
-        raise invalid(f"texts must be a str or an iterable of str, not {type(texts).__name__}") from None
-    return [utf8(t, f"texts[{i}]") for i, t in enumerate(items)], False
+        raise invalid(f"{what} must be a str or an iterable of str, not {type(texts).__name__}") from None
+    return [utf8(t, f"{what}[{i}]") for i, t in enumerate(items)], False
 
 
 def check_dimensions(dimensions: object, info: ModelInfo) -> int:
@@ -193,6 +228,7 @@ class Call:
         input_type: str | None = None,
         dimensions: int | None = None,
     ) -> Call:
+        check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
         options: dict[str, np.ndarray] = {}
         if instruction is not None:
@@ -280,3 +316,63 @@ class ClientBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, model={self._model!r})"
+
+
+@dataclass(frozen=True)
+class RerankCall:
+    """One validated ``rerank``/``score`` call, ready to be sent in server-sized chunks."""
+
+    info: ModelInfo
+    query: bytes
+    documents: list[bytes]
+    options: dict[str, np.ndarray]
+
+    @classmethod
+    def prepare(
+        cls, info: ModelInfo, query: Text, documents: Iterable[Text], *, instruction: Text | None = None
+    ) -> RerankCall:
+        check_task(info, c.TASK_RERANK)
+        if isinstance(documents, (str, bytes)):
+            raise invalid("documents must be a list of str, not one str")
+        docs, _ = encode_texts(documents, "documents")
+        options: dict[str, np.ndarray] = {}
+        if instruction is not None:
+            options[INSTRUCTION] = np.array([utf8(instruction, "instruction")], dtype=np.object_)
+        return cls(info, utf8(query, "query"), docs, options)
+
+    def chunks(self) -> list[Sequence[bytes]]:
+        return chunked(self.documents, self.info.max_texts)
+
+    def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        chunks = self.chunks()
+        start = 0
+        for chunk in chunks:
+            inputs = [
+                tensor(QUERY, np.array([self.query], dtype=np.object_)),
+                tensor(DOCUMENTS, np.array(chunk, dtype=np.object_)),
+            ]
+            inputs += [tensor(name, data) for name, data in self.options.items()]
+            outputs = [grpcclient.InferRequestedOutput(n) for n in (SCORE, TOKEN_COUNT)]
+            where = f"request for documents[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
+            yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
+            start += len(chunk)
+
+    def finish(self, results: Sequence[grpcclient.InferResult]) -> RerankResult:
+        scores = [np.empty(0, np.float32)]
+        token_counts = [np.empty(0, np.int32)]
+        for chunk, result in zip(self.chunks(), results):
+            score, tok = result.as_numpy(SCORE), result.as_numpy(TOKEN_COUNT)
+            if score is None or tok is None:
+                raise EmbeddingError(f"response lacks {SCORE!r} or {TOKEN_COUNT!r}", code="INTERNAL")
+            score, tok = score.reshape(-1), tok.reshape(-1)
+            if score.shape != (len(chunk),) or tok.shape != (len(chunk),):
+                got = f"{list(score.shape)}, {list(tok.shape)}"
+                msg = f"expected {SCORE} and {TOKEN_COUNT} of [{len(chunk)}], got {got}"
+                raise EmbeddingError(msg, code="INTERNAL")
+            scores.append(score)
+            token_counts.append(tok)
+        return RerankResult(
+            np.concatenate(scores).astype(np.float32, copy=False),
+            np.concatenate(token_counts).astype(np.int32, copy=False),
+            self.info.name,
+        )

@@ -14,6 +14,8 @@ from ._common import (
     ClientBase,
     EmbeddingResult,
     ModelInfo,
+    RerankCall,
+    RerankResult,
     Text,
     Texts,
     parse_model_config,
@@ -105,3 +107,20 @@ class AsyncEmbeddingClient(ClientBase):
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
         result = await self.encode(texts, instruction=instruction, input_type=input_type, dimensions=dimensions)
         return result.embeddings
+
+    async def score(self, query: Text, documents: Iterable[Text], *, instruction: Text | None = None) -> RerankResult:
+        """Relevance of each document to ``query``, in the documents' order; chunks go concurrently."""
+        call = RerankCall.prepare(await self.model_info(), query, documents, instruction=instruction)
+        results = await gather(self._send(where, request) for where, request in call.requests())
+        return call.finish(results)
+
+    async def rerank(
+        self,
+        query: Text,
+        documents: Iterable[Text],
+        *,
+        top_n: int | None = None,
+        instruction: Text | None = None,
+    ) -> list[tuple[int, float]]:
+        """``(index, score)`` of the documents, best first (the ``top_n`` best when given)."""
+        return (await self.score(query, documents, instruction=instruction)).ranking(top_n)

@@ -11,7 +11,8 @@ import numbers
 
 # Tasks a served ensemble performs; its config's ``task`` parameter names one.
 TASK_EMBED = "embed"
-TASKS = (TASK_EMBED,)
+TASK_RERANK = "rerank"
+TASKS = (TASK_EMBED, TASK_RERANK)
 
 # Embedding ensemble: inputs.
 TEXT = "text"  # BYTES [n]: UTF-8 texts
@@ -24,6 +25,12 @@ TOKEN_COUNT = "token_count"  # INT32 [n]: tokens embedded per text (after trunca
 
 INPUT_TYPES = ("query", "document")
 
+# Rerank ensemble: inputs (INSTRUCTION, optional, for models whose prompt carries one) and outputs
+# (TOKEN_COUNT, one per document: tokens of its pair as scored).
+QUERY = "query"  # BYTES [1]
+DOCUMENTS = "documents"  # BYTES [n]
+SCORE = "score"  # FP32 [n]: relevance of each document to the query, in (0, 1) for sigmoid heads
+
 # Keys of the ensemble config's ``parameters``: what a client needs without reading the profile.
 PARAM_TASK = "task"
 PARAM_MAX_TEXTS = "max_texts"
@@ -33,6 +40,7 @@ PARAM_MAX_LENGTH = "max_length"
 PARAM_MODEL_TYPE = "model_type"
 PARAM_POOLING = "pooling"
 PARAM_INSTRUCTION = "instruction"  # "yes" when the model takes an instruction
+# max_texts of a reranker is its most documents per request; its dimension is 1 (one score).
 
 
 def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) -> str | None:

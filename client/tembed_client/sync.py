@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,8 @@ from ._common import (
     ClientBase,
     EmbeddingResult,
     ModelInfo,
+    RerankCall,
+    RerankResult,
     Text,
     Texts,
     parse_model_config,
@@ -91,3 +94,25 @@ class EmbeddingClient(ClientBase):
     ) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
         return self.encode(texts, instruction=instruction, input_type=input_type, dimensions=dimensions).embeddings
+
+    def score(self, query: Text, documents: Iterable[Text], *, instruction: Text | None = None) -> RerankResult:
+        """Relevance of each document to ``query``, in the documents' order, with token counts.
+
+        Lists longer than the model's ``max_texts`` are sent in chunks and merged."""
+        call = RerankCall.prepare(self.model_info(), query, documents, instruction=instruction)
+        results = []
+        for where, request in call.requests():
+            with triton_errors(where):
+                results.append(self._triton.infer(**request, **self._infer_kw))
+        return call.finish(results)
+
+    def rerank(
+        self,
+        query: Text,
+        documents: Iterable[Text],
+        *,
+        top_n: int | None = None,
+        instruction: Text | None = None,
+    ) -> list[tuple[int, float]]:
+        """``(index, score)`` of the documents, best first (the ``top_n`` best when given)."""
+        return self.score(query, documents, instruction=instruction).ranking(top_n)

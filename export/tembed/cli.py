@@ -8,6 +8,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from tembed_serving.contract import TASKS
+
 from .repository import ENCODER_BACKENDS
 from .tensorrt_build import register as register_engine
 
@@ -50,6 +52,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         document_prompt=args.document_prompt,
         end_token=args.end_token,
         ids_dtype=args.ids_dtype,
+        task=args.task,
         serving=serving,
         opset=args.opset,
         quantize=args.quantize,
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", help="Hugging Face model folder (or hub id when a hub is reachable)")
     ex.add_argument("--repo", type=Path, default=Path("model_repository"), help="model repository to write into")
     ex.add_argument("--name", help="served model name (default: folder name, lower case)")
+    ex.add_argument("--task", choices=TASKS, help="override what the model's files say it does (embed, rerank)")
     ex.add_argument("--pooling", choices=("mean", "cls", "last"), help="override the model files' pooling")
     ex.add_argument("--padding-side", choices=("left", "right"))
     ex.add_argument("--max-length", type=int, help="truncate texts to this many tokens")

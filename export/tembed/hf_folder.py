@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tembed_serving.contract import INPUT_TYPES
+from tembed_serving.contract import INPUT_TYPES, TASK_EMBED, TASK_RERANK
 from tembed_serving.profile import ModelProfile, ProfileError
 
 # Decoder-only architectures embed through the last token (causal attention: only the last
@@ -23,6 +23,19 @@ DECODER_TYPES = {"qwen2", "qwen3", "llama", "mistral", "gemma", "gemma2", "gemma
 # "Query:" in some releases). The task is the part a request may replace.
 INSTRUCT_RE = re.compile(r"^Instruct: (?P<task>.*)\nQuery:(?P<sep>\s?)$", re.S)
 DEFAULT_MIN_DIMENSION = 32
+
+# Qwen3-Reranker's prompt, as its model card publishes it (no file of the release holds it): a judge
+# that answers "yes" or "no"; the score is the probability of "yes".
+QWEN3_RERANK_SYSTEM = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the"
+    ' answer can only be "yes" or "no".'
+)
+QWEN3_RERANK_PREFIX = f"<|im_start|>system\n{QWEN3_RERANK_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+QWEN3_RERANK_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+QWEN3_RERANK_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+QWEN3_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+# sentence-transformers' CrossEncoder records its activation as a class path.
+ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
 
 
 def _read_json(path: Path) -> dict | list | None:
@@ -203,6 +216,62 @@ def read_instruction(prompts: dict[str, str]) -> tuple[str | None, str | None]:
     return "Instruct: {instruction}\nQuery:" + m.group("sep"), m.group("task")
 
 
+def read_task(f: ModelFiles) -> str:
+    """``rerank`` for a one-label sequence classifier (cross-encoders, converted Qwen3 rerankers) and
+    for a causal LM that is no embedding model (no sentence-transformers pooling) but a chat judge
+    with "yes" and "no" tokens (Qwen3-Reranker as released); ``embed`` otherwise."""
+    archs = f.config.get("architectures") or []
+    labels = len(f.config.get("id2label") or {}) or f.config.get("num_labels", 2)
+    if any(a.endswith("ForSequenceClassification") for a in archs) and labels == 1:
+        return TASK_RERANK
+    judge = f.tokenizer_config.get("chat_template") and None not in (
+        _token_id(f.tokenizer, "yes"),
+        _token_id(f.tokenizer, "no"),
+    )
+    if any(a.endswith("ForCausalLM") for a in archs) and not _pooling_from_st(f.folder) and judge:
+        return TASK_RERANK
+    return TASK_EMBED
+
+
+def read_activation(f: ModelFiles) -> str:
+    """CrossEncoder's recorded activation (``config_sentence_transformers.json``; before
+    sentence-transformers 5, a ``sentence_transformers`` key of config.json); sigmoid for one label."""
+    path = f.st_config.get("activation_fn") or (f.config.get("sentence_transformers") or {}).get("activation_fn") or ""
+    name = path.rsplit(".", 1)[-1]
+    if name and name not in ACTIVATIONS:
+        raise ProfileError(f"{f.folder}: activation {path!r} is not one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS.get(name, "sigmoid")
+
+
+def read_rerank(f: ModelFiles) -> dict:
+    """The reranker's pair format and scoring head."""
+    archs = f.config.get("architectures") or []
+    decoder = f.model_type in DECODER_TYPES
+    fields: dict = {"pooling": "last" if decoder else "cls", "dimension": 1, "min_dimension": 1}
+    if decoder:  # Qwen3-Reranker and its converted twin: the model card's chat prompt
+        fields |= dict(
+            pair_format="prompt",
+            pair_template=QWEN3_RERANK_TEMPLATE,
+            rerank_prefix=QWEN3_RERANK_PREFIX,
+            rerank_suffix=QWEN3_RERANK_SUFFIX,
+            default_instruction=QWEN3_RERANK_INSTRUCTION,
+        )
+    else:
+        fields["pair_format"] = "pair"
+        if int(f.config.get("type_vocab_size", 1)) > 1:  # BERT: segment ids from the [SEP] position
+            fields["sep_token_id"] = _token_id(f.tokenizer, _token_str(f.tokenizer_config.get("sep_token")) or "[SEP]")
+    if any(a.endswith("ForCausalLM") for a in archs):
+        fields |= dict(
+            rerank_head="lm_yes_no",
+            yes_token_id=_token_id(f.tokenizer, "yes"),
+            no_token_id=_token_id(f.tokenizer, "no"),
+            activation="sigmoid",
+        )
+    else:
+        fields |= dict(rerank_head="seq_cls", activation=read_activation(f))
+    return fields
+
+
 def read_profile(
     folder: Path,
     *,
@@ -215,9 +284,13 @@ def read_profile(
     prompts: dict[str, str] | None = None,
     end_token: str | None = None,
     ids_dtype: str = "int64",
+    task: str | None = None,
 ) -> ModelProfile:
     """Build the profile of the model in ``folder``; keyword arguments override what the files say."""
     f = ModelFiles.read(folder)
+    task = task or read_task(f)
+    if task == TASK_RERANK:
+        return _rerank_profile(f, name=name, max_length=max_length, max_texts=max_texts, ids_dtype=ids_dtype)
     pooling = pooling or read_pooling(f)
     dimension = read_dimension(f)
     end_token, end_id = read_end_token(f, pooling, end_token)
@@ -241,4 +314,20 @@ def read_profile(
         max_texts=max_texts,
         ids_dtype=ids_dtype,
         source=str(f.folder),
+    )
+
+
+def _rerank_profile(f: ModelFiles, *, name, max_length, max_texts, ids_dtype) -> ModelProfile:
+    fields = read_rerank(f)
+    return ModelProfile(
+        name=name or f.folder.name.lower(),
+        model_type=f.model_type,
+        padding_side=read_padding_side(f, fields["pooling"]),
+        max_length=int(max_length if max_length is not None else read_max_length(f)),
+        pad_token_id=read_pad_token_id(f),
+        max_texts=max_texts,
+        ids_dtype=ids_dtype,
+        source=str(f.folder),
+        task=TASK_RERANK,
+        **fields,
     )

@@ -9,18 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, INPUT_IDS
+from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, ENCODER_OUTPUTS, INPUT_IDS
 from tembed_serving.profile import ModelProfile
-from tembed_serving.runners.torch_model import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_AXES = {
-    INPUT_IDS: {0: "batch_size", 1: "sequence_length"},
-    ATTENTION_MASK: {0: "batch_size", 1: "sequence_length"},
-    ENCODER_OUTPUT: {0: "batch_size"},
-}
+
+def dynamic_axes(output: str) -> dict[str, dict[int, str]]:
+    return {
+        INPUT_IDS: {0: "batch_size", 1: "sequence_length"},
+        ATTENTION_MASK: {0: "batch_size", 1: "sequence_length"},
+        output: {0: "batch_size"},
+    }
+
+
 TRACE_SHAPE = (2, 12)
 # Shapes never seen by the tracer: odd lengths, batch 1, padding on the profile's side.
 VALIDATION_SHAPES = ((1, 8), (3, 17), (5, 33), (2, 64))
@@ -56,10 +60,12 @@ def sample_inputs(profile: ModelProfile, batch: int, length: int, vocab: int, se
     return ids, mask
 
 
-def export_onnx(model: EmbeddingModel, profile: ModelProfile, out: Path, *, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, profile: ModelProfile, out: Path, *, opset: int = 17) -> Path:
+    """``model`` is the task's module (EmbeddingModel or RerankModel); the output is named for the task."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    vocab = model.backbone.config.vocab_size
+    output = ENCODER_OUTPUTS[profile.task]
+    vocab = model.config.vocab_size
     ids, mask = sample_inputs(profile, *TRACE_SHAPE, vocab=vocab, seed=0)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
@@ -68,8 +74,8 @@ def export_onnx(model: EmbeddingModel, profile: ModelProfile, out: Path, *, opse
             (torch.from_numpy(ids), torch.from_numpy(mask)),
             str(out),
             input_names=list(ENCODER_INPUTS),
-            output_names=[ENCODER_OUTPUT],
-            dynamic_axes=DYNAMIC_AXES,
+            output_names=[output],
+            dynamic_axes=dynamic_axes(output),
             opset_version=opset,
             dynamo=False,
         )
@@ -85,7 +91,7 @@ def export_onnx(model: EmbeddingModel, profile: ModelProfile, out: Path, *, opse
 
 
 def validate_onnx(
-    model: EmbeddingModel, profile: ModelProfile, onnx_path: Path, *, atol: float = FP32_ATOL, threads: int = 0
+    model: nn.Module, profile: ModelProfile, onnx_path: Path, *, atol: float = FP32_ATOL, threads: int = 0
 ) -> list[ValidationReport]:
     import onnxruntime as ort
 
@@ -93,15 +99,17 @@ def validate_onnx(
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    if names != list(ENCODER_INPUTS) or [o.name for o in sess.get_outputs()] != [ENCODER_OUTPUT]:
-        raise ExportValidationError(f"unexpected graph signature: inputs {names}")
-    vocab = model.backbone.config.vocab_size
+    output = ENCODER_OUTPUTS[profile.task]
+    outputs = [o.name for o in sess.get_outputs()]
+    if names != list(ENCODER_INPUTS) or outputs != [output]:
+        raise ExportValidationError(f"unexpected graph signature: inputs {names}, outputs {outputs}")
+    vocab = model.config.vocab_size
     reports = []
     for i, (batch, length) in enumerate(VALIDATION_SHAPES):
         ids, mask = sample_inputs(profile, batch, length, vocab=vocab, seed=100 + i)
         with torch.inference_mode():
             ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        got = sess.run([ENCODER_OUTPUT], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
+        got = sess.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
         if got.shape != (batch, profile.dimension):
             raise ExportValidationError(
                 f"shape {(batch, length)}: output {got.shape}, expected {(batch, profile.dimension)}"

@@ -33,6 +33,7 @@ class ExportOptions:
     document_prompt: str | None = None
     end_token: str | None = None
     ids_dtype: str = "int64"
+    task: str | None = None  # None: what the model's files say (hf_folder.read_task)
     serving: ServingOptions = field(default_factory=ServingOptions)
     opset: int = 17
     quantize: str | None = None  # "int8"
@@ -64,6 +65,7 @@ def read_export_profile(source: Path, o: ExportOptions) -> ModelProfile:
         prompts=prompts,
         end_token=o.end_token,
         ids_dtype=o.ids_dtype,
+        task=o.task,
     )
 
 
@@ -76,6 +78,10 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
         quantizable = ", ".join(b.name for b in BACKENDS.values() if b.quantizable)
         raise ValueError(f"--quantize {o.quantize} is for the ONNX Runtime encoders ({quantizable})")
     profile = read_export_profile(source, o)
+    if o.quantize and profile.task != "embed":
+        raise ValueError(f"--quantize {o.quantize} is checked on embeddings; {profile.name} is a {profile.task} model")
+    if profile.task != "embed" and backend.graph is None:
+        raise ValueError(f"the {backend.name} backend serves embedding models; export a {profile.task} model to ONNX")
     log.info(
         "[1/4] profile of %s: task=%s pooling=%s padding=%s max_length=%d dim=%d (min %d) end_token=%s prompts=%s",
         source,
@@ -97,12 +103,12 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
 
     models = write_repository(profile, repo, tokenizer_file=tokenizer_file, encoder_file=None, opts=o.serving)
     log.info("[2/4] wrote %s", ", ".join(str(p) for p in models.values()))
-    from tembed_serving.runners.torch_model import load_embedding_model
+    from tembed_serving.runners.torch_model import load_model
 
     from .onnx_export import export_onnx, validate_onnx
 
     t0 = time.perf_counter()
-    model = load_embedding_model(source, profile)
+    model = load_model(source, profile)
     onnx_path = export_onnx(model, profile, layout.onnx_file, opset=o.opset)
     log.info(
         "[3/4] exported %s (%.0f MB) in %.1fs", onnx_path, onnx_path.stat().st_size / 2**20, time.perf_counter() - t0

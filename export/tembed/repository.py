@@ -6,7 +6,7 @@ The seams:
   its encoder config looks and which files its version folder holds. The Python-backend ones name
   a runner of :mod:`tembed_serving.runners`.
 - **Tasks**: one :class:`Task` per task in :data:`TASKS` builds the models around the encoder
-  (the embedding task: tokenizer, postprocess and the ensemble). A reranker is one more class.
+  (embeddings: tokenizer, postprocess and the ensemble; rerank: pair tokenizer and the ensemble).
 
 For a profile named ``N`` the embedding task writes four models (names in
 :func:`tembed_serving.contract.model_names`):
@@ -192,7 +192,9 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.max_texts)
     for name in c.ENCODER_INPUTS:
         _io(cfg.input, name, ids, [-1])
-    _io(cfg.output, c.ENCODER_OUTPUT, mc.TYPE_FP32, [p.dimension])
+    out = _io(cfg.output, c.ENCODER_OUTPUTS[p.task], mc.TYPE_FP32, [p.dimension])
+    if p.task == c.TASK_RERANK:
+        out.reshape.shape[:] = []  # one score per pair: [batch, 1] in the graph, [batch] to the ensemble
     # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     BACKENDS[opts.backend].configure(cfg, p, opts)
@@ -293,7 +295,66 @@ class EmbedTask(Task):
         ]
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (EmbedTask(),)}
+class RerankTask(Task):
+    """query + documents -> one score per document: pair tokenizer, encoder (score head), ensemble."""
+
+    name = c.TASK_RERANK
+
+    @staticmethod
+    def _pair_inputs(cfg: mc.ModelConfig) -> None:
+        _io(cfg.input, c.QUERY, mc.TYPE_STRING, [1])
+        _io(cfg.input, c.DOCUMENTS, mc.TYPE_STRING, [-1])
+        _io(cfg.input, c.INSTRUCTION, mc.TYPE_STRING, [1], optional=True)
+
+    def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
+        ids = _DTYPES[p.ids_dtype]
+        cfg = mc.ModelConfig(name=model_names(p.name)["tokenizer"], backend="python", max_batch_size=0)
+        self._pair_inputs(cfg)
+        for name in c.ENCODER_INPUTS:
+            _io(cfg.output, name, ids, [-1, -1])
+        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.tokenizer_instances)
+        return cfg
+
+    def ensemble_config(self, p: ModelProfile) -> mc.ModelConfig:
+        names = model_names(p.name)
+        cfg = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=0)
+        self._pair_inputs(cfg)
+        _io(cfg.output, c.SCORE, mc.TYPE_FP32, [-1])
+        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        for key, value in {
+            c.PARAM_TASK: p.task,
+            c.PARAM_MAX_TEXTS: p.max_texts,
+            c.PARAM_DIMENSION: p.dimension,
+            c.PARAM_MAX_LENGTH: p.max_length,
+            c.PARAM_MODEL_TYPE: p.model_type,
+            c.PARAM_INSTRUCTION: "yes" if p.takes_instruction else "no",
+        }.items():
+            cfg.parameters[key].string_value = str(value)
+        steps = cfg.ensemble_scheduling.step
+        tok = steps.add(model_name=names["tokenizer"], model_version=-1)
+        for key in (c.QUERY, c.DOCUMENTS, c.INSTRUCTION):
+            tok.input_map[key] = key
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT):
+            tok.output_map[key] = key
+        enc = steps.add(model_name=names["encoder"], model_version=-1)
+        for key in c.ENCODER_INPUTS:
+            enc.input_map[key] = key
+        enc.output_map[c.SCORE] = c.SCORE
+        return cfg
+
+    def models(self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path) -> list[ModelSpec]:
+        tok_files = {
+            "model.py": model_py("tembed_serving.triton.pair_tokenizer"),
+            c.TOKENIZER_FILE: Path(tokenizer_file),
+        }
+        return [
+            ModelSpec("tokenizer", self.tokenizer_config(p, opts), tok_files, profile=True),
+            ModelSpec("ensemble", self.ensemble_config(p), {}),
+        ]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in (EmbedTask(), RerankTask())}
 
 
 # Kept as functions: tests and `tembed engine` render single configs.

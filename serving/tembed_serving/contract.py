@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's one import for the contract)
     DIMENSIONS,
+    DOCUMENTS,
     EMBEDDING,
     INPUT_TYPE,
     INPUT_TYPES,
@@ -24,7 +25,10 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_MODEL_TYPE,
     PARAM_POOLING,
     PARAM_TASK,
+    QUERY,
+    SCORE,
     TASK_EMBED,
+    TASK_RERANK,
     TASKS,
     TEXT,
     TOKEN_COUNT,
@@ -37,8 +41,10 @@ ATTENTION_MASK = "attention_mask"  # [n, bucket], same dtype
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 FULL_EMBEDDING = "full_embedding"  # the encoder's output inside the ensemble, before Matryoshka
 DIMENSIONS_CHECKED = "dimensions_checked"  # INT32 [1]: the validated output size
-# The encoder graph's output name (ONNX, TensorRT) and the encoder model's output tensor.
-ENCODER_OUTPUT = EMBEDDING
+# The encoder graph's output (ONNX, TensorRT) and the encoder model's output tensor, per task:
+# embedding [b, dimension] (unit length) or score [b, 1].
+ENCODER_OUTPUTS = {TASK_EMBED: EMBEDDING, TASK_RERANK: SCORE}
+ENCODER_OUTPUT = ENCODER_OUTPUTS[TASK_EMBED]
 
 # The encoder model's config parameters (Python-backend runners).
 PARAM_RUNNER = "runner"  # a key of tembed_serving.runners.RUNNERS

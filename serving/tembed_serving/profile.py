@@ -12,9 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .contract import INPUT_TYPES, PROFILE_FILE, TASK_EMBED, TASKS
+from .contract import INPUT_TYPES, PROFILE_FILE, TASK_EMBED, TASK_RERANK, TASKS
 
 POOLINGS = ("mean", "cls", "last")
+PAIR_FORMATS = ("prompt", "pair")
+RERANK_HEADS = ("lm_yes_no", "seq_cls")
+ACTIVATIONS = ("sigmoid", "identity")
 
 
 class ProfileError(ValueError):
@@ -44,10 +47,26 @@ class ModelProfile:
     ids_dtype: str = "int64"
     source: str = ""
     task: str = TASK_EMBED
+    # task "rerank": how a (query, document) pair becomes one sequence and its score.
+    # pair_format "prompt": prefix + pair_template.format(instruction, query, document) + suffix, one
+    # sequence (Qwen3-Reranker); "pair": the tokenizer's own pair template ([CLS] q [SEP] d [SEP]).
+    pair_format: str | None = None
+    pair_template: str | None = None
+    rerank_prefix: str = ""
+    rerank_suffix: str = ""
+    # rerank_head "lm_yes_no": sigmoid(logit(yes) - logit(no)) at the last position (= softmax over
+    # the two); "seq_cls": the classifier's one logit through ``activation``.
+    rerank_head: str | None = None
+    yes_token_id: int | None = None
+    no_token_id: int | None = None
+    sep_token_id: int | None = None  # "pair" models with segment ids: the [SEP] that ends the query
+    activation: str = "sigmoid"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ProfileError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == TASK_RERANK:
+            self._check_rerank()
         if self.pooling not in POOLINGS:
             raise ProfileError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.padding_side not in ("left", "right"):
@@ -56,10 +75,28 @@ class ModelProfile:
             raise ProfileError(f"min_dimension {self.min_dimension} outside [1, {self.dimension}]")
         if self.default_input_type not in INPUT_TYPES:
             raise ProfileError(f"default_input_type must be one of {INPUT_TYPES}")
-        if self.pooling == "last" and self.end_token_id is None:
+        if self.task == TASK_EMBED and self.pooling == "last" and self.end_token_id is None:
             raise ProfileError("last-token pooling needs an end token (none in the tokenizer template or config.json)")
         if not self.length_buckets:
             self.length_buckets = default_buckets(self.max_length)
+
+    def _check_rerank(self) -> None:
+        if self.pair_format not in PAIR_FORMATS:
+            raise ProfileError(f"pair_format must be one of {PAIR_FORMATS} for a reranker, got {self.pair_format!r}")
+        if self.rerank_head not in RERANK_HEADS:
+            raise ProfileError(f"rerank_head must be one of {RERANK_HEADS}, got {self.rerank_head!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ProfileError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.pair_format == "prompt" and not self.pair_template:
+            raise ProfileError("a prompt reranker needs a pair_template with {query} and {document}")
+        if self.rerank_head == "lm_yes_no" and (self.yes_token_id is None or self.no_token_id is None):
+            raise ProfileError("a yes/no reranker needs the token ids of 'yes' and 'no'")
+
+    @property
+    def takes_instruction(self) -> bool:
+        if self.task == TASK_RERANK:
+            return bool(self.pair_template and "{instruction}" in self.pair_template)
+        return self.instruction_template is not None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"

@@ -27,7 +27,7 @@ class TokenBatch:
     token_count: np.ndarray  # [n] int32, tokens fed to the model per text (after truncation)
 
 
-def decode_texts(raw: np.ndarray) -> list[str]:
+def decode_texts(raw: np.ndarray, what: str = "text") -> list[str]:
     """Decode a BYTES tensor element by element; ``astype(str)`` would mangle non-ASCII text."""
     texts = []
     for i, item in enumerate(raw.reshape(-1)):
@@ -38,7 +38,7 @@ def decode_texts(raw: np.ndarray) -> list[str]:
             texts.append(bytes(item).decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise RequestError(
-                f"text[{i}] is not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+                f"{what}[{i}] is not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
             ) from None
     return texts
 
@@ -46,7 +46,7 @@ def decode_texts(raw: np.ndarray) -> list[str]:
 def decode_option(raw: np.ndarray | None, name: str) -> str | None:
     if raw is None:
         return None
-    values = decode_texts(raw)
+    values = decode_texts(raw, name)
     if len(values) != 1:
         raise RequestError(f"{name} takes exactly one value, got {len(values)}")
     return values[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import ATTENTION_MASK, ENCODER_OUTPUT, INPUT_IDS
+from ..contract import ATTENTION_MASK, INPUT_IDS
 from ..textproc import pad_batch
 
 # graph_optimization value -> onnxruntime.GraphOptimizationLevel member
@@ -78,6 +78,8 @@ class OrtEncoder:
         self.options = o
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
+        # One output: the task's (embedding or score), as the export named it.
+        self._output = self.session.get_outputs()[0].name
         # The exported graph takes the ids dtype it was exported with (--ids-dtype).
         self._ids_dtype = np.int32 if "int32" in self.session.get_inputs()[0].type else np.int64
 
@@ -86,7 +88,7 @@ class OrtEncoder:
             INPUT_IDS: ids.astype(self._ids_dtype, copy=False),
             ATTENTION_MASK: mask.astype(self._ids_dtype, copy=False),
         }
-        return self.session.run([ENCODER_OUTPUT], feeds)[0]
+        return self.session.run([self._output], feeds)[0]
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Embeddings of one padded batch.

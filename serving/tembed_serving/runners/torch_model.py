@@ -39,6 +39,10 @@ class EmbeddingModel(nn.Module):
         self.backbone = backbone
         self.pooling = pooling
 
+    @property
+    def config(self):
+        return self.backbone.config
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         kwargs = {"use_cache": False} if self.pooling == "last" else {}
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
@@ -53,3 +57,88 @@ def load_embedding_model(
 
     backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn)
     return EmbeddingModel(backbone, profile.pooling).eval().to(device)
+
+
+def _token_type_ids(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """BERT's segment ids from the ids: 1 after the first [SEP] (the document and its [SEP]), else 0.
+
+    Computed in the graph so the encoder keeps two inputs; padding after the last [SEP] gets 1,
+    which the attention mask hides."""
+    sep = (input_ids == sep_id).to(torch.int64)
+    return ((torch.cumsum(sep, dim=1) - sep) > 0).to(input_ids.dtype)
+
+
+class RerankModel(nn.Module):
+    """``(input_ids, attention_mask) -> score [batch, 1]``, float32.
+
+    ``lm_yes_no`` (Qwen3-Reranker as released, a causal LM): the hidden state at the last real
+    position, then only the "yes" and "no" rows of the LM head (not 151k logits per pair), and
+    sigmoid(yes - no), which is the softmax over the two. ``seq_cls``: the classifier's logit
+    (a converted Qwen3 twin, or a BERT / XLM-R cross-encoder) through the activation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        head: str,
+        *,
+        yes_id: int | None = None,
+        no_id: int | None = None,
+        activation: str = "sigmoid",
+        sep_id: int | None = None,
+    ):
+        super().__init__()
+        self.head, self.activation, self.sep_id = head, activation, sep_id
+        if head == "lm_yes_no":
+            self.backbone = model.model
+            rows = model.get_output_embeddings().weight[[yes_id, no_id]].detach().clone()
+            self.register_buffer("yes_no", rows, persistent=False)
+        elif head == "seq_cls":
+            self.model = model
+        else:
+            raise ValueError(f"unknown rerank head {head!r}")
+
+    @property
+    def config(self):
+        return (self.backbone if self.head == "lm_yes_no" else self.model).config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.head == "lm_yes_no":
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            last = pool(hidden, attention_mask, "last")
+            logits = last.float() @ self.yes_no.float().T  # [b, 2]: yes, no
+            logit = logits[:, :1] - logits[:, 1:]
+        else:
+            kwargs = {}
+            if self.sep_id is not None:
+                kwargs["token_type_ids"] = _token_type_ids(input_ids, self.sep_id)
+            logit = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits.float()[:, :1]
+        return torch.sigmoid(logit) if self.activation == "sigmoid" else logit
+
+
+def load_rerank_model(
+    folder: Path, profile: ModelProfile, *, dtype: torch.dtype = torch.float32, attn: str = "eager", device: str = "cpu"
+) -> RerankModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if profile.rerank_head == "lm_yes_no" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn)
+    sep_id = None
+    if profile.pair_format == "pair" and getattr(model.config, "type_vocab_size", 1) > 1:
+        sep_id = profile.sep_token_id
+    rerank = RerankModel(
+        model,
+        profile.rerank_head,
+        yes_id=profile.yes_token_id,
+        no_id=profile.no_token_id,
+        activation=profile.activation,
+        sep_id=sep_id,
+    )
+    return rerank.eval().to(device)
+
+
+def load_model(folder: Path, profile: ModelProfile, **kwargs) -> nn.Module:
+    """The task's PyTorch model: what is exported to ONNX, and the reference it is checked against."""
+    if profile.task == "rerank":
+        return load_rerank_model(folder, profile, **kwargs)
+    return load_embedding_model(folder, profile, **kwargs)

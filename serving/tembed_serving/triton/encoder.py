@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-from ..contract import ATTENTION_MASK, ENCODER_OUTPUT, INPUT_IDS, PARAM_RUNNER
+from ..contract import ATTENTION_MASK, ENCODER_OUTPUTS, INPUT_IDS, PARAM_RUNNER
 from ..profile import ModelProfile
 from ..runners import load_runner
 from ._util import parameters, version_dir
@@ -16,10 +16,12 @@ class TritonPythonModel:
         folder = version_dir(args)
         # Triton pins each KIND_GPU instance to one device and says which.
         device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
-        self.runner = load_runner(params[PARAM_RUNNER], folder, ModelProfile.load(folder), params, device)
+        profile = ModelProfile.load(folder)
+        self.output = ENCODER_OUTPUTS[profile.task]
+        self.runner = load_runner(params[PARAM_RUNNER], folder, profile, params, device)
 
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy() for r in requests]
         masks = [pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy() for r in requests]
         outs = self.runner(ids, masks)
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(ENCODER_OUTPUT, out)]) for out in outs]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output, out)]) for out in outs]

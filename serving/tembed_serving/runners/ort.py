@@ -9,6 +9,7 @@ import numpy as np
 
 from ..contract import ATTENTION_MASK, INPUT_IDS
 from ..textproc import pad_batch
+from .batching import plan
 
 # graph_optimization value -> onnxruntime.GraphOptimizationLevel member
 _OPT_LEVELS = {
@@ -46,11 +47,6 @@ class OrtOptions:
             trim_padding=params.get("trim_padding", str(int(d.trim_padding))) in ("1", "true"),
             max_batch_tokens=int(params.get("max_batch_tokens", d.max_batch_tokens)),
         )
-
-
-def _length_group(n: int) -> int:
-    # Power-of-two classes from 16: few ORT calls per batch, little padding within each.
-    return max(16, 1 << (int(n) - 1).bit_length())
 
 
 class OrtEncoder:
@@ -91,33 +87,14 @@ class OrtEncoder:
         return self.session.run([self._output], feeds)[0]
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Embeddings of one padded batch.
-
-        Requests arrive padded to a length bucket (so the dynamic batcher can merge them), and a
-        request mixing a query with a long paragraph is padded to the paragraph's bucket. Cutting
-        each length group to its own longest row spends the compute on tokens, not padding; the
-        mask makes the result independent of how much padding a row had.
-        """
-        lengths = mask.sum(axis=1)
-        trim = self.options.trim_padding
-        if trim:
-            order = np.argsort(lengths, kind="stable")
-            groups = np.array([_length_group(n) for n in lengths[order]])
-            parts = np.split(order, np.flatnonzero(np.diff(groups)) + 1)
-        else:
-            parts = [np.arange(ids.shape[0])]
-        width = ids.shape[1]
+        """Embeddings (or scores) of one padded batch, run by length group (``batching.plan``)."""
+        o = self.options
         out: np.ndarray | None = None
-        for part in parts:
-            w = int(lengths[part].max()) if trim else width
-            cols = slice(width - w, width) if self.left else slice(0, w)
-            step = max(1, self.options.max_batch_tokens // w)
-            for start in range(0, len(part), step):
-                rows = part[start : start + step]
-                emb = self._session_run(ids[rows, cols], mask[rows, cols])
-                if out is None:
-                    out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
-                out[rows] = emb
+        for rows, cols in plan(mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens):
+            emb = self._session_run(ids[rows, cols], mask[rows, cols])
+            if out is None:
+                out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
+            out[rows] = emb
         return out
 
     def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:

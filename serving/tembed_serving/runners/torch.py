@@ -14,19 +14,33 @@ import torch
 
 from ..profile import ModelProfile
 from ..textproc import pad_batch
+from .batching import plan
 from .torch_model import EmbeddingModel, load_embedding_model
 
+# Rows x tokens per forward pass: bounds activation memory on long-document batches.
+DEFAULT_MAX_BATCH_TOKENS = 65536
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class TorchEncoder:
     """Run several requests' token tensors as one batch and split the embeddings back per request."""
 
-    def __init__(self, model: EmbeddingModel, *, pad_token_id: int, padding_side: str, device: str | torch.device):
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        *,
+        pad_token_id: int,
+        padding_side: str,
+        device: str | torch.device,
+        trim_padding: bool = True,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    ):
         self.model = model.eval()
         self.device = torch.device(device)
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
+        self.trim_padding = trim_padding
+        self.max_batch_tokens = max_batch_tokens
 
     @classmethod
     def load(
@@ -44,9 +58,21 @@ class TorchEncoder:
         """One padded batch already on the device -> ``[b, hidden]`` float32 (left on the device)."""
         return self.model(input_ids, attention_mask)
 
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One padded batch (host arrays) -> ``[b, d]`` float32 on the host, run by length group."""
+        calls = plan(mask, left=self.left, trim=self.trim_padding, max_batch_tokens=self.max_batch_tokens)
+        dev_ids = torch.from_numpy(ids.astype(np.int64, copy=False)).to(self.device, non_blocking=True)
+        dev_mask = torch.from_numpy(mask.astype(np.int64, copy=False)).to(self.device, non_blocking=True)
+        out = None
+        for rows, cols in calls:
+            index = torch.from_numpy(rows).to(self.device)
+            part = self.encode(dev_ids[index, cols], dev_mask[index, cols])
+            if out is None:
+                out = torch.empty((ids.shape[0], part.shape[1]), dtype=part.dtype, device=part.device)
+            out[index] = part
+        return out.cpu().numpy()
+
     def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
         # The dynamic batcher merges same-shape requests; a mixed set is padded to the widest.
-        all_ids = torch.from_numpy(pad_batch(ids, self.pad_token_id, self.left).astype(np.int64))
-        all_mask = torch.from_numpy(pad_batch(masks, 0, self.left).astype(np.int64))
-        out = self.encode(all_ids.to(self.device, non_blocking=True), all_mask.to(self.device, non_blocking=True))
-        return np.split(out.cpu().numpy(), np.cumsum([a.shape[0] for a in ids])[:-1])
+        out = self.run(pad_batch(ids, self.pad_token_id, self.left), pad_batch(masks, 0, self.left))
+        return np.split(out, np.cumsum([a.shape[0] for a in ids])[:-1])

@@ -104,7 +104,9 @@ class RerankModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.head == "lm_yes_no":
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            hidden = self.backbone(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).last_hidden_state
             last = pool(hidden, attention_mask, "last")
             logits = last.float() @ self.yes_no.float().T  # [b, 2]: yes, no
             logit = logits[:, :1] - logits[:, 1:]

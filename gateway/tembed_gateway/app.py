@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``.
+"""The HTTP API: ``POST /v1/embeddings`` (OpenAI), ``POST /v1/rerank`` and ``/rerank`` (Jina / vLLM),
+``POST /v2/rerank`` (Cohere v2), ``GET /v1/models``, ``GET /health``.
 
 Why Starlette + orjson and not FastAPI: FastAPI validates and serialises through pydantic, which
 costs tens to hundreds of microseconds per request for a body of 2048 inputs or a response of
@@ -15,7 +16,9 @@ import base64
 import contextlib
 import hmac
 import logging
+import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +31,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tembed_client import EmbeddingError, EmbeddingResult
-from tembed_client.contract import INPUT_TYPES
+from tembed_client import EmbeddingError, EmbeddingResult, RerankResult
+from tembed_client.contract import INPUT_TYPES, TASK_EMBED, TASK_RERANK
 
 from .registry import REFRESH_INTERVAL_S, ModelClient, ModelRegistry
 from .settings import GatewaySettings
@@ -43,6 +46,8 @@ TRITON_ERRORS = {
     "INVALID_ARGUMENT": (400, "invalid_request_error", None),
     "OUT_OF_RANGE": (400, "invalid_request_error", None),
     "NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
+    # The client refuses a model of the other task (an embedding model asked to rerank, or back).
+    "FAILED_PRECONDITION": (400, "invalid_request_error", None),
     "RESOURCE_EXHAUSTED": (429, "server_error", "overloaded"),
     "UNAVAILABLE": (503, "server_error", "triton_unavailable"),
     "DEADLINE_EXCEEDED": (504, "server_error", "timeout"),
@@ -78,6 +83,8 @@ class ApiError(Exception):
             message = f"Triton at {triton_url} is unavailable: {message}"
         # The client's own checks name their field first ("dimensions must be ...").
         param = next((p for p in ("dimensions", "input_type", "instruction") if message.startswith(p)), None)
+        if exc.code == "FAILED_PRECONDITION":
+            param = "model"
         return cls(status, message, type=type_, param=param, code=code)
 
 
@@ -156,6 +163,109 @@ def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
         raise bad_request(f"input_type must be 'query' or 'document', got {input_type!r}", "input_type")
     # `user` is accepted and ignored, like any other field OpenAI clients may add.
     return EmbeddingRequest(model, texts, ids, dimensions, encoding, optional_str(body, "instruction"), input_type)
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    model: str
+    query: str
+    documents: list[str]
+    top_n: int | None  # None: every document
+    return_documents: bool
+    instruction: str | None
+
+
+# What each task's models are called in messages, and the route that serves them.
+TASK_ROUTES = {TASK_EMBED: ("an embedding model", "/v1/embeddings"), TASK_RERANK: ("a reranker", "/v1/rerank")}
+
+# Cohere bills one search unit per query and up to this many documents.
+COHERE_DOCS_PER_SEARCH_UNIT = 100
+
+
+def optional_int(body: dict[str, Any], key: str, minimum: int) -> int | None:
+    value = body.get(key)
+    if value is not None and (type(value) is not int or value < minimum):  # type(): True is not 1
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise bad_request(f"{key} must be {kind}, got {value!r}", key)
+    return value
+
+
+def parse_documents(value: object, max_inputs: int) -> list[str]:
+    """Jina's and vLLM's forms: a list of strings or of ``{"text": str}`` objects (mixed is fine)."""
+    if not isinstance(value, list):
+        raise bad_request(f"documents must be a list of strings, not {type(value).__name__}", "documents")
+    if not value:
+        raise bad_request("documents must not be empty", "documents")
+    if len(value) > max_inputs:
+        raise bad_request(f"too many documents: {len(value)}; at most {max_inputs} per request", "documents")
+    docs = []
+    for i, doc in enumerate(value):
+        if isinstance(doc, dict) and isinstance(doc.get("text"), str):
+            doc = doc["text"]
+        if not isinstance(doc, str):
+            raise bad_request(f'documents[{i}] must be a string or an object {{"text": string}}', "documents")
+        docs.append(doc)  # empty texts are Triton's to refuse, with its message
+    return docs
+
+
+def parse_rerank(body: object, max_inputs: int, return_documents: bool) -> RerankRequest:
+    """The body of /v1/rerank and /v2/rerank. ``return_documents`` is the route's default.
+
+    Accepted and ignored: ``max_tokens_per_doc`` (Cohere; every pair is already cut to the model's
+    max_length, keeping the prompt's end), ``truncate_prompt_tokens`` (vLLM), ``relevant_spans`` and
+    ``priority`` (Cohere), ``user`` and any other field."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("model is required and must be a non-empty string", "model")
+    query = body.get("query")
+    if not isinstance(query, str):  # "" is Triton's to refuse, with its message
+        got = "missing" if query is None else f"a {type(query).__name__}"
+        raise bad_request(f"query is required and must be a string, got {got}", "query")
+    if "documents" not in body:
+        raise bad_request("documents is required", "documents")
+    documents = parse_documents(body["documents"], max_inputs)
+    # vLLM's default top_n is 0, meaning every document: a client sending its defaults sends 0.
+    top_n = optional_int(body, "top_n", 0) or None
+    optional_int(body, "max_tokens_per_doc", 1)
+    flag = body.get("return_documents")
+    if flag is not None and not isinstance(flag, bool):
+        raise bad_request(f"return_documents must be true or false, got {flag!r}", "return_documents")
+    return_documents = return_documents if flag is None else flag
+    return RerankRequest(model, query, documents, top_n, return_documents, optional_str(body, "instruction"))
+
+
+def ranked_results(result: RerankResult, req: RerankRequest) -> list[dict[str, Any]]:
+    results = []
+    for index, score in result.ranking(req.top_n):
+        item: dict[str, Any] = {"index": index, "relevance_score": score}
+        if req.return_documents:
+            item["document"] = {"text": req.documents[index]}
+        results.append(item)
+    return results
+
+
+def render_rerank(result: RerankResult, req: RerankRequest) -> bytes:
+    """Jina / vLLM: ``{id, model, results: [{index, relevance_score, document?}], usage}``."""
+    body = {
+        "id": f"rerank-{uuid.uuid4().hex}",
+        "model": req.model,
+        "results": ranked_results(result, req),
+        "usage": {"total_tokens": int(result.token_counts.sum())},
+    }
+    return orjson.dumps(body)
+
+
+def render_rerank_v2(result: RerankResult, req: RerankRequest) -> bytes:
+    """Cohere v2: ``{id, results: [{index, relevance_score}], meta}``; no model, no usage."""
+    tokens = int(result.token_counts.sum())
+    meta = {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": math.ceil(len(req.documents) / COHERE_DOCS_PER_SEARCH_UNIT)},
+        "tokens": {"input_tokens": tokens, "output_tokens": 0},
+    }
+    return orjson.dumps({"id": str(uuid.uuid4()), "results": ranked_results(result, req), "meta": meta})
 
 
 def render_embeddings(result: EmbeddingResult, model: str, encoding: str) -> bytes:
@@ -238,13 +348,24 @@ class Gateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def resolve(self, model: str) -> ModelClient:
+    async def read_json(self, request: Request) -> object:
+        body = await self.read_body(request)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise bad_request(f"the request body is not valid JSON: {exc}") from None
+
+    async def resolve(self, model: str, task: str, path: str) -> ModelClient:
+        """The served model ``model`` names; 404 if none, 400 if it does another task than ``path``'s."""
         client = await self.registry.resolve(model)
         if client is None:
             served = ", ".join(sorted(self.registry.clients)) or "none"
             raise ApiError(
                 404, f"The model {model!r} does not exist (served: {served})", param="model", code="model_not_found"
             )
+        if client.info.task != task:
+            what, route = TASK_ROUTES.get(client.info.task, (f"a {client.info.task!r} model", "another route"))
+            raise bad_request(f"model {model!r} is {what}: {path} does not serve it; use {route}", "model")
         return client
 
     async def decode(self, client: ModelClient, ids: list[list[int]]) -> list[str]:
@@ -274,18 +395,32 @@ class Gateway:
     @endpoint
     async def embeddings(self, request: Request) -> Response:
         self.authorize(request)
-        body = await self.read_body(request)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise bad_request(f"the request body is not valid JSON: {exc}") from None
-        req = parse_request(payload, self.settings.max_inputs)
-        client = await self.resolve(req.model)
+        req = parse_request(await self.read_json(request), self.settings.max_inputs)
+        client = await self.resolve(req.model, TASK_EMBED, request.url.path)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
             texts, instruction=req.instruction, input_type=req.input_type, dimensions=req.dimensions
         )
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
+
+    async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
+        self.authorize(request)
+        req = parse_rerank(await self.read_json(request), self.settings.max_inputs, return_documents)
+        client = await self.resolve(req.model, TASK_RERANK, request.url.path)
+        # The client cuts the documents into the model's max per request and sends those concurrently.
+        return await client.score(req.query, req.documents, instruction=req.instruction), req
+
+    @endpoint
+    async def rerank(self, request: Request) -> Response:
+        """Jina / vLLM ``/v1/rerank`` (and ``/rerank``); documents are returned unless asked not to."""
+        result, req = await self._rerank(request, return_documents=True)
+        return Response(render_rerank(result, req), media_type="application/json")
+
+    @endpoint
+    async def rerank_v2(self, request: Request) -> Response:
+        """Cohere v2 ``/v2/rerank``: indices and scores only (documents on ``return_documents: true``)."""
+        result, req = await self._rerank(request, return_documents=False)
+        return Response(render_rerank_v2(result, req), media_type="application/json")
 
     @endpoint
     async def models(self, request: Request) -> Response:
@@ -295,7 +430,14 @@ class Gateway:
         entries = [(name, name) for name in sorted(served)]
         entries += [(alias, name) for alias, name in sorted(self.settings.aliases.items()) if name in served]
         data = [
-            {"id": i, "object": "model", "created": self.started, "owned_by": "tembed", "root": root}
+            {
+                "id": i,
+                "object": "model",
+                "created": self.started,
+                "owned_by": "tembed",
+                "root": root,
+                "task": served[root].info.task,  # "embed" or "rerank": which route serves it
+            }
             for i, root in entries
         ]
         return json_response({"object": "list", "data": data})
@@ -316,6 +458,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
     gw = Gateway(settings)
     routes = [
         Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/v1/rerank", gw.rerank, methods=["POST"]),
+        Route("/rerank", gw.rerank, methods=["POST"]),  # vLLM serves both
+        Route("/v2/rerank", gw.rerank_v2, methods=["POST"]),
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
     ]

@@ -13,8 +13,9 @@ ENGINE_ARGS ?=
 EVAL_REPO   ?= .cache/eval_repository
 EVAL_MODELS ?= multilingual-e5-small,all-minilm-l6-v2,qwen3-embedding-tiny:100
 EVAL_ARGS   ?= --max-docs 1000
+RERANK_REPO ?= .cache/rerank_repository
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval rerank-demo bench-rerank
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ serve: export  ## serve the repository on CPU (gRPC 8001, HTTP 8000), print one 
 demo: export  ## like serve, but stop after printing the embedding
 	$(BIN)/tembed serve --model-repository $(REPO) --demo "$(TEXT)" --exit-after-demo
 
+rerank-demo: setup  ## e5-small top 100 of 300 CMRC2018 paragraphs, reranked by qwen3-reranker-tiny (random weights); ~1-2 min
+	$(BIN)/python -m tembed_eval.rerank_demo --repo $(RERANK_REPO)
+
 test: fixtures  ## the test suite against a real tritonserver
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -50,7 +54,7 @@ serve-gpu:  ## serve REPO on all GPUs in the tritonserver 24.10 image (HTTP 8000
 	docker build -f docker/Dockerfile --target serve -t tembed:24.10 .
 	TEMBED_REPO=$(abspath $(REPO)) docker compose -f docker/compose.yaml up
 
-bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B shapes, bf16, on a CUDA GPU (≈5 min); --tiny --device cpu to dry-run
+bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B + Qwen3-Reranker-0.6B shapes, bf16, on a CUDA GPU (≈6 min); --tiny --device cpu to dry-run
 	$(BIN)/python bench/gpu_bench.py
 
 eval: fixtures  ## retrieval quality of the served models -> docs/QUALITY.md (+ .png), ~6-12 min on 2 cores
@@ -68,6 +72,9 @@ $(VENV)-infinity/.installed: bench/requirements-infinity.txt
 
 bench: fixtures $(VENV)-infinity/.installed  ## raw ORT vs Triton vs Infinity vs sentence-transformers -> docs/BENCHMARKS.md
 	$(BIN)/python -m tembed_bench.compare
+
+bench-rerank: setup  ## MiniLM cross-encoder on CPU, 1 query x 100 passages: our server (gRPC score) vs CrossEncoder.predict (~3 min; table for docs/BENCHMARKS.md)
+	$(BIN)/python bench/rerank_bench.py
 
 bench-gateway: export  ## added latency of the OpenAI-compatible gateway over direct gRPC
 	$(BIN)/python bench/gateway_overhead.py --model-repository $(REPO)

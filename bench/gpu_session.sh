@@ -41,7 +41,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c 'import sys, torch, numpy; print(sys.version.split()[0], torch.__version__, numpy.__version__)'
 
 # 1. The PyTorch runner alone, real Qwen3-Embedding shapes, system Python.
-[[ -n "${SKIP_GPU_BENCH:-}" ]] || PYTHONPATH=export:bench timeout 300 python3 bench/gpu_bench.py --seconds "${GPU_BENCH_SECONDS:-6}" 2>&1 |
+[[ -n "${SKIP_GPU_BENCH:-}" ]] || PYTHONPATH=client:serving:export:bench timeout 300 python3 bench/gpu_bench.py --seconds "${GPU_BENCH_SECONDS:-6}" 2>&1 |
   tee "$OUT/gpu_bench.txt"
 
 # 2. A venv over the system packages with numpy 1.x, tritonserver and this checkout.
@@ -54,7 +54,7 @@ python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' >"$SITE/b
 # transformers imports scipy and sklearn (built for numpy 2) when it finds them; the encoder needs
 # neither, so this venv hides both (find_spec answers None for a module set to None).
 echo 'import sys; sys.modules.update(scipy=None, sklearn=None)' >"$SITE/zz-hide-numpy2-only.pth"
-printf '%s\n' "$PWD/export" "$PWD/client" "$PWD/gateway" "$PWD/bench" >"$SITE/tembed-checkout.pth"
+printf '%s\n' "$PWD/client" "$PWD/serving" "$PWD/export" "$PWD/gateway" "$PWD/bench" >"$SITE/tembed-checkout.pth"
 STUB="$SITE/pytriton/tritonserver/python_backend_stubs/3.12/triton_python_backend_stub"
 LIBDIR=$(/tmp/venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 LD_LIBRARY_PATH="$LIBDIR:$SITE/nvidia_pytriton.libs" ldd "$STUB" | grep -E "python|not found"
@@ -62,7 +62,7 @@ LD_LIBRARY_PATH="$LIBDIR:$SITE/nvidia_pytriton.libs" ldd "$STUB" | grep -E "pyth
 # 3. Random-weight Qwen3-Embedding-0.6B with the real tokenizer; reference; export; serve.
 PY=/tmp/venv/bin/python
 $PY bench/gpu_triton.py model --out /tmp/q06 || exit 1
-PYTHONPATH=export:bench python3 bench/gpu_triton.py reference --model /tmp/q06 --out /tmp/ref.npz
+PYTHONPATH=client:serving:export:bench python3 bench/gpu_triton.py reference --model /tmp/q06 --out /tmp/ref.npz
 $PY -m tembed export /tmp/q06 --backend pytorch --repo /tmp/repo --name qwen3-embedding-0.6b || exit 1
 timeout 300 $PY bench/gpu_triton.py serve --repo /tmp/repo --ref /tmp/ref.npz --seconds "${TRITON_SECONDS:-8}" 2>&1 |
   tee "$OUT/gpu_triton.txt"

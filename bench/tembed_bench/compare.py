@@ -92,11 +92,12 @@ def drive(
 
 def token_counts(repo: Path, items: list[Item]) -> dict[str, int]:
     """Real tokens per text (prompt included, after truncation), from our tokenizer."""
+    from tembed_serving.contract import Layout
     from tembed_serving.profile import ModelProfile
     from tembed_serving.textproc import TextEncoder
 
-    tok_dir = repo / f"{systems.MODEL}-tokenizer" / "1"
-    raw_tok = TextEncoder(ModelProfile.load(tok_dir), tok_dir / "tokenizer.json")
+    layout = Layout(repo, systems.MODEL)
+    raw_tok = TextEncoder(ModelProfile.load(layout.profile_file), layout.tokenizer_file)
     out = {}
     for it in items:
         out[it.text] = int(raw_tok([it.text], it.input_type).token_count[0])

@@ -1,4 +1,5 @@
-"""GPU throughput of the PyTorch runner on random-weight models with the real Qwen3-Embedding shapes.
+"""GPU throughput of the PyTorch runner on random-weight models with the real Qwen3-Embedding and
+Qwen3-Reranker shapes.
 
 No checkpoint, network, TensorRT or Triton: the weights are random (speed does not depend on their
 values), the model is ``transformers``' Qwen3 with the published sizes, and every batch goes through
@@ -14,10 +15,12 @@ import numpy as np
 import torch
 
 from tembed_serving.runners.torch import TorchEncoder
-from tembed_serving.runners.torch_model import EmbeddingModel
+from tembed_serving.runners.torch_model import EmbeddingModel, RerankModel
 
 PAD_ID = 0
 END_ID = 1
+# Qwen3 tokenizer ids of "yes" and "no": the two LM-head rows a Qwen3-Reranker reads.
+YES_ID, NO_ID = 9693, 2152
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,21 @@ class Shape:
     head_dim: int
     ffn: int
     vocab: int
+    task: str = "embed"  # "rerank": Qwen3-Reranker, the yes/no head of RerankModel
 
 
-# Published config.json sizes of Qwen/Qwen3-Embedding-0.6B and -4B; "tiny" is for CPU smoke runs.
+_QWEN3_06B = {"layers": 28, "hidden": 1024, "heads": 16, "kv_heads": 8, "head_dim": 128, "ffn": 3072, "vocab": 151_669}
+_TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "ffn": 128, "vocab": 1000}
+# Published config.json sizes of Qwen/Qwen3-Embedding-0.6B and -4B, and of Qwen/Qwen3-Reranker-0.6B
+# (the 0.6B embedding model's backbone, with its tied LM head); "tiny*" are for CPU smoke runs.
 SHAPES = {
-    "qwen3-embedding-0.6b": Shape(layers=28, hidden=1024, heads=16, kv_heads=8, head_dim=128, ffn=3072, vocab=151_669),
+    "qwen3-embedding-0.6b": Shape(**_QWEN3_06B),
     "qwen3-embedding-4b": Shape(layers=36, hidden=2560, heads=32, kv_heads=8, head_dim=128, ffn=9728, vocab=151_669),
-    "tiny": Shape(layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16, ffn=128, vocab=1000),
+    "qwen3-reranker-0.6b": Shape(**_QWEN3_06B, task="rerank"),
+    "tiny": Shape(**_TINY),
+    "tiny-reranker": Shape(**_TINY, task="rerank"),
 }
+TINY_STAND_IN = {"embed": "tiny", "rerank": "tiny-reranker"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,11 @@ class Workload:
     lengths: tuple[int, ...]  # real tokens per sequence; the batch is left-padded to the longest
 
 
-def workloads(tiny: bool, seed: int = 0) -> list[Workload]:
+def workloads(tiny: bool, seed: int = 0, task: str = "embed") -> list[Workload]:
+    if task == "rerank":
+        # One rerank call of a RAG pipeline: a query against its 100 retrieved passages, each pair
+        # (prompt + instruction + query + passage) about 512 tokens.
+        return [Workload("rerank 10 pairs x 64", (64,) * 10)] if tiny else [Workload("100 pairs x 512", (512,) * 100)]
     rng = np.random.default_rng(seed)
     if tiny:
         mixed = tuple(int(x) for x in rng.integers(8, 64, size=8))
@@ -59,9 +73,13 @@ def workloads(tiny: bool, seed: int = 0) -> list[Workload]:
     ]
 
 
-def build_model(shape: Shape, dtype: torch.dtype, device: str) -> EmbeddingModel:
-    from transformers import AutoModel, Qwen3Config
+def build_model(shape: Shape, dtype: torch.dtype, device: str) -> EmbeddingModel | RerankModel:
+    """``EmbeddingModel`` (last-token pooling) or, for ``task="rerank"``, the ``RerankModel`` the
+    served Qwen3-Reranker runs: hidden state at the last position, then only the "yes" and "no"
+    rows of the (tied) LM head, never the 151k-logit projection."""
+    from transformers import AutoModel, AutoModelForCausalLM, Qwen3Config
 
+    rerank = shape.task == "rerank"
     config = Qwen3Config(
         num_hidden_layers=shape.layers,
         hidden_size=shape.hidden,
@@ -72,15 +90,21 @@ def build_model(shape: Shape, dtype: torch.dtype, device: str) -> EmbeddingModel
         vocab_size=shape.vocab,
         max_position_embeddings=40960,
         pad_token_id=PAD_ID,
+        tie_word_embeddings=rerank,  # Qwen3-Reranker-0.6B ties its LM head to the embeddings
     )
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the GPU: a 4B model's fp32 init on CPU takes minutes
+        if rerank:
+            lm = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+            yes, no = (YES_ID, NO_ID) if shape.vocab > max(YES_ID, NO_ID) else (shape.vocab - 1, shape.vocab - 2)
+            return RerankModel(lm, "lm_yes_no", yes_id=yes, no_id=no).eval()
         backbone = AutoModel.from_config(config, attn_implementation="sdpa", dtype=dtype)
     return EmbeddingModel(backbone, "last").eval()
 
 
-def non_embedding_params(model: EmbeddingModel) -> int:
-    # An embedding lookup does no multiply-adds; every other weight does 2 FLOPs per token.
+def non_embedding_params(model: EmbeddingModel | RerankModel) -> int:
+    # An embedding lookup does no multiply-adds; every other weight does 2 FLOPs per token. A
+    # reranker's LM head is not among its parameters: it keeps two rows as a buffer (4 FLOPs/hidden).
     embed = model.backbone.get_input_embeddings().weight.numel()
     return sum(p.numel() for p in model.parameters()) - embed
 

@@ -18,9 +18,11 @@ _EXPORTS = {
     "EmbeddingResult": "_common",
     "ModelInfo": "_common",
     "RerankResult": "_common",
+    "RetryPolicy": "_common",
     "discover_models": "_common",
     "gather": "aio",
     "parse_model_config": "_common",
+    "loaded_models": "_common",
     "ready_models": "_common",
     "triton_errors": "errors",
 }

@@ -3,6 +3,7 @@ chunking and reassembly. Nothing in here does I/O."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -27,6 +28,21 @@ from .errors import EmbeddingError
 
 COMPRESSIONS = (None, "gzip", "deflate")
 
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of a request the server could not take right now (UNAVAILABLE, RESOURCE_EXHAUSTED):
+    exponential backoff with full jitter, so clients that were refused together do not return
+    together. ``attempts=1`` turns retries off."""
+
+    attempts: int = 4
+    base_s: float = 0.05
+    max_s: float = 1.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
+
+
 Text = Union[str, bytes]
 Texts = Union[Text, Iterable[Text]]
 
@@ -46,6 +62,8 @@ class ModelInfo:
     model_type: str | None = None
     pooling: str | None = None
     platform: str = ""
+    max_text_bytes: int | None = None  # the server's byte limits (None: not announced)
+    max_request_bytes: int | None = None
     task: str = c.TASK_EMBED  # what the ensemble does (its "task" parameter; older repositories: embed)
     parameters: Mapping[str, str] = field(default_factory=dict)  # every parameter, raw
 
@@ -123,9 +141,19 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
         model_type=params.get(c.PARAM_MODEL_TYPE),
         pooling=params.get(c.PARAM_POOLING),
         platform=cfg.get("platform", ""),
+        max_text_bytes=integer(c.PARAM_MAX_TEXT_BYTES, 0) or None,
+        max_request_bytes=integer(c.PARAM_MAX_REQUEST_BYTES, 0) or None,
         task=task,
         parameters=params,
     )
+
+
+def loaded_models(stats: Mapping[str, Any]) -> list[str]:
+    """Names of the loaded models in ``get_inference_statistics(as_json=True)``.
+
+    Discovery reads statistics, not the repository index: the index belongs to Triton's
+    model-repository protocol, which a hardened server restricts to its admin key."""
+    return sorted({m["name"] for m in stats.get("model_stats", [])})
 
 
 def ready_models(index: Mapping[str, Any]) -> list[str]:
@@ -163,11 +191,30 @@ def pick_model(configs: Mapping[str, Mapping[str, Any]]) -> ModelInfo:
     raise EmbeddingError(msg, code="FAILED_PRECONDITION")
 
 
-def chunked(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    """``items`` cut into consecutive pieces of at most ``size``."""
+def chunked(items: Sequence[Any], size: int, max_bytes: int | None = None) -> list[Sequence[Any]]:
+    """``items`` cut into consecutive pieces of at most ``size`` items and ``max_bytes`` bytes."""
     if size < 1:
         raise ValueError(f"chunk size must be positive, got {size}")
-    return [items[i : i + size] for i in range(0, len(items), size)]
+    if max_bytes is None:
+        return [items[i : i + size] for i in range(0, len(items), size)]
+    out, start, total = [], 0, 0
+    for i, item in enumerate(items):
+        if i > start and (i - start == size or total + len(item) > max_bytes):
+            out.append(items[start:i])
+            start, total = i, 0
+        total += len(item)
+    if start < len(items):
+        out.append(items[start:])
+    return out
+
+
+def check_sizes(items: Sequence[bytes], info: ModelInfo, what: str) -> None:
+    """The server's per-text byte limit, checked before sending (its message, from the client)."""
+    if info.max_text_bytes is None:
+        return
+    for i, item in enumerate(items):
+        if len(item) > info.max_text_bytes:
+            raise invalid(f"{what}[{i}] is {len(item)} bytes; the limit is {info.max_text_bytes} bytes per text")
 
 
 def utf8(value: object, what: str) -> bytes:
@@ -230,6 +277,7 @@ class Call:
     ) -> Call:
         check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
+        check_sizes(encoded, info, "texts")
         options: dict[str, np.ndarray] = {}
         if instruction is not None:
             options[INSTRUCTION] = np.array([utf8(instruction, "instruction")], dtype=np.object_)
@@ -244,7 +292,7 @@ class Call:
         return cls(info, encoded, single, width, options)
 
     def chunks(self) -> list[Sequence[bytes]]:
-        return chunked(self.texts, self.info.max_texts)
+        return chunked(self.texts, self.info.max_texts, self.info.max_request_bytes)
 
     def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Per chunk: where it lies in the texts (for error messages; empty if there is only
@@ -300,9 +348,11 @@ class ClientBase:
         verbose: bool = False,
         triton: Any = None,
         info: ModelInfo | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """``triton``: an open ``tritonclient`` InferenceServerClient to share (its owner closes it;
-        ``close()`` then leaves it open). ``info``: the model's config, when the caller has read it."""
+        ``close()`` then leaves it open). ``info``: the model's config, when the caller has read it.
+        ``retry``: how requests refused as UNAVAILABLE / RESOURCE_EXHAUSTED are retried."""
         if compression not in COMPRESSIONS:
             raise invalid(f"compression must be gzip, deflate or None, not {compression!r}")
         self.url = url
@@ -311,6 +361,7 @@ class ClientBase:
         # Passed to every RPC; inference calls also get the compression.
         self._rpc_kw: dict[str, Any] = {"headers": dict(headers) if headers else None, "client_timeout": timeout}
         self._infer_kw: dict[str, Any] = {**self._rpc_kw, "compression_algorithm": compression}
+        self.retry = retry or RetryPolicy()
         self._owns_triton = triton is None
         self._triton = self._triton_class(url, verbose=verbose) if triton is None else triton
 
@@ -335,13 +386,17 @@ class RerankCall:
         if isinstance(documents, (str, bytes)):
             raise invalid("documents must be a list of str, not one str")
         docs, _ = encode_texts(documents, "documents")
+        check_sizes(docs, info, "documents")
+        check_sizes([utf8(query, "query")], info, "query")
         options: dict[str, np.ndarray] = {}
         if instruction is not None:
             options[INSTRUCTION] = np.array([utf8(instruction, "instruction")], dtype=np.object_)
         return cls(info, utf8(query, "query"), docs, options)
 
     def chunks(self) -> list[Sequence[bytes]]:
-        return chunked(self.documents, self.info.max_texts)
+        # The query travels with every chunk.
+        room = None if self.info.max_request_bytes is None else self.info.max_request_bytes - len(self.query)
+        return chunked(self.documents, self.info.max_texts, room)
 
     def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
         chunks = self.chunks()

@@ -18,11 +18,11 @@ from ._common import (
     RerankResult,
     Text,
     Texts,
+    loaded_models,
     parse_model_config,
     pick_model,
-    ready_models,
 )
-from .errors import triton_errors
+from .errors import EmbeddingError, triton_errors
 
 T = TypeVar("T")
 
@@ -69,8 +69,8 @@ class AsyncEmbeddingClient(ClientBase):
                     config = await self._triton.get_model_config(self._model, as_json=True, **self._rpc_kw)
                     self._info = parse_model_config(config)
                 else:
-                    index = await self._triton.get_model_repository_index(as_json=True, **self._rpc_kw)
-                    names = ready_models(index)
+                    stats = await self._triton.get_inference_statistics(as_json=True, **self._rpc_kw)
+                    names = loaded_models(stats)
                     configs = await gather(
                         self._triton.get_model_config(name, as_json=True, **self._rpc_kw) for name in names
                     )
@@ -93,8 +93,15 @@ class AsyncEmbeddingClient(ClientBase):
         return call.finish(results)
 
     async def _send(self, where: str, request: dict[str, Any]) -> grpcclient.InferResult:
-        with triton_errors(where):
-            return await self._triton.infer(**request, **self._infer_kw)
+        for attempt in range(self.retry.attempts):
+            try:
+                with triton_errors(where):
+                    return await self._triton.infer(**request, **self._infer_kw)
+            except EmbeddingError as exc:
+                if not exc.retryable or attempt + 1 == self.retry.attempts:
+                    raise
+                await asyncio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
 
     async def embed(
         self,

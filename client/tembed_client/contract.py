@@ -40,6 +40,8 @@ PARAM_MAX_LENGTH = "max_length"
 PARAM_MODEL_TYPE = "model_type"
 PARAM_POOLING = "pooling"
 PARAM_INSTRUCTION = "instruction"  # "yes" when the model takes an instruction
+PARAM_MAX_TEXT_BYTES = "max_text_bytes"  # UTF-8 bytes of one text (or document, or query)
+PARAM_MAX_REQUEST_BYTES = "max_request_bytes"  # UTF-8 bytes of all texts of one request
 # max_texts of a reranker is its most documents per request; its dimension is 1 (one score).
 
 

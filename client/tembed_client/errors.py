@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 from tritonclient.utils import InferenceServerException
 
+RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+
 
 class EmbeddingError(Exception):
     """A request failed, on the server or in a client-side check.
@@ -28,7 +30,17 @@ class EmbeddingError(Exception):
     @classmethod
     def from_triton(cls, exc: InferenceServerException, note: str = "") -> EmbeddingError:
         message = exc.message() or str(exc)
-        return cls(f"{message} ({note})" if note else message, status=exc.status())
+        status = exc.status()
+        if "Stub process" in message and "is not healthy" in message:
+            # A Python model's process died and is being reloaded (the server supervises it):
+            # a transient condition, worth a retry, not an internal error of the request.
+            status = "StatusCode.UNAVAILABLE"
+        return cls(f"{message} ({note})" if note else message, status=status)
+
+    @property
+    def retryable(self) -> bool:
+        """The server is briefly unable (overloaded, restarting a model): the same request may succeed."""
+        return self.code in RETRYABLE
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,11 +18,11 @@ from ._common import (
     RerankResult,
     Text,
     Texts,
+    loaded_models,
     parse_model_config,
     pick_model,
-    ready_models,
 )
-from .errors import triton_errors
+from .errors import EmbeddingError, triton_errors
 
 
 class EmbeddingClient(ClientBase):
@@ -58,10 +59,10 @@ class EmbeddingClient(ClientBase):
                     config = self._triton.get_model_config(self._model, as_json=True, **self._rpc_kw)
                     self._info = parse_model_config(config)
                 else:
-                    index = self._triton.get_model_repository_index(as_json=True, **self._rpc_kw)
+                    stats = self._triton.get_inference_statistics(as_json=True, **self._rpc_kw)
                     configs = {
                         name: self._triton.get_model_config(name, as_json=True, **self._rpc_kw)
-                        for name in ready_models(index)
+                        for name in loaded_models(stats)
                     }
                     self._info = pick_model(configs)
         return self._info
@@ -78,11 +79,18 @@ class EmbeddingClient(ClientBase):
         call = Call.prepare(
             self.model_info(), texts, instruction=instruction, input_type=input_type, dimensions=dimensions
         )
-        results = []
-        for where, request in call.requests():
-            with triton_errors(where):
-                results.append(self._triton.infer(**request, **self._infer_kw))
-        return call.finish(results)
+        return call.finish([self._send(where, request) for where, request in call.requests()])
+
+    def _send(self, where: str, request: dict[str, Any]) -> grpcclient.InferResult:
+        for attempt in range(self.retry.attempts):
+            try:
+                with triton_errors(where):
+                    return self._triton.infer(**request, **self._infer_kw)
+            except EmbeddingError as exc:
+                if not exc.retryable or attempt + 1 == self.retry.attempts:
+                    raise
+                time.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
 
     def embed(
         self,
@@ -100,11 +108,7 @@ class EmbeddingClient(ClientBase):
 
         Lists longer than the model's ``max_texts`` are sent in chunks and merged."""
         call = RerankCall.prepare(self.model_info(), query, documents, instruction=instruction)
-        results = []
-        for where, request in call.requests():
-            with triton_errors(where):
-                results.append(self._triton.infer(**request, **self._infer_kw))
-        return call.finish(results)
+        return call.finish([self._send(where, request) for where, request in call.requests()])
 
     def rerank(
         self,

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .data import DEFAULT_DATA, ROOT
-from .evaluate import ALL_TASKS, SWEEP_DIMS, EvalConfig, evaluate_model
+from .evaluate import ALL_TASKS, SWEEP_DIMS, EvalConfig, evaluate_model, load_tasks
 from .index import qdrant_client
 from .report import write_report
+from .rerank import DEFAULT_DEPTH, evaluate_rerank
 from .server_stats import find_server_pid, server_memory
 
 
@@ -63,6 +64,16 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="start tritonserver on this model repository for the run (ignores --url)",
     )
     ap.add_argument("--out", type=Path, default=Path("docs/QUALITY.md"), help="markdown report (PNG beside it)")
+    rr = ap.add_argument_group("two-stage retrieval (embed, top depth from Qdrant, rerank)")
+    rr.add_argument("--rerank", metavar="MODEL", help="served reranker to rerank each query's top --rerank-depth with")
+    rr.add_argument("--rerank-depth", type=int, default=DEFAULT_DEPTH, help="passages reranked per query (%(default)s)")
+    rr.add_argument("--rerank-limit", type=int, help="rerank only the first N queries of each task (corpus unchanged)")
+    rr.add_argument("--retriever", help="first-stage embedding model (default: the first of --models)")
+    rr.add_argument(
+        "--repository",
+        type=Path,
+        help="the model repository the server serves, to read the reranker's files (default: --serve's)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -148,12 +159,27 @@ def run(args: argparse.Namespace) -> int:
             srv = stack.enter_context(TritonServer.on_free_ports(args.serve, log_file=log))
             args.url, args.server_pid = srv.grpc_url, srv.proc.pid
         results = {m: evaluate_model(args.url, m, qdrant, cfg, limit) for m, limit in models.items()}
+        rerank = None
+        if args.rerank:
+            retriever = args.retriever or next(iter(models))
+            rerank = evaluate_rerank(
+                args.url,
+                retriever,
+                args.rerank,
+                load_tasks(cfg, models.get(retriever) or cfg.limit),
+                qdrant,
+                depth=args.rerank_depth,
+                limit=args.rerank_limit,
+                repo=args.repository or args.serve,
+            )
         pid = args.server_pid or find_server_pid(args.url)
         memory = server_memory(pid, list(models)) if pid else None
     date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    out, png = write_report(results, memory, args.out, _command(args), date, _notes(args, memory))
+    out, png = write_report(results, memory, args.out, _command(args), date, _notes(args, memory), rerank=rerank)
     mismatched = sum(t["cross_check"]["mismatched"] for r in results.values() for t in r["tasks"].values())
     summary = {"date": date, "out": str(out), "plot": str(png), "memory": memory, "models": results}
+    if rerank is not None:
+        summary["rerank"] = rerank
     print(json.dumps(summary, ensure_ascii=False), flush=True)
     return 1 if mismatched else 0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluate import task_metrics
+from .rerank import markdown as rerank_markdown
 
 Results = dict[str, dict[str, Any]]  # model -> evaluate_model() result
 
@@ -132,8 +133,16 @@ def plot(results: Results, path: Path) -> Path:
 
 
 def write_report(
-    results: Results, memory: dict[str, Any] | None, out: Path, command: str, date: str, notes: list[str]
+    results: Results,
+    memory: dict[str, Any] | None,
+    out: Path,
+    command: str,
+    date: str,
+    notes: list[str],
+    *,
+    rerank: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
+    """``rerank``: ``tembed_eval.rerank.evaluate_rerank``'s result, as its own section."""
     out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(results, out.with_suffix(".png"))
     text = [
@@ -149,6 +158,7 @@ def write_report(
         "",
         f"![quality against bytes per vector]({png.name})",
         "",
+        *([*rerank_markdown(rerank), ""] if rerank else []),
         "## How it is measured",
         "",
         *[f"- {n}" for n in notes],

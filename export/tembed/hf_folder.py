@@ -199,6 +199,11 @@ def read_end_token(f: ModelFiles, pooling: str, end_token: str | None = None) ->
     return end_token, end_id
 
 
+def read_vocab_size(f: ModelFiles) -> int | None:
+    size = f.config.get("vocab_size")
+    return int(size) if size else None
+
+
 def read_prompts(f: ModelFiles) -> dict[str, str]:
     return {k: v for k, v in (f.st_config.get("prompts") or {}).items() if k in INPUT_TYPES}
 
@@ -314,6 +319,7 @@ def read_profile(
         max_texts=max_texts,
         ids_dtype=ids_dtype,
         source=str(f.folder),
+        vocab_size=read_vocab_size(f),
     )
 
 
@@ -328,6 +334,7 @@ def _rerank_profile(f: ModelFiles, *, name, max_length, max_texts, ids_dtype) ->
         max_texts=max_texts,
         ids_dtype=ids_dtype,
         source=str(f.folder),
+        vocab_size=read_vocab_size(f),
         task=TASK_RERANK,
         **fields,
     )

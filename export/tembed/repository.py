@@ -58,6 +58,8 @@ class ServingOptions:
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     torch_dtype: str = "bfloat16"  # pytorch backend
     torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
+    queue_timeout_s: float = 30.0  # longest wait in the encoder's queue before a request is refused
+    queue_tokens: int = 65536  # sizes the encoder's queue (queue_size)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -187,6 +189,12 @@ def _io(msg, name: str, dtype: int, dims: list[int], optional: bool = False):
     return t
 
 
+def queue_size(p: ModelProfile, opts: ServingOptions) -> int:
+    """Requests the encoder may hold waiting: ``queue_tokens`` worth of full-length texts, at least 16
+    (e5-small, 512 tokens: 128 requests; a 32k-token model: 16)."""
+    return max(16, opts.queue_tokens // p.max_length)
+
+
 def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     ids = _DTYPES[p.ids_dtype]
     cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.max_texts)
@@ -197,6 +205,13 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         out.reshape.shape[:] = []  # one score per pair: [batch, 1] in the graph, [batch] to the ensemble
     # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    # Backpressure: a bounded queue, and a wait after which a request is refused instead of being
+    # computed for a caller that has likely gone (UNAVAILABLE; the client retries with backoff).
+    policy = cfg.dynamic_batching.default_queue_policy
+    policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = int(opts.queue_timeout_s * 1e6)
+    policy.allow_timeout_override = True
+    policy.max_queue_size = queue_size(p, opts)
     BACKENDS[opts.backend].configure(cfg, p, opts)
     return cfg
 
@@ -266,6 +281,8 @@ class EmbedTask(Task):
             c.PARAM_MODEL_TYPE: p.model_type,
             c.PARAM_POOLING: p.pooling,
             c.PARAM_INSTRUCTION: "yes" if p.instruction_template else "no",
+            c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
+            c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
         }.items():
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step
@@ -329,6 +346,8 @@ class RerankTask(Task):
             c.PARAM_MAX_LENGTH: p.max_length,
             c.PARAM_MODEL_TYPE: p.model_type,
             c.PARAM_INSTRUCTION: "yes" if p.takes_instruction else "no",
+            c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
+            c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
         }.items():
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step

@@ -76,9 +76,17 @@ class ApiError(Exception):
         return json_response(body, self.status, self.headers)
 
     @classmethod
-    def from_triton(cls, exc: EmbeddingError, triton_url: str) -> ApiError:
+    def from_triton(cls, exc: EmbeddingError, triton_url: str, retry_after_s: int = 1) -> ApiError:
         status, type_, code = TRITON_ERRORS.get(exc.code, (500, "server_error", "internal_error"))
         message = exc.message
+        if exc.code == "INVALID_ARGUMENT" and "bytes; the limit is" in message:
+            status, code = 413, "request_too_large"  # a text or a request over the model's byte limits
+        if exc.code == "UNAVAILABLE" and "queue" in message.lower():
+            # Triton's queue for the encoder is full or a request waited past its queue timeout:
+            # the server is overloaded, not down.
+            status, type_, code = 429, "server_error", "overloaded"
+        if status == 429:
+            return cls(status, message, type=type_, code=code, headers={"Retry-After": str(retry_after_s)})
         if status == 503:
             message = f"Triton at {triton_url} is unavailable: {message}"
         # The client's own checks name their field first ("dimensions must be ...").
@@ -291,10 +299,24 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         except ApiError as exc:
             return exc.response()
         except EmbeddingError as exc:
-            return ApiError.from_triton(exc, self.settings.triton_url).response()
+            return ApiError.from_triton(exc, self.settings.triton_url, self.settings.retry_after_s).response()
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.url.path)
             return ApiError(500, "internal error in the gateway", type="server_error", code="internal_error").response()
+
+    return wrapped
+
+
+def admitted(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Callable[[Gateway, Request], Any]:
+    """Counts the request in flight while it runs; refused up front when the gateway is full."""
+
+    async def wrapped(self: Gateway, request: Request) -> Response:
+        self.admit()
+        self.in_flight += 1
+        try:
+            return await handler(self, request)
+        finally:
+            self.in_flight -= 1
 
     return wrapped
 
@@ -307,6 +329,18 @@ class Gateway:
         self._keys = [k.encode() for k in settings.api_keys]
         self._registry: ModelRegistry | None = None
         self.started = int(time.time())
+        self.in_flight = 0
+        self.draining = False  # set on shutdown: readiness false, new work refused, in-flight finishes
+        self._canary: tuple[float, dict[str, str]] | None = None
+
+    def admit(self) -> None:
+        """Refuse new work at once when draining or full (429 + Retry-After: clients back off)."""
+        retry = {"Retry-After": str(self.settings.retry_after_s)}
+        if self.draining:
+            raise ApiError(503, "the gateway is shutting down", type="server_error", code="draining", headers=retry)
+        if self.in_flight >= self.settings.max_in_flight:
+            message = f"{self.in_flight} requests in flight, the limit is {self.settings.max_in_flight}; retry later"
+            raise ApiError(429, message, type="server_error", code="overloaded", headers=retry)
 
     @property
     def registry(self) -> ModelRegistry:
@@ -393,6 +427,7 @@ class Gateway:
         return texts
 
     @endpoint
+    @admitted
     async def embeddings(self, request: Request) -> Response:
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
@@ -411,12 +446,14 @@ class Gateway:
         return await client.score(req.query, req.documents, instruction=req.instruction), req
 
     @endpoint
+    @admitted
     async def rerank(self, request: Request) -> Response:
         """Jina / vLLM ``/v1/rerank`` (and ``/rerank``); documents are returned unless asked not to."""
         result, req = await self._rerank(request, return_documents=True)
         return Response(render_rerank(result, req), media_type="application/json")
 
     @endpoint
+    @admitted
     async def rerank_v2(self, request: Request) -> Response:
         """Cohere v2 ``/v2/rerank``: indices and scores only (documents on ``return_documents: true``)."""
         result, req = await self._rerank(request, return_documents=False)
@@ -443,9 +480,38 @@ class Gateway:
         return json_response({"object": "list", "data": data})
 
     async def health(self, _request: Request) -> Response:
-        if await self.registry.ready():
-            return json_response({"status": "ok"})
-        return json_response({"status": "unavailable", "triton": self.settings.triton_url}, 503)
+        """Readiness: a real inference through every served ensemble (cached ``canary_ttl_s``)."""
+        if self.draining:
+            return json_response({"status": "draining"}, 503)
+        if not await self.registry.ready():
+            return json_response({"status": "unavailable", "triton": self.settings.triton_url}, 503)
+        failed = await self.canary()
+        if failed:
+            return json_response({"status": "unavailable", "models": failed}, 503)
+        return json_response({"status": "ok", "in_flight": self.in_flight})
+
+    async def live(self, _request: Request) -> Response:
+        """Liveness: the gateway's own loop answers (Triton's state is readiness, not liveness)."""
+        return json_response({"status": "ok"})
+
+    async def canary(self) -> dict[str, str]:
+        """model -> error of the models whose canary inference failed (empty: all served)."""
+        now = time.monotonic()
+        if self._canary is not None and now - self._canary[0] < self.settings.canary_ttl_s:
+            return self._canary[1]
+        failed: dict[str, str] = {}
+        with contextlib.suppress(EmbeddingError):
+            await self.registry.refresh(REFRESH_INTERVAL_S)
+        for name, client in list(self.registry.clients.items()):
+            try:
+                if client.info.task == TASK_RERANK:
+                    await client.score("canary", ["canary"])
+                else:
+                    await client.embed(["canary"])
+            except EmbeddingError as exc:
+                failed[name] = f"{exc.code}: {exc.message}"
+        self._canary = (time.monotonic(), failed)
+        return failed
 
 
 async def http_error(_request: Request, exc: Exception) -> Response:
@@ -463,6 +529,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v2/rerank", gw.rerank_v2, methods=["POST"]),
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
+        Route("/health/ready", gw.health, methods=["GET"]),
+        Route("/health/live", gw.live, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={HTTPException: http_error})
     app.state.gateway = gw

@@ -6,16 +6,19 @@ Composes the runtime's launcher (:mod:`tembed_serving.server`) with this package
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import urllib.request
 
-from tembed_serving.server import ServerError, add_server_args, server_from_args
+from tembed_serving.server import ServerError, TritonServer, add_server_args, server_from_args
 
 
-def show_embedding(url: str, text: str) -> None:
+def show_embedding(url: str, text: str, headers: dict[str, str] | None = None) -> None:
     """What a user wants to see first: one real embedding from the running server."""
     from tembed_client import EmbeddingClient
 
-    with EmbeddingClient(url) as client:
+    # headers: finding the served model reads Triton's repository index, an admin protocol.
+    with EmbeddingClient(url, headers=headers) as client:
         info = client.model_info()
         result = client.encode([text], input_type="query")
     vec = result.embeddings[0]
@@ -55,12 +58,14 @@ def show_openai_embedding(base_url: str, text: str, api_key: str) -> None:
     print(f"{base_url}/v1/embeddings model {model}: {len(vec)}-dim, {tokens} tokens\n  [{head}, ...]", flush=True)
 
 
-def start_gateway(args: argparse.Namespace, triton_url: str):  # -> (GatewayThread | None, api key)
-    """The OpenAI-compatible gateway on Triton, in a thread of this process; (None, "") without the extra."""
+def start_gateway(args: argparse.Namespace, srv: TritonServer):  # -> (GatewayThread, api key)
+    """The OpenAI-compatible gateway on Triton, in a thread of this process."""
     from . import GatewaySettings, GatewayThread, load_api_keys
 
     keys = load_api_keys()  # $TEMBED_API_KEYS turns authentication on
-    settings = GatewaySettings(triton_url, api_keys=keys, model_repository=args.model_repository)
+    settings = GatewaySettings(
+        srv.grpc_url, api_keys=keys, model_repository=args.model_repository, triton_headers=srv.grpc_admin_headers
+    )
     try:
         gw = GatewayThread(settings, args.gateway_host, args.gateway_port).start()
     except (OSError, RuntimeError) as exc:
@@ -81,27 +86,46 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gateway-port", type=int, default=30000, help="OpenAI-compatible /v1/embeddings port")
     ap.add_argument("--gateway-host", default="127.0.0.1")
     ap.add_argument("--no-gateway", action="store_true", help="serve gRPC/HTTP only, no OpenAI-compatible gateway")
+    ap.add_argument(
+        "--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM/SIGINT"
+    )
     args = ap.parse_args(argv)
     srv = server_from_args(args)
+    srv.exit_timeout_s = int(args.grace)
     gateway, api_key = None, ""
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):  # SIGTERM is what Docker, Kubernetes and systemd send
+        print(f"{signal.Signals(signum).name}: draining (up to {args.grace:.0f}s), then stopping", flush=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         srv.start()
         print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
         if not args.no_gateway:
-            gateway, api_key = start_gateway(args, srv.grpc_url)
+            gateway, api_key = start_gateway(args, srv)
         if args.demo:
-            show_embedding(srv.grpc_url, args.demo)
+            show_embedding(srv.grpc_url, args.demo, srv.grpc_admin_headers)
             if gateway is not None:
                 show_openai_embedding(gateway.url, args.demo, api_key)
         if not args.exit_after_demo:
-            print("serving; Ctrl-C stops it", flush=True)
-            srv.proc.wait()
-    except KeyboardInterrupt:
-        pass
+            print("serving; Ctrl-C or SIGTERM stops it", flush=True)
+            while not stop.wait(0.5):  # the supervisor keeps Triton up meanwhile
+                pass
     finally:
-        if gateway is not None:  # first, so it stops taking requests for a Triton about to go
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if gateway is not None:  # first: it stops taking requests and lets its in-flight ones finish
+            left = gateway.drain(args.grace)
+            if left:
+                print(f"{left} gateway requests still running after {args.grace:.0f}s", flush=True)
             gateway.stop()
-        srv.stop()
+        if srv.proc is not None:
+            left = srv.drain(args.grace)  # gRPC callers' requests too, not only the gateway's
+            if left:
+                print(f"{left} requests still in Triton after {args.grace:.0f}s", flush=True)
+        srv.stop()  # then Triton exits and every stub is gone
     return 0
 
 

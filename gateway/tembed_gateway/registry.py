@@ -10,7 +10,7 @@ from pathlib import Path
 import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
 
-from tembed_client import AsyncEmbeddingClient, ModelInfo, discover_models, gather, ready_models, triton_errors
+from tembed_client import AsyncEmbeddingClient, ModelInfo, discover_models, gather, loaded_models, triton_errors
 from tembed_serving.contract import Layout
 
 from .settings import GatewaySettings
@@ -42,7 +42,9 @@ class ModelRegistry:
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = asyncio.Lock()
         self._refreshed_at = -math.inf
-        self._rpc = {"client_timeout": min(settings.timeout_s, 10.0)}
+        # Model discovery reads Triton's repository index, an admin protocol: it needs the key.
+        headers = dict(settings.triton_headers) or None
+        self._rpc = {"client_timeout": min(settings.timeout_s, 10.0), "headers": headers}
 
     async def close(self) -> None:
         await self.triton.close()
@@ -59,8 +61,8 @@ class ModelRegistry:
             if time.monotonic() - self._refreshed_at < min_interval:
                 return
             with triton_errors():
-                index = await self.triton.get_model_repository_index(as_json=True, **self._rpc)
-                names = ready_models(index)
+                stats = await self.triton.get_inference_statistics(as_json=True, **self._rpc)
+                names = loaded_models(stats)
                 configs = await gather(self.triton.get_model_config(n, as_json=True, **self._rpc) for n in names)
             found = {}
             by_name = dict(zip(names, configs))

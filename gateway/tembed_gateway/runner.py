@@ -50,7 +50,8 @@ class GatewayThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = host, self._sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn_config(settings, host, self.port, log_level, access_log))
+        self.config = uvicorn_config(settings, host, self.port, log_level, access_log)
+        self.server = uvicorn.Server(self.config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, name="tembed-gateway", daemon=True
         )
@@ -69,6 +70,20 @@ class GatewayThread:
                 raise RuntimeError(f"the gateway did not start on {self.url}")
             time.sleep(0.02)
         return self
+
+    @property
+    def gateway(self):  # -> app.Gateway
+        return self.config.app.state.gateway
+
+    def drain(self, grace_s: float = 30.0) -> int:
+        """Stop taking work (readiness 503, new requests 503) and wait up to ``grace_s`` for the
+        requests in flight; returns how many were still running when the wait ended."""
+        gw = self.gateway
+        gw.draining = True
+        deadline = time.monotonic() + grace_s
+        while gw.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return gw.in_flight
 
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True

@@ -19,6 +19,14 @@ class GatewaySettings:
     max_inputs: int = 2048  # OpenAI's own limit on inputs per request
     max_body_bytes: int = 32 << 20  # 2048 inputs of ~16 KB each
     timeout_s: float = 60.0  # per Triton call
+    # Requests being served at once; more get 429 with Retry-After at once instead of queueing
+    # without bound (a caller that gave up would still be computed for).
+    max_in_flight: int = 128
+    retry_after_s: int = 1
+    canary_ttl_s: float = 2.0  # how long a readiness answer (a real inference per model) is reused
+    # Sent with Triton calls that read the model repository index (a restricted admin protocol):
+    # {"triton-grpc-protocol-<header>": key}; `tembed serve` passes its server's.
+    triton_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def load_api_keys(key_file: Path | None = None, env: Mapping[str, str] = os.environ) -> frozenset[str]:

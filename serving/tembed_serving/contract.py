@@ -20,6 +20,8 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_DIMENSION,
     PARAM_INSTRUCTION,
     PARAM_MAX_LENGTH,
+    PARAM_MAX_REQUEST_BYTES,
+    PARAM_MAX_TEXT_BYTES,
     PARAM_MAX_TEXTS,
     PARAM_MIN_DIMENSION,
     PARAM_MODEL_TYPE,

@@ -47,6 +47,12 @@ class ModelProfile:
     ids_dtype: str = "int64"
     source: str = ""
     task: str = TASK_EMBED
+    vocab_size: int | None = None  # the encoder's token id range: larger ids are refused per request
+    # Request size limits, enforced by the tokenizer (and checked early by the client and the
+    # gateway from the ensemble's parameters): a huge text costs memory and tokenizer time before
+    # truncation could cut it.
+    max_text_bytes: int = 1 << 20
+    max_request_bytes: int = 8 << 20
     # task "rerank": how a (query, document) pair becomes one sequence and its score.
     # pair_format "prompt": prefix + pair_template.format(instruction, query, document) + suffix, one
     # sequence (Qwen3-Reranker); "pair": the tokenizer's own pair template ([CLS] q [SEP] d [SEP]).

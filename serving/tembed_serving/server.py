@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,11 +20,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .contract import model_names
 
 
 class ServerError(RuntimeError):
@@ -76,9 +81,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Admin protocols Triton serves on the same ports as inference. Closed unless the caller presents
+# the key: anyone who reaches the port could otherwise load and unload models, change logging,
+# register shared memory or start traces. The gateway is the authenticated front door.
+RESTRICTED = ("model-repository", "logging", "shared-memory", "trace")
+ADMIN_HEADER = "tembed-admin-key"
+
+
 @dataclass
 class TritonServer:
-    """A tritonserver process on one model repository; use as a context manager."""
+    """A supervised tritonserver on one model repository; use as a context manager.
+
+    Closed by default: it binds to ``host`` (127.0.0.1) and its admin protocols need ``admin_key``
+    (random per server unless given). Supervised: a Python stub that dies has its model reloaded,
+    a tritonserver that dies has its stubs killed and is started again; ``healthy`` is False in
+    between. ``stop()`` lets in-flight requests finish (``exit_timeout_s``), then removes every
+    process of the server's group and the backend folder.
+    """
 
     model_repository: Path
     grpc_port: int = 8001
@@ -87,8 +106,14 @@ class TritonServer:
     log_verbose: int = 0
     log_file: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    admin_key: str | None = None
+    supervise: bool = True
+    exit_timeout_s: int = 30
     proc: subprocess.Popen | None = None
+    events: list[tuple[float, str]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
+    _supervisor: Supervisor | None = None
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, **kw) -> TritonServer:
@@ -96,35 +121,89 @@ class TritonServer:
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"127.0.0.1:{self.grpc_port}" if self.host in ("0.0.0.0", "::") else f"{self.host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """HTTP headers that open the admin protocols."""
+        return {ADMIN_HEADER: self.admin_key or ""}
+
+    @property
+    def grpc_admin_headers(self) -> dict[str, str]:
+        """The same over gRPC: Triton expects the key under ``triton-grpc-protocol-<header>``."""
+        return {f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_key or ""}
+
+    @property
+    def healthy(self) -> bool:
+        """Running and not recovering from a dead stub or a restart."""
+        return (
+            self.proc is not None
+            and self.proc.poll() is None
+            and (self._supervisor is None or self._supervisor.healthy)
+        )
 
     def command(self, backend_dir: Path) -> list[str]:
+        restricted = f"{','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}"
         return [
             str(pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={Path(self.model_repository).resolve()}",
             f"--backend-directory={backend_dir}",
+            f"--grpc-address={self.host}",
+            f"--http-address={self.host}",
+            f"--metrics-address={self.host}",
             f"--grpc-port={self.grpc_port}",
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
+            f"--grpc-restricted-protocol={restricted}",
+            f"--http-restricted-api={restricted}",
+            # Explicit control: the supervisor reloads one model whose stub died, nothing else.
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
             "--exit-on-error=true",
             "--strict-readiness=true",
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 180.0) -> TritonServer:
-        self._tmp = tempfile.TemporaryDirectory(prefix="tembed-backends-")
-        backend_dir = prepare_backends(Path(self._tmp.name))
+    def _spawn(self) -> None:
         out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115  (None: inherit)
+        # Its own process group: the stubs Triton forks join it, so one killpg removes them all.
+        # PR_SET_PDEATHSIG: if this process dies, even by SIGKILL, the kernel stops Triton too.
         self.proc = subprocess.Popen(
-            self.command(backend_dir), env=server_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(Path(self._tmp.name)),
+            env=server_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        if out is not None:
+            out.close()
+
+    def start(self, timeout: float = 180.0) -> TritonServer:
+        if self.admin_key is None:
+            self.admin_key = secrets.token_urlsafe(24)
+        self._tmp = tempfile.TemporaryDirectory(prefix="tembed-backends-")
+        prepare_backends(Path(self._tmp.name))
+        self._spawn()
         self.wait_ready(timeout)
+        self.event("ready")
+        if self.supervise:
+            self._supervisor = Supervisor(self)
+            self._supervisor.start()
         return self
+
+    def event(self, what: str) -> None:
+        self.events.append((time.monotonic(), what))
+        if self.log_file:
+            with open(self.log_file, "a", encoding="utf-8") as f:
+                f.write(f"tembed supervisor: {what}\n")
 
     def ready(self) -> bool:
         try:
@@ -137,12 +216,55 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise ServerError(f"tritonserver exited with code {self.proc.returncode}{self._log_tail()}")
+                code = self.proc.returncode
+                self._kill_group()
+                raise ServerError(f"tritonserver exited with code {code}{self._log_tail()}")
             if self.ready():
                 return
             time.sleep(0.25)
         self.stop()
         raise ServerError(f"tritonserver not ready after {timeout:.0f}s{self._log_tail()}")
+
+    def load_model(self, name: str, timeout: float = 120.0) -> None:
+        """(Re)load one model through the restricted repository API."""
+        req = urllib.request.Request(
+            f"{self.http_url}/v2/repository/models/{name}/load", data=b"{}", headers=self.admin_headers, method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if r.status != 200:
+                raise ServerError(f"reloading {name}: HTTP {r.status}")
+
+    def in_flight(self) -> int:
+        """Ensemble requests that have entered their tokenizer and not yet finished, from Triton's
+        statistics (tokenizer successes + failures - ensemble successes + failures). Triton 2.51
+        has no in-flight counter, and on SIGTERM it refuses the next step of an ensemble already
+        running, so the launcher waits for this to reach 0 first. Assumes the tokenizers are called
+        through their ensembles: a direct caller only makes the drain wait out its grace."""
+        with urllib.request.urlopen(f"{self.http_url}/v2/models/stats", timeout=5) as r:
+            stats = json.load(r)
+        done = {}
+        for m in stats.get("model_stats", []):
+            s = m.get("inference_stats", {})
+            done[m["name"]] = (
+                done.get(m["name"], 0) + s.get("success", {}).get("count", 0) + s.get("fail", {}).get("count", 0)
+            )
+        tokenizers = {model_names(n)["tokenizer"]: n for n in done}
+        return sum(max(0, done[tok] - done[n]) for tok, n in tokenizers.items() if tok in done)
+
+    def drain(self, grace_s: float) -> int:
+        """Wait (up to ``grace_s``) until no ensemble request is in flight; returns how many still were."""
+        deadline, quiet = time.monotonic() + grace_s, 0
+        left = 0
+        while time.monotonic() < deadline:
+            try:
+                left = self.in_flight()
+            except (OSError, ValueError):
+                return 0  # Triton is gone: nothing left to wait for
+            quiet = quiet + 1 if left == 0 else 0
+            if quiet >= 2:
+                return 0
+            time.sleep(0.1)
+        return left
 
     def _log_tail(self, n: int = 40) -> str:
         if not self.log_file or not Path(self.log_file).exists():
@@ -150,16 +272,29 @@ class TritonServer:
         lines = Path(self.log_file).read_text(errors="replace").splitlines()[-n:]
         return "\n--- tritonserver log (tail) ---\n" + "\n".join(lines)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+    def _kill_group(self, sig: int = signal.SIGKILL) -> None:
+        """Every process of the server's group: stubs outlive a crashed tritonserver otherwise."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain and stop: Triton finishes in-flight requests (up to ``exit_timeout_s``), then exits;
+        whatever of its group is left is killed, and the backend folder removed."""
+        if self._supervisor is not None:
+            self._supervisor.stop()
+            self._supervisor = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                    self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout if timeout is not None else self.exit_timeout_s + 15)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            self._kill_group()
+            self.event("stopped")
         self.proc = None
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -172,19 +307,103 @@ class TritonServer:
         self.stop()
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+STUB = "triton_python_backend_stub"
+
+
+def python_stubs(parent: int) -> dict[int, str]:
+    """pid -> model name of the Python-backend stubs tritonserver ``parent`` runs (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
+            # argv[1] is <repository>/<model>/<version>/model.py
+            found[int(entry.name)] = Path(argv[1].decode(errors="replace")).parent.parent.name
+    return found
+
+
+class Supervisor(threading.Thread):
+    """Watches one TritonServer: reloads a model whose stub died, restarts a dead tritonserver."""
+
+    POLL_S = 0.25
+
+    def __init__(self, server: TritonServer) -> None:
+        super().__init__(name="tembed-supervisor", daemon=True)
+        self.server = server
+        self.healthy = True
+        self._halt = threading.Event()
+        self._stubs = python_stubs(server.proc.pid)
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(10)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.POLL_S):
+            try:
+                self.check()
+            except Exception as exc:  # the supervisor must outlive any one failure
+                self.server.event(f"supervisor error: {exc!r}")
+
+    def check(self) -> None:
+        srv = self.server
+        if srv.proc.poll() is not None:
+            self.healthy = False
+            srv.event(f"tritonserver exited with code {srv.proc.returncode}; killing its stubs and restarting")
+            srv._kill_group()
+            srv._spawn()
+            srv.wait_ready(180)
+            self._stubs = python_stubs(srv.proc.pid)
+            srv.event("tritonserver restarted")
+            self.healthy = True
+            return
+        alive = python_stubs(srv.proc.pid)
+        dead = {model for pid, model in self._stubs.items() if pid not in alive}
+        if not dead:
+            self._stubs = alive
+            return
+        self.healthy = False
+        for model in sorted(dead):
+            srv.event(f"stub of {model} died; reloading it")
+            srv.load_model(model)
+            srv.event(f"{model} reloaded")
+        self._stubs = python_stubs(srv.proc.pid)
+        self.healthy = True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Triton alone on a repository (``python -m tembed_serving.server``); ``tembed serve`` adds the gateway."""
     ap = argparse.ArgumentParser(prog="python -m tembed_serving.server", description=main.__doc__)
     add_server_args(ap)
     args = ap.parse_args(argv)
     srv = server_from_args(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         srv.start()
         print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
-        srv.proc.wait()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5):  # the supervisor keeps Triton up meanwhile
+            pass
     finally:
+        if srv.proc is not None:
+            srv.drain(srv.exit_timeout_s)
         srv.stop()
     return 0
 
@@ -196,6 +415,12 @@ def add_server_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--log-verbose", type=int, default=0)
     ap.add_argument("--log-file", type=Path, default=Path(".cache/tritonserver.log"), help="server log")
+    ap.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address Triton binds to (0.0.0.0 only on a private network: the gateway is the authenticated door)",
+    )
+    ap.add_argument("--admin-key", help="key for Triton's admin protocols (default: random, closed to everyone)")
 
 
 def server_from_args(args: argparse.Namespace) -> TritonServer:
@@ -207,6 +432,8 @@ def server_from_args(args: argparse.Namespace) -> TritonServer:
         args.metrics_port,
         args.log_verbose,
         log_file=args.log_file,
+        host=args.host,
+        admin_key=args.admin_key,
     )
 
 

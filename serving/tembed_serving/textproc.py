@@ -43,6 +43,20 @@ def decode_texts(raw: np.ndarray, what: str = "text") -> list[str]:
     return texts
 
 
+def check_bytes(raw: np.ndarray, profile: ModelProfile, what: str = "text") -> None:
+    """Refuse a text or a request over the profile's byte limits before any decoding or tokenizing."""
+    total = 0
+    for i, item in enumerate(raw.reshape(-1)):
+        n = len(item.encode("utf-8")) if isinstance(item, str) else len(item)
+        if n > profile.max_text_bytes:
+            raise RequestError(f"{what}[{i}] is {n} bytes; the limit is {profile.max_text_bytes} bytes per text")
+        total += n
+    if total > profile.max_request_bytes:
+        raise RequestError(
+            f"the request's texts are {total} bytes; the limit is {profile.max_request_bytes} per request"
+        )
+
+
 def decode_option(raw: np.ndarray | None, name: str) -> str | None:
     if raw is None:
         return None
@@ -83,6 +97,12 @@ class TextEncoder:
             tok.post_processor = processors.Sequence([tok.post_processor, end]) if tok.post_processor else end
         tok.enable_truncation(max_length=profile.max_length)
         self.tokenizer = tok
+        # No token spans more characters than the vocabulary's longest entry, so truncation keeps
+        # nothing past max_length x that: longer texts are cut before tokenizing (twice the bound,
+        # so the last kept word tokenizes as in the whole text), and a huge text costs no more
+        # than a long one.
+        longest = max((len(t) for t in tok.get_vocab()), default=16)
+        self.char_cap = 2 * profile.max_length * longest
         self._ids_dtype = np.dtype(profile.ids_dtype)
         self._encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
 
@@ -121,7 +141,7 @@ class TextEncoder:
             clean = " ".join(text.split())
             if not clean:
                 raise RequestError(f"text[{i}] is empty")
-            out.append(prefix + clean)
+            out.append(prefix + clean[: self.char_cap])
         return out
 
     def encode(self, texts: list[str]) -> TokenBatch:

@@ -5,7 +5,7 @@ import triton_python_backend_utils as pb_utils
 from ..contract import ATTENTION_MASK, DOCUMENTS, INPUT_IDS, INSTRUCTION, QUERY, TOKEN_COUNT, TOKENIZER_FILE
 from ..pairs import PairEncoder
 from ..profile import ModelProfile
-from ..textproc import RequestError, decode_option, decode_texts
+from ..textproc import RequestError, check_bytes, decode_option, decode_texts
 from ._util import invalid, optional_input, version_dir
 
 
@@ -18,8 +18,12 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                query = decode_option(pb_utils.get_input_tensor_by_name(request, QUERY).as_numpy(), QUERY)
-                documents = decode_texts(pb_utils.get_input_tensor_by_name(request, DOCUMENTS).as_numpy(), DOCUMENTS)
+                raw_query = pb_utils.get_input_tensor_by_name(request, QUERY).as_numpy()
+                raw_docs = pb_utils.get_input_tensor_by_name(request, DOCUMENTS).as_numpy()
+                check_bytes(raw_query, self.encoder.profile, QUERY)
+                check_bytes(raw_docs, self.encoder.profile, DOCUMENTS)
+                query = decode_option(raw_query, QUERY)
+                documents = decode_texts(raw_docs, DOCUMENTS)
                 instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
                 batch = self.encoder.encode(query, documents, instruction)
             except RequestError as exc:

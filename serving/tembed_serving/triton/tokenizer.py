@@ -16,7 +16,7 @@ from ..contract import (
 )
 from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
-from ..textproc import RequestError, TextEncoder, decode_option, decode_texts
+from ..textproc import RequestError, TextEncoder, check_bytes, decode_option, decode_texts
 from ._util import invalid, optional_input, version_dir
 
 
@@ -27,7 +27,9 @@ class TritonPythonModel:
         self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
 
     def _parse(self, request) -> tuple[list[str], int]:
-        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy())
+        raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
+        check_bytes(raw, self.profile)
+        texts = decode_texts(raw)
         input_type = decode_option(optional_input(request, INPUT_TYPE), INPUT_TYPE)
         instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
         dims = check_dimensions(self.profile, optional_input(request, DIMENSIONS))

@@ -1,0 +1,293 @@
+"""Faults against real processes: a dead stub, a dead tritonserver, SIGTERM under load, poisoned
+direct calls to the encoder, oversized texts, overload, closed admin protocols. Each test bounds its
+own time; the numbers they print are the ones docs/RELIABILITY.md reports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from .conftest import TEXTS
+
+pytestmark = pytest.mark.slow
+E5 = "multilingual-e5-small"
+LONG = "检索增强生成把向量数据库召回的段落交给大模型。" * 24  # ~500 tokens
+
+
+@pytest.fixture
+def own_server(model_repository, tmp_path):
+    """A server of its own (these tests kill its processes), serving e5 only."""
+    from tembed_serving.contract import model_names
+    from tembed_serving.server import TritonServer
+
+    repo = tmp_path / "repo"
+    for name in model_names(E5).values():
+        shutil.copytree(model_repository / name, repo / name)
+    with TritonServer.on_free_ports(repo, log_file=tmp_path / "tritonserver.log") as srv:
+        yield srv
+
+
+def stub_pid(srv, model):
+    from tembed_serving.server import python_stubs
+
+    return next(pid for pid, m in python_stubs(srv.proc.pid).items() if m == model)
+
+
+def test_dead_encoder_stub_is_reloaded(own_server):
+    from tembed_client import EmbeddingClient, EmbeddingError
+
+    srv = own_server
+    results, unhealthy = [], []
+    stop = threading.Event()
+
+    def load():
+        with EmbeddingClient(srv.grpc_url, E5) as client:
+            while not stop.is_set():
+                t = time.monotonic()
+                try:
+                    client.embed(TEXTS[:4])
+                    results.append((t, True))
+                except EmbeddingError as exc:
+                    results.append((t, exc.code))
+
+    def watch():
+        while not stop.is_set():
+            if not srv.healthy:
+                unhealthy.append(time.monotonic())
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=f) for f in (load, load, watch)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    killed = time.monotonic()
+    os.kill(stub_pid(srv, f"{E5}-encoder"), signal.SIGKILL)
+    deadline = killed + 30
+    while time.monotonic() < deadline and not any(ok is True and t > killed + 0.5 for t, ok in results):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    after = [(t, ok) for t, ok in results if t >= killed]
+    recovered = min(t for t, ok in after if ok is True and t > killed + 0.5) - killed
+    failed = [ok for _, ok in after if ok is not True]
+    print(f"\nstub killed: served again after {recovered:.2f}s; {len(failed)} of {len(after)} requests failed {failed}")
+    assert unhealthy, "readiness never went false while the encoder was being reloaded"
+    assert recovered <= 10.0
+    assert set(failed) <= {"UNAVAILABLE"}  # transient, retryable; never an INTERNAL error
+    assert srv.healthy and "reloaded" in srv.events[-1][1]
+
+
+def test_dead_tritonserver_is_restarted_and_leaves_no_stub(own_server):
+    from tembed_client import EmbeddingClient
+    from tembed_serving.server import python_stubs
+
+    srv = own_server
+    old = srv.proc.pid
+    assert python_stubs(old)
+    os.kill(old, signal.SIGKILL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        if srv.proc.pid != old and srv.healthy:
+            break
+        time.sleep(0.1)
+    restarted = time.monotonic() - t0
+    assert python_stubs(old) == {}  # the old server's stubs are gone, not orphaned under PID 1
+    with EmbeddingClient(srv.grpc_url, E5) as client:
+        assert client.embed(TEXTS[:2]).shape == (2, 384)
+    print(f"\ntritonserver killed: serving again after {restarted:.2f}s")
+    assert restarted <= 60
+
+
+def _encoder_call(server, ids, mask):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    inputs = []
+    for name, arr in (("input_ids", ids), ("attention_mask", mask)):
+        t = grpcclient.InferInput(name, list(arr.shape), "INT64")
+        t.set_data_from_numpy(arr)
+        inputs.append(t)
+    return client.infer(f"{E5}-encoder", inputs)
+
+
+@pytest.mark.parametrize(
+    ("ids", "mask", "message"),
+    [
+        (np.array([[0, 10**9, 2]]), np.ones((1, 3), np.int64), "token ids must lie in [0, 250037)"),
+        (np.array([[0, 5, 2]]), np.zeros((1, 3), np.int64), "row 0 of attention_mask has no token"),
+        (np.array([[0, 5, 2]]), np.array([[1, 0, 1]]), "attention_mask must pad on the right"),
+        (np.array([[0, 5, 2]]), np.array([[1, 2, 1]]), "attention_mask may hold only 0 and 1"),
+        (np.array([[0] * 600]), np.ones((1, 600), np.int64), "sequence length 600 is over the model's 512"),
+    ],
+)
+def test_poisoned_encoder_request_fails_alone(server, clients, ids, mask, message):
+    good = []
+
+    def neighbours():
+        for _ in range(10):
+            good.append(clients[E5].embed(TEXTS))
+
+    t = threading.Thread(target=neighbours)
+    t.start()
+    for _ in range(5):
+        with pytest.raises(InferenceServerException) as exc:
+            _encoder_call(server, ids.astype(np.int64), mask.astype(np.int64))
+        assert message in exc.value.message() and "INVALID_ARG" in str(exc.value.status())
+        assert "/" not in exc.value.message().split(":", 1)[-1]  # no source paths, no traceback
+    t.join(60)
+    assert len(good) == 10 and all(g.shape == (len(TEXTS), 384) for g in good)
+
+
+def test_oversized_text_is_refused_in_milliseconds(server, clients):
+    from tembed_client import EmbeddingError
+
+    huge = ("长" * 400_000).encode()  # 1.2 MB > the 1 MiB per-text limit
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    arr = np.array([huge], dtype=np.object_)
+    t = grpcclient.InferInput("text", [1], "BYTES")
+    t.set_data_from_numpy(arr)
+    t0 = time.perf_counter()
+    with pytest.raises(InferenceServerException) as exc:
+        client.infer(E5, [t])
+    took = time.perf_counter() - t0
+    assert "text[0] is 1200000 bytes; the limit is 1048576 bytes per text" in exc.value.message()
+    assert took < 1.0, took
+    with pytest.raises(EmbeddingError, match="limit is 1048576 bytes per text") as err:
+        clients[E5].embed(["ok", huge.decode()])  # the client checks before sending
+    assert err.value.code == "INVALID_ARGUMENT"
+    print(f"\n1.2 MB text refused by the server in {took * 1000:.1f} ms")
+
+
+def test_long_text_costs_no_more_than_a_capped_one(clients):
+    """Truncation would cut it anyway: a 300k-character text is cut before tokenizing."""
+    capped = "词" * 20_000
+    t0 = time.perf_counter()
+    a = clients[E5].encode([capped + "尾" * 280_000])
+    took = time.perf_counter() - t0
+    b = clients[E5].encode([capped])
+    assert np.abs(a.embeddings - b.embeddings).max() <= 1e-6 and a.token_counts[0] == b.token_counts[0] == 512
+    assert took < 2.0, took
+
+
+def test_admin_protocols_need_the_key(server):
+    req = urllib.request.Request(f"{server.http_url}/v2/repository/index", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=10)
+    assert exc.value.code == 403
+    req = urllib.request.Request(
+        f"{server.http_url}/v2/repository/index", data=b"{}", method="POST", headers=server.admin_headers
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    for flag in ("--grpc-address=127.0.0.1", "--http-address=127.0.0.1", "--metrics-address=127.0.0.1"):
+        assert flag in server.command(server.model_repository)
+
+
+def test_gateway_overload_answers_429_at_once(server):
+    from tembed_gateway import GatewaySettings, GatewayThread
+
+    settings = GatewaySettings(server.grpc_url, max_in_flight=2, triton_headers=server.grpc_admin_headers)
+    with GatewayThread(settings) as gw:
+        body = {"model": E5, "input": [LONG] * 16}
+
+        def call(_):
+            t = time.perf_counter()
+            r = httpx.post(f"{gw.url}/v1/embeddings", json=body, timeout=120)
+            return r.status_code, r.headers.get("retry-after"), time.perf_counter() - t, r.text[:300]
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(call, range(8)))
+    refused = [g for g in got if g[0] == 429]
+    assert refused and all(g[1] == "1" for g in refused)
+    assert max(g[2] for g in refused) < 0.5
+    assert {g[0] for g in got} <= {200, 429} and any(g[0] == 200 for g in got), got
+    print(f"\n8 concurrent requests, cap 2: {len(refused)} got 429 in <= {max(g[2] for g in refused) * 1000:.0f} ms")
+
+
+def test_gateway_answers_503_while_triton_is_down_and_recovers(own_server):
+    from tembed_gateway import GatewaySettings, GatewayThread
+
+    srv = own_server
+    with GatewayThread(GatewaySettings(srv.grpc_url, timeout_s=5, triton_headers=srv.grpc_admin_headers)) as gw:
+        assert httpx.get(f"{gw.url}/health/ready", timeout=30).status_code == 200
+        srv.supervise = False
+        srv._supervisor.stop()  # hold Triton down while we look
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+        down = httpx.get(f"{gw.url}/health/ready", timeout=30)
+        r = httpx.post(f"{gw.url}/v1/embeddings", json={"model": E5, "input": "x"}, timeout=30)
+        assert down.status_code == 503 and r.status_code == 503
+        assert httpx.get(f"{gw.url}/health/live", timeout=5).status_code == 200
+        srv._kill_group()
+        srv._spawn()
+        srv.wait_ready(120)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:
+            r = httpx.post(f"{gw.url}/v1/embeddings", json={"model": E5, "input": "x"}, timeout=30)
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        srv._supervisor = None
+
+
+def test_sigterm_drains_in_flight_requests_and_leaves_no_process(model_repository, tmp_path):
+    from tembed_client import EmbeddingClient
+    from tembed_serving.contract import model_names
+    from tembed_serving.server import free_port
+
+    repo = tmp_path / "repo"
+    for name in model_names(E5).values():
+        shutil.copytree(model_repository / name, repo / name)
+    grpc, http, metrics, gateway = free_port(), free_port(), free_port(), free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "tembed",
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--log-file",
+        str(tmp_path / "log"),
+    ]
+    cmd += ["--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)]
+    cmd += ["--gateway-port", str(gateway), "--grace", "60"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 180
+        while "serving;" not in out and time.monotonic() < deadline and proc.poll() is None:
+            out += proc.stdout.readline()
+        assert "serving;" in out, out
+        url = f"127.0.0.1:{grpc}"
+
+        def call(i):
+            with EmbeddingClient(url, E5) as c:
+                return c.embed([f"{i} {LONG}"] * 16).shape
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(call, i) for i in range(4)]
+            time.sleep(0.5)  # all four are in flight (each takes seconds on 2 cores)
+            proc.send_signal(signal.SIGTERM)
+            shapes = [f.result(timeout=120) for f in futures]
+        assert shapes == [(16, 384)] * 4
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = subprocess.run(["pgrep", "-f", str(repo)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes left behind: {left}"

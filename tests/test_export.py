@@ -9,10 +9,10 @@ import onnx
 import pytest
 
 from tembed.onnx_export import (
-    DYNAMIC_AXES,
     TRACE_SHAPE,
     VALIDATION_SHAPES,
     ExportValidationError,
+    dynamic_axes,
     export_onnx,
     validate_onnx,
 )
@@ -31,7 +31,8 @@ def test_graph_has_named_dynamic_axes(qwen, profiles, tmp_path):
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.input}
     assert dims == {"input_ids": ["batch_size", "sequence_length"], "attention_mask": ["batch_size", "sequence_length"]}
     assert [d.dim_param or d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == ["batch_size", 64]
-    assert set(DYNAMIC_AXES) == {"input_ids", "attention_mask", "embedding"}
+    assert set(dynamic_axes("embedding")) == {"input_ids", "attention_mask", "embedding"}
+    assert set(dynamic_axes("score")) == {"input_ids", "attention_mask", "score"}
     assert TRACE_SHAPE not in VALIDATION_SHAPES
     reports = validate_onnx(qwen, profiles["qwen3-embedding-tiny"], path)
     assert [r.shape for r in reports] == list(VALIDATION_SHAPES)

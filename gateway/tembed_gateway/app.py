@@ -488,7 +488,7 @@ class Gateway:
         failed = await self.canary()
         if failed:
             return json_response({"status": "unavailable", "models": failed}, 503)
-        return json_response({"status": "ok", "in_flight": self.in_flight})
+        return json_response({"status": "ok"})
 
     async def live(self, _request: Request) -> Response:
         """Liveness: the gateway's own loop answers (Triton's state is readiness, not liveness)."""

@@ -1,0 +1,143 @@
+"""Overload: many concurrent requests of long texts, through the gateway and over gRPC.
+
+    python bench/overload.py                    # 200 requests x 16 long texts each way, e5-small, ~3 min
+    python bench/overload.py --requests 40      # quicker
+
+What an operator wants to know under overload: how many requests succeed, how fast the rest are
+refused (429 / RESOURCE_EXHAUSTED / UNAVAILABLE, not a 60 s timeout), and whether the server goes
+on computing for callers that have gone (the "tail": how long the encoder keeps executing after
+the last caller had its answer, from Triton's statistics). Prints a markdown table and a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "multilingual-e5-small"
+LONG = "检索增强生成把向量数据库召回的段落交给大模型，再由模型生成回答。" * 20  # ~500 tokens
+
+
+def encoder_executions(http_url: str) -> int:
+    with urllib.request.urlopen(f"{http_url}/v2/models/{MODEL}-encoder/stats", timeout=10) as r:
+        stats = json.load(r)["model_stats"]
+    return sum(m["inference_stats"]["success"]["count"] + m["inference_stats"]["fail"]["count"] for m in stats)
+
+
+def compute_tail(http_url: str, last_answer: float, quiet_s: float = 3.0, limit_s: float = 120.0) -> float:
+    """Seconds after ``last_answer`` until the encoder's execution counts stop moving."""
+    last_change, count = last_answer, encoder_executions(http_url)
+    while time.monotonic() - last_change < quiet_s and time.monotonic() - last_answer < limit_s:
+        time.sleep(0.2)
+        now = encoder_executions(http_url)
+        if now != count:
+            count, last_change = now, time.monotonic()
+    return max(0.0, last_change - last_answer)
+
+
+def summarize(name: str, outcomes: list[tuple[str, float]], tail: float) -> dict:
+    kinds: dict[str, list[float]] = {}
+    for kind, seconds in outcomes:
+        kinds.setdefault(kind, []).append(seconds)
+    return {
+        "path": name,
+        "requests": len(outcomes),
+        "outcomes": {k: len(v) for k, v in sorted(kinds.items())},
+        "p50_s": {k: round(float(np.percentile(v, 50)), 3) for k, v in sorted(kinds.items())},
+        "max_s": {k: round(max(v), 3) for k, v in sorted(kinds.items())},
+        "compute_tail_s": round(tail, 1),
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from tembed.pipeline import ExportOptions, export_model
+    from tembed_client import EmbeddingClient, EmbeddingError
+    from tembed_gateway import GatewaySettings, GatewayThread
+    from tembed_serving.server import TritonServer
+
+    work = Path(tempfile.mkdtemp(prefix="tembed-overload-"))
+    export_model(ROOT / "fixtures" / MODEL, work / "repo", ExportOptions(validate=False))
+    texts = [f"{i} {LONG}" for i in range(16)]
+    results = []
+    try:
+        with TritonServer.on_free_ports(work / "repo", log_file=work / "tritonserver.log") as srv:
+            with GatewayThread(GatewaySettings(srv.grpc_url, timeout_s=args.timeout)) as gw:
+
+                def via_gateway(i: int) -> tuple[str, float]:
+                    t = time.monotonic()
+                    try:
+                        r = httpx.post(
+                            f"{gw.url}/v1/embeddings",
+                            json={"model": MODEL, "input": texts},
+                            timeout=args.timeout + 30,
+                        )
+                        kind = str(r.status_code)
+                    except httpx.HTTPError as exc:
+                        kind = type(exc).__name__
+                    return kind, time.monotonic() - t
+
+                results.append(burst("gateway (HTTP)", via_gateway, args, srv.http_url))
+
+            def via_grpc(i: int) -> tuple[str, float]:
+                t = time.monotonic()
+                with EmbeddingClient(srv.grpc_url, MODEL, timeout=args.timeout) as client:
+                    try:
+                        client.embed(texts)
+                        kind = "ok"
+                    except EmbeddingError as exc:
+                        kind = exc.code
+                return kind, time.monotonic() - t
+
+            results.append(burst("gRPC client", via_grpc, args, srv.http_url))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def burst(name: str, call, args: argparse.Namespace, http_url: str) -> dict:
+    print(f"{name}: {args.requests} concurrent requests of 16 texts (~500 tokens each) ...", file=sys.stderr)
+    outcomes: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        res = call(i)
+        with lock:
+            outcomes.append(res)
+
+    with ThreadPoolExecutor(args.requests) as pool:
+        list(pool.map(one, range(args.requests)))
+    tail = compute_tail(http_url, time.monotonic())
+    return summarize(name, outcomes, tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--timeout", type=float, default=60.0, help="gateway's per-call and the client's timeout")
+    args = ap.parse_args(argv)
+    results = run(args)
+    print("\n| path | requests | outcome: count | P50 s | max s | encoder busy after last answer |")
+    print("|---|--:|---|---|---|--:|")
+    for r in results:
+        outcome = ", ".join(f"{k}: {n}" for k, n in r["outcomes"].items())
+        p50 = ", ".join(f"{k} {v}" for k, v in r["p50_s"].items())
+        mx = ", ".join(f"{k} {v}" for k, v in r["max_s"].items())
+        print(f"| {r['path']} | {r['requests']} | {outcome} | {p50} | {mx} | {r['compute_tail_s']} s |")
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

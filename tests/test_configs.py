@@ -98,3 +98,15 @@ def test_write_repository_layout(profile, fixture_dirs, tmp_path):
     assert (written["ensemble"] / "1").is_dir()  # Triton needs the (empty) version folder
     for d in written.values():
         parse((d / "config.pbtxt").read_text())
+
+
+def test_encoder_queue_is_bounded_and_times_out(profile):
+    """Backpressure: a bounded queue sized from the profile, and a wait after which Triton refuses."""
+    opts = ServingOptions()
+    policy = encoder_config(profile, opts).dynamic_batching.default_queue_policy
+    assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert policy.default_timeout_microseconds == int(opts.queue_timeout_s * 1e6) > 0
+    assert policy.max_queue_size == max(16, opts.queue_tokens // profile.max_length)
+    assert (
+        parse(render(encoder_config(profile, opts))).dynamic_batching == encoder_config(profile, opts).dynamic_batching
+    )

@@ -158,8 +158,10 @@ def test_usage_is_the_servers_token_count(gateway, grpc):
 
 def test_models_and_health(gateway):
     ids = {m.id: m for m in oai(gateway).models.list()}
-    assert set(ids) == {*SERVED, ALIAS}
+    # Every embedding model and alias again as NAME-query: the same model with input_type "query".
+    assert set(ids) == {*SERVED, ALIAS, *(f"{n}-query" for n in (*SERVED, ALIAS))}
     assert ids[ALIAS].object == "model" and ids[ALIAS].owned_by == "tembed"
+    assert ids[f"{ALIAS}-query"].root == E5
     health = httpx.get(f"{gateway.url}/health")
     assert health.status_code == 200 and health.json() == {"status": "ok"}
 

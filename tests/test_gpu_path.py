@@ -358,9 +358,30 @@ def test_compose_file():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     triton = compose["services"]["triton"]
     assert triton["gpus"] == "all"
-    assert {p.split(":")[0] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    assert {p.split(":")[1] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    assert all(p.startswith("127.0.0.1:") for p in triton["ports"])  # loopback only on the host
     assert any(v.endswith(":/models:ro") for v in triton["volumes"])
     assert "--model-repository=/models" in triton["command"]
+
+
+def test_container_entrypoint_closes_the_admin_protocols(tmp_path):
+    """The image's entrypoint, run for real with a stand-in `tritonserver` that prints its arguments."""
+    from tembed_serving.server import ADMIN_HEADER, RESTRICTED
+
+    fake = tmp_path / "tritonserver"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    script = str(ROOT / "docker" / "entrypoint.sh")
+    args = subprocess.run([script, "--model-repository=/models"], env=env, capture_output=True, text=True, check=True)
+    lines = args.stdout.split()
+    restricted = f"{','.join(RESTRICTED)}:{ADMIN_HEADER}="
+    grpc = next(a for a in lines if a.startswith("--grpc-restricted-protocol="))
+    http = next(a for a in lines if a.startswith("--http-restricted-api="))
+    assert grpc.split("=", 1)[1].startswith(restricted) and http.split("=", 1)[1].startswith(restricted)
+    assert len(grpc.rsplit("=", 1)[1]) >= 32 and lines[-1] == "--model-repository=/models"  # a random key
+    keyed = subprocess.run([script], env={**env, "TEMBED_ADMIN_KEY": "k1"}, capture_output=True, text=True).stdout
+    assert f"{ADMIN_HEADER}=k1" in keyed
 
 
 def test_dockerfile_uses_the_documented_release():

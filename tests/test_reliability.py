@@ -297,3 +297,17 @@ def test_sigterm_drains_in_flight_requests_and_leaves_no_process(model_repositor
             proc.kill()
     left = subprocess.run(["pgrep", "-f", str(repo)], capture_output=True, text=True).stdout.split()
     assert left == [], f"processes left behind: {left}"
+
+
+def test_gateway_cancels_the_work_of_a_caller_that_left(server):
+    from tembed_gateway import GatewaySettings, GatewayThread
+
+    with GatewayThread(GatewaySettings(server.grpc_url)) as gw:
+        body = {"model": E5, "input": [f"{i} {LONG}" for i in range(16)]}  # seconds of work on 2 cores
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{gw.url}/v1/embeddings", json=body, timeout=0.5)
+        deadline = time.monotonic() + 5
+        while gw.gateway.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gw.gateway.in_flight == 0 and gw.gateway.abandoned == 1
+        assert httpx.post(f"{gw.url}/v1/embeddings", json={"model": E5, "input": "ok"}, timeout=60).status_code == 200

@@ -46,6 +46,7 @@ def reference(name, dirs, query, docs, instruction=None):
 def test_scores_match_the_model_card_reference(rclients, rerank_dirs, name):
     served = rclients[name].score(QUERY, DOCS)
     expected = reference(name, rerank_dirs, QUERY, DOCS)
+    print(f"\n{name}: max |served - model card reference| = {np.abs(served.scores - expected).max():.2e}")
     assert np.abs(served.scores - expected).max() <= 1e-4, (served.scores, expected)
     assert [i for i, _ in rclients[name].rerank(QUERY, DOCS)] == list(np.argsort(-expected, kind="stable"))
 

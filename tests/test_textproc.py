@@ -105,3 +105,67 @@ def test_decode_bytes():
     assert decode_option(None, "instruction") is None
     with pytest.raises(RequestError, match="exactly one"):
         decode_option(np.array([b"a", b"b"], dtype=object), "input_type")
+
+
+# truncate: END (default), START, NONE
+
+
+@pytest.fixture(scope="module")
+def short_e5(profiles, fixture_dirs):
+    p = dataclasses.replace(profiles["multilingual-e5-small"], max_length=16, length_buckets=[])
+    return TextEncoder(p, fixture_dirs["multilingual-e5-small"] / "tokenizer.json")
+
+
+LONG = " ".join(f"w{i}" for i in range(40)) + " the final words"
+
+
+def test_end_equals_the_tokenizers_own_truncation(short_e5, fixture_dirs):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(fixture_dirs["multilingual-e5-small"] / "tokenizer.json"))
+    whole = len(tok.encode("query: " + LONG).ids)
+    tok.enable_truncation(max_length=16)
+    batch = short_e5([LONG, "short"], input_type="query")
+    assert real_rows(batch)[0] == tok.encode("query: " + LONG).ids
+    assert batch.token_count[0] == 16 and batch.token_count_original[0] == whole > 16
+    assert batch.token_count[1] == batch.token_count_original[1]  # not cut: the same count
+
+
+def test_start_keeps_prompt_specials_and_the_end(short_e5):
+    row = real_rows(short_e5([LONG], input_type="query", truncate="START"))[0]
+    text = short_e5.tokenizer.decode(row, skip_special_tokens=False)
+    assert len(row) == 16 and text.startswith("<s> query: ") and text.endswith("the final words</s>")
+    assert "w0 " not in text
+    # under the limit START and END are the same tokens (any case is accepted)
+    assert real_rows(short_e5(["a short text"], truncate="start")) == real_rows(short_e5(["a short text"]))
+
+
+def test_qwen_end_token_once_in_every_mode(profiles, fixture_dirs):
+    p = dataclasses.replace(profiles["qwen3-embedding-tiny"], max_length=40, length_buckets=[])
+    for tok in (fixture_dirs["qwen3-embedding-tiny"] / "tokenizer.json", base_tokenizer_folder() / "tokenizer.json"):
+        enc = TextEncoder(p, tok)
+        for truncate in ("END", "START"):
+            row = real_rows(enc(["word " * 100 + "last"], input_type="query", truncate=truncate))[0]
+            assert len(row) == 40 and row[-1] == EOT and row.count(EOT) == 1
+            if truncate == "START":
+                assert enc.tokenizer.decode(row[:-1]).endswith(" word last")
+                assert enc.tokenizer.decode(row).startswith("Instruct: ")
+
+
+def test_none_refuses_with_the_numbers(short_e5):
+    with pytest.raises(RequestError, match=r"text\[1\] is \d+ tokens; the limit is 16 tokens"):
+        short_e5(["ok", LONG], truncate="NONE")
+    assert short_e5(["ok"], truncate="NONE").token_count.tolist() == [5]
+
+
+def test_none_counts_past_the_character_cap(short_e5):
+    huge = "word " * (short_e5.char_cap // 2)
+    capped = short_e5([huge]).token_count_original[0]
+    with pytest.raises(RequestError, match=r"text\[0\] is (\d+) tokens") as exc:
+        short_e5([huge], truncate="NONE")
+    assert int(exc.value.args[0].split(" is ")[1].split()[0]) > capped  # END's count is a lower bound
+
+
+def test_bad_truncate_value(short_e5):
+    with pytest.raises(RequestError, match="truncate must be one of END, START, NONE, got 'MIDDLE'"):
+        short_e5.format(["x"], truncate="MIDDLE")

@@ -19,6 +19,7 @@ _EXPORTS = {
     "ModelInfo": "_common",
     "RerankResult": "_common",
     "RetryPolicy": "_common",
+    "TokenizeResult": "_common",
     "discover_models": "_common",
     "gather": "aio",
     "parse_model_config": "_common",

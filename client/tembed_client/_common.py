@@ -4,6 +4,7 @@ chunking and reassembly. Nothing in here does I/O."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -23,6 +24,8 @@ from .contract import (
     SCORE,
     TEXT,
     TOKEN_COUNT,
+    TOKEN_COUNT_ORIGINAL,
+    TRUNCATE,
 )
 from .errors import EmbeddingError
 
@@ -41,6 +44,16 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0, min(self.max_s, self.base_s * 2**attempt))
+
+    def again(self, attempt: int, started: float, timeout: float | None) -> float | None:
+        """The pause before attempt ``attempt + 1``, or None when no attempt is left or the call's
+        ``timeout`` (seconds since ``started``, monotonic) would pass during it."""
+        if attempt + 1 >= self.attempts:
+            return None
+        pause = self.delay(attempt)
+        if timeout is not None and time.monotonic() + pause - started >= timeout:
+            return None
+        return pause
 
 
 Text = Union[str, bytes]
@@ -66,6 +79,8 @@ class ModelInfo:
     max_request_bytes: int | None = None
     task: str = c.TASK_EMBED  # what the ensemble does (its "task" parameter; older repositories: embed)
     parameters: Mapping[str, str] = field(default_factory=dict)  # every parameter, raw
+    inputs: tuple[str, ...] = ()  # the ensemble's input and output tensors (empty: not read)
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +93,32 @@ class EmbeddingResult:
 
     embeddings: np.ndarray
     token_counts: np.ndarray
+    model: str
+    # Tokens per text before truncation, same shape as token_counts; None from a server too old to
+    # say. Exact when nothing was cut and under truncate NONE; for a text longer than the window of
+    # characters the server tokenizes (twice what max_length tokens can span) a lower bound.
+    # ``original_token_counts > token_counts`` is exactly "this text was truncated".
+    original_token_counts: np.ndarray | None = None
+
+    @property
+    def truncated(self) -> np.ndarray | None:
+        """Which texts were cut to the model's max_length (bool, token_counts' shape)."""
+        if self.original_token_counts is None:
+            return None
+        return self.original_token_counts > self.token_counts
+
+
+@dataclass(frozen=True, eq=False)
+class TokenizeResult:
+    """Token ids as the model embeds them: prompt and special tokens included, after truncation.
+
+    For a list of n texts: ``ids`` is a list of n 1-d arrays (lengths differ), ``token_counts`` [n];
+    for a single ``str``: ``ids`` is one array and ``token_counts`` 0-d. ``original_token_counts``
+    as in :class:`EmbeddingResult`."""
+
+    ids: list[np.ndarray] | np.ndarray
+    token_counts: np.ndarray
+    original_token_counts: np.ndarray
     model: str
 
 
@@ -133,6 +174,7 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
             f"model {name!r} has task {task!r}; this client knows {c.TASKS}", code="FAILED_PRECONDITION"
         )
     dimension = integer(c.PARAM_DIMENSION)
+    names = lambda key: tuple(t.get("name", "") for t in cfg.get(key, []))  # noqa: E731
     return ModelInfo(
         name=name,
         dimension=dimension,
@@ -145,6 +187,8 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
         max_request_bytes=integer(c.PARAM_MAX_REQUEST_BYTES, 0) or None,
         task=task,
         parameters=params,
+        inputs=names("input"),
+        outputs=names("output"),
     )
 
 
@@ -274,6 +318,7 @@ class Call:
         instruction: Text | None = None,
         input_type: str | None = None,
         dimensions: int | None = None,
+        truncate: str | None = None,
     ) -> Call:
         check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
@@ -289,7 +334,19 @@ class Call:
         if dimensions is not None:
             width = check_dimensions(dimensions, info)
             options[DIMENSIONS] = np.array([width], dtype=np.int32)
+        if truncate is not None:
+            error = c.truncate_error(truncate)
+            if error:
+                raise invalid(error)
+            if info.inputs and TRUNCATE not in info.inputs:
+                raise invalid(f"model {info.name!r} has no {TRUNCATE!r} input; re-export it with this tembed")
+            options[TRUNCATE] = np.array([truncate.upper().encode()], dtype=np.object_)
         return cls(info, encoded, single, width, options)
+
+    @property
+    def wants_original(self) -> bool:
+        """Whether the ensemble's config lists TOKEN_COUNT_ORIGINAL (repositories before it did not)."""
+        return TOKEN_COUNT_ORIGINAL in self.info.outputs
 
     def chunks(self) -> list[Sequence[bytes]]:
         return chunked(self.texts, self.info.max_texts, self.info.max_request_bytes)
@@ -304,7 +361,8 @@ class Call:
         for chunk in chunks:
             inputs = [tensor(TEXT, np.array(chunk, dtype=np.object_))]
             inputs += [tensor(name, data) for name, data in self.options.items()]
-            outputs = [grpcclient.InferRequestedOutput(n) for n in (EMBEDDING, TOKEN_COUNT)]
+            names = (EMBEDDING, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL) if self.wants_original else (EMBEDDING, TOKEN_COUNT)
+            outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for texts[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
             yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
             start += len(chunk)
@@ -313,6 +371,7 @@ class Call:
         """Check each chunk's response and put them back together in order."""
         embeddings = [np.empty((0, self.width), np.float32)]
         token_counts = [np.empty(0, np.int32)]
+        originals = [np.empty(0, np.int32)]
         for chunk, result in zip(self.chunks(), results):
             emb, tok = result.as_numpy(EMBEDDING), result.as_numpy(TOKEN_COUNT)
             if emb is None or tok is None:
@@ -325,11 +384,69 @@ class Call:
                 raise EmbeddingError(msg, code="INTERNAL")
             embeddings.append(emb)
             token_counts.append(tok)
+            originals.append(original_counts(result, len(chunk)) if self.wants_original else tok)
         emb = np.concatenate(embeddings).astype(np.float32, copy=False)
         tok = np.concatenate(token_counts).astype(np.int32, copy=False)
+        orig = np.concatenate(originals).astype(np.int32, copy=False) if self.wants_original else None
         if self.single:
-            return EmbeddingResult(emb[0], tok[0, ...], self.info.name)
-        return EmbeddingResult(emb, tok, self.info.name)
+            return EmbeddingResult(emb[0], tok[0, ...], self.info.name, None if orig is None else orig[0, ...])
+        return EmbeddingResult(emb, tok, self.info.name, orig)
+
+
+def original_counts(result: grpcclient.InferResult, n: int) -> np.ndarray:
+    orig = result.as_numpy(TOKEN_COUNT_ORIGINAL)
+    if orig is None or orig.shape != (n,):
+        got = "nothing" if orig is None else list(orig.shape)
+        raise EmbeddingError(f"expected {TOKEN_COUNT_ORIGINAL} [{n}], got {got}", code="INTERNAL")
+    return orig
+
+
+@dataclass(frozen=True)
+class TokenizeCall(Call):
+    """One ``tokenize`` call: the embedding call's inputs, sent to the ensemble's tokenizer model."""
+
+    @classmethod
+    def prepare(cls, info: ModelInfo, texts: Texts, **options: Any) -> TokenizeCall:  # type: ignore[override]
+        call = super().prepare(info, texts, **options)
+        if c.PARAM_TOKENIZER not in info.parameters or c.PARAM_TOKENIZER_OUTPUTS not in info.parameters:
+            raise EmbeddingError(
+                f"model {info.name!r} does not name its tokenizer (parameter {c.PARAM_TOKENIZER!r});"
+                " re-export it with this tembed to tokenize",
+                code="FAILED_PRECONDITION",
+            )
+        assert isinstance(call, TokenizeCall)
+        return call
+
+    @property
+    def tensors(self) -> tuple[str, str]:
+        ids, _, mask = self.info.parameters[c.PARAM_TOKENIZER_OUTPUTS].partition(",")
+        return ids, mask
+
+    def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        names = (*self.tensors, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL)
+        for where, request in super().requests():
+            request["model_name"] = self.info.parameters[c.PARAM_TOKENIZER]
+            request["outputs"] = [grpcclient.InferRequestedOutput(n) for n in names]
+            yield where, request
+
+    def finish(self, results: Sequence[grpcclient.InferResult]) -> TokenizeResult:  # type: ignore[override]
+        ids_name, mask_name = self.tensors
+        rows: list[np.ndarray] = []
+        counts, originals = [np.empty(0, np.int32)], [np.empty(0, np.int32)]
+        for chunk, result in zip(self.chunks(), results):
+            ids, mask, tok = result.as_numpy(ids_name), result.as_numpy(mask_name), result.as_numpy(TOKEN_COUNT)
+            if ids is None or mask is None or tok is None or ids.shape != mask.shape or len(ids) != len(chunk):
+                raise EmbeddingError(
+                    f"the tokenizer's answer lacks {ids_name!r}, {mask_name!r} or rows", code="INTERNAL"
+                )
+            rows += [row[m == 1] for row, m in zip(ids, mask)]
+            counts.append(tok)
+            originals.append(original_counts(result, len(chunk)))
+        tok = np.concatenate(counts).astype(np.int32, copy=False)
+        orig = np.concatenate(originals).astype(np.int32, copy=False)
+        if self.single:
+            return TokenizeResult(rows[0], tok[0, ...], orig[0, ...], self.info.name)
+        return TokenizeResult(rows, tok, orig, self.info.name)
 
 
 class ClientBase:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from ._common import (
     RerankResult,
     Text,
     Texts,
+    TokenizeCall,
+    TokenizeResult,
     loaded_models,
     parse_model_config,
     pick_model,
@@ -84,24 +87,40 @@ class AsyncEmbeddingClient(ClientBase):
         instruction: Text | None = None,
         input_type: str | None = None,
         dimensions: int | None = None,
+        truncate: str | None = None,
     ) -> EmbeddingResult:
-        """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str."""
+        """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
+
+        ``truncate``: what happens to a text over the model's max_length tokens, one of
+        ``contract.TRUNCATE_VALUES`` (any case): ``"END"`` (the server's default) cuts its end,
+        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request."""
         call = Call.prepare(
-            await self.model_info(), texts, instruction=instruction, input_type=input_type, dimensions=dimensions
+            await self.model_info(),
+            texts,
+            instruction=instruction,
+            input_type=input_type,
+            dimensions=dimensions,
+            truncate=truncate,
         )
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
 
     async def _send(self, where: str, request: dict[str, Any]) -> grpcclient.InferResult:
-        for attempt in range(self.retry.attempts):
+        started, attempt, kw = time.monotonic(), 0, self._infer_kw
+        while True:
             try:
                 with triton_errors(where):
-                    return await self._triton.infer(**request, **self._infer_kw)
+                    return await self._triton.infer(**request, **kw)
             except EmbeddingError as exc:
-                if not exc.retryable or attempt + 1 == self.retry.attempts:
+                # Retries stay within the call's timeout: a caller's deadline is not multiplied.
+                timeout = self._rpc_kw["client_timeout"]
+                pause = self.retry.again(attempt, started, timeout) if exc.retryable else None
+                if pause is None:
                     raise
-                await asyncio.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+                if timeout is not None:  # the retry gets what is left of the call's timeout
+                    kw = {**self._infer_kw, "client_timeout": timeout - (time.monotonic() + pause - started)}
+                await asyncio.sleep(pause)
+                attempt += 1
 
     async def embed(
         self,
@@ -110,10 +129,29 @@ class AsyncEmbeddingClient(ClientBase):
         instruction: Text | None = None,
         input_type: str | None = None,
         dimensions: int | None = None,
+        truncate: str | None = None,
     ) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
-        result = await self.encode(texts, instruction=instruction, input_type=input_type, dimensions=dimensions)
+        result = await self.encode(
+            texts, instruction=instruction, input_type=input_type, dimensions=dimensions, truncate=truncate
+        )
         return result.embeddings
+
+    async def tokenize(
+        self,
+        texts: Texts,
+        *,
+        input_type: str | None = None,
+        instruction: Text | None = None,
+        truncate: str | None = None,
+    ) -> TokenizeResult:
+        """The token ids the model would embed (prompt and special tokens included, after
+        truncation), from the served tokenizer itself, with the counts before and after truncation."""
+        call = TokenizeCall.prepare(
+            await self.model_info(), texts, instruction=instruction, input_type=input_type, truncate=truncate
+        )
+        results = await gather(self._send(where, request) for where, request in call.requests())
+        return call.finish(results)
 
     async def score(self, query: Text, documents: Iterable[Text], *, instruction: Text | None = None) -> RerankResult:
         """Relevance of each document to ``query``, in the documents' order; chunks go concurrently."""

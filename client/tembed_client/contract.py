@@ -19,11 +19,26 @@ TEXT = "text"  # BYTES [n]: UTF-8 texts
 INSTRUCTION = "instruction"  # BYTES [1], optional: replaces the query task of instruction models
 INPUT_TYPE = "input_type"  # BYTES [1], optional: one of INPUT_TYPES
 DIMENSIONS = "dimensions"  # INT32 [1], optional: Matryoshka output size
+TRUNCATE = "truncate"  # BYTES [1], optional: one of TRUNCATE_VALUES (default END)
 # Embedding ensemble: outputs.
 EMBEDDING = "embedding"  # FP32 [n, d], unit length
 TOKEN_COUNT = "token_count"  # INT32 [n]: tokens embedded per text (after truncation)
+# INT32 [n]: tokens per text before truncation (prompt and special tokens included, like TOKEN_COUNT).
+# Exact under truncate NONE, and whenever the text was not cut. Under END and START the tokenizer
+# first keeps a window of characters twice as long as max_length tokens can span (so a megabyte
+# text costs no more than a long one): for a text longer than that window the number is the
+# window's count, a lower bound; TOKEN_COUNT_ORIGINAL > TOKEN_COUNT still says exactly whether
+# the text was truncated.
+TOKEN_COUNT_ORIGINAL = "token_count_original"
 
 INPUT_TYPES = ("query", "document")
+# What happens to a text over the model's max_length tokens:
+#   END   cut tokens at its end (the default);
+#   START cut tokens at the start of the text, after the prompt: the prompt, the text's end and
+#         the model's special tokens (the end token of last-token models) are kept;
+#   NONE  refuse the request (INVALID_ARGUMENT naming the text, its token count and the limit).
+TRUNCATE_VALUES = ("END", "START", "NONE")
+TRUNCATE_DEFAULT = "END"
 
 # Rerank ensemble: inputs (INSTRUCTION, optional, for models whose prompt carries one) and outputs
 # (TOKEN_COUNT, one per document: tokens of its pair as scored).
@@ -42,6 +57,10 @@ PARAM_POOLING = "pooling"
 PARAM_INSTRUCTION = "instruction"  # "yes" when the model takes an instruction
 PARAM_MAX_TEXT_BYTES = "max_text_bytes"  # UTF-8 bytes of one text (or document, or query)
 PARAM_MAX_REQUEST_BYTES = "max_request_bytes"  # UTF-8 bytes of all texts of one request
+# The embedding ensemble's tokenizer, for clients that tokenize without embedding: the Triton model
+# to call with the ensemble's inputs, and its token-id and attention-mask outputs ("ids,mask").
+PARAM_TOKENIZER = "tokenizer"
+PARAM_TOKENIZER_OUTPUTS = "tokenizer_outputs"
 # max_texts of a reranker is its most documents per request; its dimension is 1 (one score).
 
 
@@ -51,4 +70,11 @@ def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) 
         return f"dimensions must be an integer, not {type(d).__name__}"
     if not min_dimension <= int(d) <= dimension:
         return f"dimensions must be between {min_dimension} and {dimension} for model {model!r}, got {d}"
+    return None
+
+
+def truncate_error(value: object) -> str | None:
+    """Why ``value`` is not a truncate option, or None when it is (any case: "start" is START)."""
+    if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
+        return f"truncate must be one of {', '.join(TRUNCATE_VALUES)}, got {value!r}"
     return None

@@ -39,8 +39,11 @@ class EmbeddingError(Exception):
 
     @property
     def retryable(self) -> bool:
-        """The server is briefly unable (overloaded, restarting a model): the same request may succeed."""
-        return self.code in RETRYABLE
+        """The server is briefly unable (queue full, restarting a model): the same request may succeed.
+
+        Not a request that already waited out the server's queue timeout: sending it again would
+        queue it behind the same backlog and multiply the load it was refused for."""
+        return self.code in RETRYABLE and "timeout expired" not in self.message.lower()
 
 
 @contextlib.contextmanager

@@ -18,6 +18,8 @@ from ._common import (
     RerankResult,
     Text,
     Texts,
+    TokenizeCall,
+    TokenizeResult,
     loaded_models,
     parse_model_config,
     pick_model,
@@ -74,23 +76,39 @@ class EmbeddingClient(ClientBase):
         instruction: Text | None = None,
         input_type: str | None = None,
         dimensions: int | None = None,
+        truncate: str | None = None,
     ) -> EmbeddingResult:
-        """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str."""
+        """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
+
+        ``truncate``: what happens to a text over the model's max_length tokens, one of
+        ``contract.TRUNCATE_VALUES`` (any case): ``"END"`` (the server's default) cuts its end,
+        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request."""
         call = Call.prepare(
-            self.model_info(), texts, instruction=instruction, input_type=input_type, dimensions=dimensions
+            self.model_info(),
+            texts,
+            instruction=instruction,
+            input_type=input_type,
+            dimensions=dimensions,
+            truncate=truncate,
         )
         return call.finish([self._send(where, request) for where, request in call.requests()])
 
     def _send(self, where: str, request: dict[str, Any]) -> grpcclient.InferResult:
-        for attempt in range(self.retry.attempts):
+        started, attempt, kw = time.monotonic(), 0, self._infer_kw
+        while True:
             try:
                 with triton_errors(where):
-                    return self._triton.infer(**request, **self._infer_kw)
+                    return self._triton.infer(**request, **kw)
             except EmbeddingError as exc:
-                if not exc.retryable or attempt + 1 == self.retry.attempts:
+                # Retries stay within the call's timeout: a caller's deadline is not multiplied.
+                timeout = self._rpc_kw["client_timeout"]
+                pause = self.retry.again(attempt, started, timeout) if exc.retryable else None
+                if pause is None:
                     raise
-                time.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+                if timeout is not None:  # the retry gets what is left of the call's timeout
+                    kw = {**self._infer_kw, "client_timeout": timeout - (time.monotonic() + pause - started)}
+                time.sleep(pause)
+                attempt += 1
 
     def embed(
         self,
@@ -99,9 +117,27 @@ class EmbeddingClient(ClientBase):
         instruction: Text | None = None,
         input_type: str | None = None,
         dimensions: int | None = None,
+        truncate: str | None = None,
     ) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
-        return self.encode(texts, instruction=instruction, input_type=input_type, dimensions=dimensions).embeddings
+        return self.encode(
+            texts, instruction=instruction, input_type=input_type, dimensions=dimensions, truncate=truncate
+        ).embeddings
+
+    def tokenize(
+        self,
+        texts: Texts,
+        *,
+        input_type: str | None = None,
+        instruction: Text | None = None,
+        truncate: str | None = None,
+    ) -> TokenizeResult:
+        """The token ids the model would embed (prompt and special tokens included, after
+        truncation), from the served tokenizer itself, with the counts before and after truncation."""
+        call = TokenizeCall.prepare(
+            self.model_info(), texts, instruction=instruction, input_type=input_type, truncate=truncate
+        )
+        return call.finish([self._send(where, request) for where, request in call.requests()])
 
     def score(self, query: Text, documents: Iterable[Text], *, instruction: Text | None = None) -> RerankResult:
         """Relevance of each document to ``query``, in the documents' order, with token counts.

@@ -321,3 +321,36 @@ def test_cli_json():
     doc = json.loads(to_json(result, 1))
     assert doc["embeddings"] == [[2.0], [1.0]]
     assert doc["norms"] == pytest.approx([2 * 2**0.5, 2**0.5], abs=1e-6)
+
+
+# retries
+
+
+def test_retry_policy_stays_within_the_deadline():
+    import time
+
+    from tembed_client import RetryPolicy
+
+    policy = RetryPolicy(attempts=3, base_s=0.1, max_s=0.1)
+    start = time.monotonic()
+    assert 0 <= policy.again(0, start, timeout=10) <= 0.1
+    assert policy.again(2, start, timeout=10) is None  # attempts used up
+    assert policy.again(0, start - 10, timeout=10) is None  # the deadline has passed
+    assert RetryPolicy(attempts=1).again(0, start, None) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "retryable"),
+    [
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", True),
+        ("StatusCode.RESOURCE_EXHAUSTED", "overloaded", True),
+        ("StatusCode.UNAVAILABLE", "Request timeout expired", False),  # it already waited its turn
+        ("StatusCode.INVALID_ARGUMENT", "text[0] is empty", False),
+        ("StatusCode.INTERNAL", "Stub process 'm-encoder_0_0' is not healthy.", True),  # being reloaded
+    ],
+)
+def test_which_errors_are_retried(status, message, retryable):
+    from tritonclient.utils import InferenceServerException
+
+    err = EmbeddingError.from_triton(InferenceServerException(message, status=status))
+    assert err.retryable is retryable

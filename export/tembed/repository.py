@@ -58,7 +58,9 @@ class ServingOptions:
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     torch_dtype: str = "bfloat16"  # pytorch backend
     torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
-    queue_timeout_s: float = 30.0  # longest wait in the encoder's queue before a request is refused
+    # Longest wait in the encoder's queue before a request is refused: past this, the caller (most
+    # clients time out at 30-60 s) has likely gone; 200 long requests on 2 cores showed it (RELIABILITY.md).
+    queue_timeout_s: float = 10.0
     queue_tokens: int = 65536  # sizes the encoder's queue (queue_size)
 
     def __post_init__(self) -> None:
@@ -216,6 +218,18 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     return cfg
 
 
+def tokenizer_model(p: ModelProfile, opts: ServingOptions, inputs) -> mc.ModelConfig:
+    """A task's tokenizer model: its ``inputs(cfg)``, then the encoder's token tensors and counts."""
+    ids = _DTYPES[p.ids_dtype]
+    cfg = mc.ModelConfig(name=model_names(p.name)["tokenizer"], backend="python", max_batch_size=0)
+    inputs(cfg)
+    for name in c.ENCODER_INPUTS:
+        _io(cfg.output, name, ids, [-1, -1])
+    _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.tokenizer_instances)
+    return cfg
+
+
 @dataclass
 class ModelSpec:
     """One model to write: its role, config, version-folder files, and whether profile.json goes there."""
@@ -245,16 +259,12 @@ class EmbedTask(Task):
         _io(cfg.input, c.INSTRUCTION, mc.TYPE_STRING, [1], optional=True)
         _io(cfg.input, c.INPUT_TYPE, mc.TYPE_STRING, [1], optional=True)
         _io(cfg.input, c.DIMENSIONS, mc.TYPE_INT32, [1], optional=True)
+        _io(cfg.input, c.TRUNCATE, mc.TYPE_STRING, [1], optional=True)
 
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
-        ids = _DTYPES[p.ids_dtype]
-        cfg = mc.ModelConfig(name=model_names(p.name)["tokenizer"], backend="python", max_batch_size=0)
-        self._text_inputs(cfg)
-        for name in c.ENCODER_INPUTS:
-            _io(cfg.output, name, ids, [-1, -1])
-        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        cfg = tokenizer_model(p, opts, self._text_inputs)
+        _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
         _io(cfg.output, c.DIMENSIONS_CHECKED, mc.TYPE_INT32, [1])
-        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.tokenizer_instances)
         return cfg
 
     def postprocess_config(self, p: ModelProfile) -> mc.ModelConfig:
@@ -271,6 +281,7 @@ class EmbedTask(Task):
         self._text_inputs(cfg)
         _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1, -1])
         _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
         # What clients need to know without reading the profile: request limits and vector sizes.
         for key, value in {
             c.PARAM_TASK: p.task,
@@ -283,13 +294,16 @@ class EmbedTask(Task):
             c.PARAM_INSTRUCTION: "yes" if p.instruction_template else "no",
             c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
             c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
+            # tokenize: the tokenizer model, called directly, answers with the ids the encoder gets.
+            c.PARAM_TOKENIZER: names["tokenizer"],
+            c.PARAM_TOKENIZER_OUTPUTS: ",".join(c.ENCODER_INPUTS),
         }.items():
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
-        for key in (c.TEXT, c.INSTRUCTION, c.INPUT_TYPE, c.DIMENSIONS):
+        for key in (c.TEXT, c.INSTRUCTION, c.INPUT_TYPE, c.DIMENSIONS, c.TRUNCATE):
             tok.input_map[key] = key
-        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.DIMENSIONS_CHECKED):
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, c.DIMENSIONS_CHECKED):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)
         for key in c.ENCODER_INPUTS:
@@ -324,14 +338,7 @@ class RerankTask(Task):
         _io(cfg.input, c.INSTRUCTION, mc.TYPE_STRING, [1], optional=True)
 
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
-        ids = _DTYPES[p.ids_dtype]
-        cfg = mc.ModelConfig(name=model_names(p.name)["tokenizer"], backend="python", max_batch_size=0)
-        self._pair_inputs(cfg)
-        for name in c.ENCODER_INPUTS:
-            _io(cfg.output, name, ids, [-1, -1])
-        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
-        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=opts.tokenizer_instances)
-        return cfg
+        return tokenizer_model(p, opts, self._pair_inputs)
 
     def ensemble_config(self, p: ModelProfile) -> mc.ModelConfig:
         names = model_names(p.name)

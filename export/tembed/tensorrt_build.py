@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, INPUT_IDS, Layout
+from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, ENCODER_OUTPUTS, INPUT_IDS, Layout
 from tembed_serving.profile import ModelProfile
 
 from .repository import ServingOptions, encoder_config, parse, render
@@ -205,7 +205,8 @@ def _dtype_name(trt, dtype) -> str:
     return names.get(dtype, str(dtype))
 
 
-def _log_network(trt, network) -> dict[str, dict]:
+def _log_network(trt, network, output: str = ENCODER_OUTPUT) -> dict[str, dict]:
+    """Log every input and output; the graph must be the encoder contract (``output``: the task's)."""
     io = {}
     for kind, count, get in (
         ("input", network.num_inputs, network.get_input),
@@ -217,9 +218,9 @@ def _log_network(trt, network) -> dict[str, dict]:
             log.info("network %s %-15s shape=%s dtype=%s", kind, t.name, list(t.shape), _dtype_name(trt, t.dtype))
     names_in = [n for n, v in io.items() if v["kind"] == "input"]
     names_out = [n for n, v in io.items() if v["kind"] == "output"]
-    if names_in != list(ENCODER_INPUTS) or names_out != [ENCODER_OUTPUT]:
+    if names_in != list(ENCODER_INPUTS) or names_out != [output]:
         raise EngineBuildError(
-            f"expected inputs {list(ENCODER_INPUTS)} and output [{ENCODER_OUTPUT!r}], got {names_in} -> {names_out}"
+            f"expected inputs {list(ENCODER_INPUTS)} and output [{output!r}], got {names_in} -> {names_out}"
         )
     return io
 
@@ -289,7 +290,7 @@ def build_engine(spec: BuildSpec) -> Path:
         for err in errors:
             log.error("ONNX parser: %s", err)
         raise EngineBuildError(f"TensorRT could not parse {spec.onnx}: {len(errors)} error(s), first: {errors[:1]}")
-    io = _log_network(trt, network)
+    io = _log_network(trt, network, ENCODER_OUTPUTS[spec.profile.task])
     ids_dtype = io[INPUT_IDS]["dtype"]
     if ids_dtype != spec.profile.ids_dtype:
         raise EngineBuildError(
@@ -421,6 +422,7 @@ def validate_engine(
     check_metadata(meta, tensorrt_version=trt.__version__, compute_capability=capability)
     tol = TOLERANCES[meta["precision"]]
     profiles = profiles_from_metadata(meta)
+    output = ENCODER_OUTPUTS[profile.task]
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(Path(plan).read_bytes())
     if engine is None:
         raise EngineMismatchError(f"{plan}: TensorRT could not deserialize the engine (see its log above)")
@@ -435,7 +437,7 @@ def validate_engine(
     for i, (batch, seq) in enumerate(shapes or default_validation_shapes(profiles)):
         index = select_profile(profiles, batch, seq)
         ids, mask = sample_inputs(profile, batch, seq, vocab=vocab, seed=1000 + i)
-        ref = sess.run([ENCODER_OUTPUT], {INPUT_IDS: ids.astype(np_ids), ATTENTION_MASK: mask.astype(np_ids)})[0]
+        ref = sess.run([output], {INPUT_IDS: ids.astype(np_ids), ATTENTION_MASK: mask.astype(np_ids)})[0]
         feeds = {
             INPUT_IDS: torch.from_numpy(ids).to("cuda", torch_ids),
             ATTENTION_MASK: torch.from_numpy(mask).to("cuda", torch_ids),
@@ -445,8 +447,8 @@ def validate_engine(
         for name, tensor in feeds.items():
             context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
-        out = torch.empty(tuple(context.get_tensor_shape(ENCODER_OUTPUT)), dtype=torch.float32, device="cuda")
-        context.set_tensor_address(ENCODER_OUTPUT, out.data_ptr())
+        out = torch.empty(tuple(context.get_tensor_shape(output)), dtype=torch.float32, device="cuda")
+        context.set_tensor_address(output, out.data_ptr())
         if not context.execute_async_v3(stream.cuda_stream):
             raise EngineMismatchError(f"engine failed to run batch={batch}, seq={seq} on profile {index}")
         stream.synchronize()

@@ -1,5 +1,10 @@
-"""The HTTP API: ``POST /v1/embeddings`` (OpenAI), ``POST /v1/rerank`` and ``/rerank`` (Jina / vLLM),
-``POST /v2/rerank`` (Cohere v2), ``GET /v1/models``, ``GET /health``.
+"""The HTTP API: ``POST /v1/embeddings`` (OpenAI), ``POST /tokenize`` (the served model's token ids),
+``POST /v1/rerank`` and ``/rerank`` (Jina / vLLM), ``POST /v2/rerank`` (Cohere v2), ``GET /v1/models``,
+``GET /health``.
+
+Every embedding model ``N`` is also served as ``N-query`` (``QUERY_SUFFIX``): the same model with
+``input_type="query"``, for stock OpenAI clients (LangChain, LlamaIndex) that cannot send
+``input_type`` and embed queries and documents with the same request shape.
 
 Why Starlette + orjson and not FastAPI: FastAPI validates and serialises through pydantic, which
 costs tens to hundreds of microseconds per request for a body of 2048 inputs or a response of
@@ -31,8 +36,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tembed_client import EmbeddingError, EmbeddingResult, RerankResult
-from tembed_client.contract import INPUT_TYPES, TASK_EMBED, TASK_RERANK
+from tembed_client import EmbeddingError, EmbeddingResult, RerankResult, TokenizeResult
+from tembed_client.contract import INPUT_TYPES, PARAM_MAX_LENGTH, TASK_EMBED, TASK_RERANK, truncate_error
 
 from .registry import REFRESH_INTERVAL_S, ModelClient, ModelRegistry
 from .settings import GatewaySettings
@@ -40,6 +45,9 @@ from .settings import GatewaySettings
 log = logging.getLogger("tembed_gateway")
 
 ENCODINGS = ("float", "base64")
+# NAME + this suffix serves embedding model NAME with input_type "query".
+QUERY_SUFFIX = "-query"
+QUERY = INPUT_TYPES[0]
 
 # gRPC status (as EmbeddingError.code) -> HTTP status, OpenAI error type, OpenAI error code.
 TRITON_ERRORS = {
@@ -81,16 +89,20 @@ class ApiError(Exception):
         message = exc.message
         if exc.code == "INVALID_ARGUMENT" and "bytes; the limit is" in message:
             status, code = 413, "request_too_large"  # a text or a request over the model's byte limits
-        if exc.code == "UNAVAILABLE" and "queue" in message.lower():
-            # Triton's queue for the encoder is full or a request waited past its queue timeout:
-            # the server is overloaded, not down.
+        if exc.code == "UNAVAILABLE" and ("queue" in message.lower() or "timeout expired" in message.lower()):
+            # Triton's queue for the encoder is full ("Exceeds maximum queue size") or a request
+            # waited past its queue timeout ("Request timeout expired"): overloaded, not down.
             status, type_, code = 429, "server_error", "overloaded"
         if status == 429:
             return cls(status, message, type=type_, code=code, headers={"Retry-After": str(retry_after_s)})
         if status == 503:
             message = f"Triton at {triton_url} is unavailable: {message}"
         # The client's own checks name their field first ("dimensions must be ...").
-        param = next((p for p in ("dimensions", "input_type", "instruction") if message.startswith(p)), None)
+        param = next(
+            (p for p in ("dimensions", "input_type", "instruction", "truncate") if message.startswith(p)), None
+        )
+        if exc.code == "INVALID_ARGUMENT" and " tokens; the limit is " in message:
+            param, code = "input", "context_length_exceeded"  # truncate NONE and a text over max_length
         if exc.code == "FAILED_PRECONDITION":
             param = "model"
         return cls(status, message, type=type_, param=param, code=code)
@@ -113,6 +125,7 @@ class EmbeddingRequest:
     encoding_format: str
     instruction: str | None
     input_type: str | None
+    truncate: str | None = None  # one of contract.TRUNCATE_VALUES, upper-cased; None: the server's default
 
 
 def optional_str(body: dict[str, Any], key: str) -> str | None:
@@ -169,8 +182,15 @@ def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
     input_type = optional_str(body, "input_type")
     if input_type is not None and input_type not in INPUT_TYPES:
         raise bad_request(f"input_type must be 'query' or 'document', got {input_type!r}", "input_type")
+    truncate = body.get("truncate")
+    if truncate is not None:
+        error = truncate_error(truncate)
+        if error:
+            raise bad_request(error, "truncate")
+        truncate = truncate.upper()
     # `user` is accepted and ignored, like any other field OpenAI clients may add.
-    return EmbeddingRequest(model, texts, ids, dimensions, encoding, optional_str(body, "instruction"), input_type)
+    instruction = optional_str(body, "instruction")
+    return EmbeddingRequest(model, texts, ids, dimensions, encoding, instruction, input_type, truncate)
 
 
 @dataclass(frozen=True)
@@ -286,7 +306,34 @@ def render_embeddings(result: EmbeddingResult, model: str, encoding: str) -> byt
         vectors = list(np.ascontiguousarray(emb, dtype=np.float32))  # rows go to orjson as numpy
     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
     tokens = int(result.token_counts.sum())
-    body = {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if result.original_token_counts is not None:
+        # Extensions (OpenAI clients keep unknown fields): tokens before truncation, and which inputs
+        # were cut to the model's max_length (contract.TOKEN_COUNT_ORIGINAL says what the count means).
+        usage["original_tokens"] = int(result.original_token_counts.sum())
+        for item, cut in zip(data, (result.original_token_counts > result.token_counts).tolist()):
+            item["truncated"] = cut
+    body = {"object": "list", "data": data, "model": model, "usage": usage}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def render_tokenize(result: TokenizeResult, model: str, max_length: int) -> bytes:
+    """``{object, model, data: [{index, tokens, token_count, original_token_count, truncated}],
+    max_model_len, usage}``: the ids the model embeds (prompt and special tokens included)."""
+    data = [
+        {"index": i, "tokens": ids, "token_count": n, "original_token_count": o, "truncated": o > n}
+        for i, (ids, n, o) in enumerate(
+            zip(result.ids, result.token_counts.tolist(), result.original_token_counts.tolist())
+        )
+    ]
+    tokens = int(result.token_counts.sum())
+    body = {
+        "object": "list",
+        "model": model,
+        "data": data,
+        "max_model_len": max_length,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -307,15 +354,32 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
     return wrapped
 
 
+DISCONNECT_POLL_S = 0.25
+
+
 def admitted(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Callable[[Gateway, Request], Any]:
-    """Counts the request in flight while it runs; refused up front when the gateway is full."""
+    """Counts the request in flight while it runs; refused up front when the gateway is full.
+
+    A caller that disconnects (gave up, timed out) has its work cancelled: the gRPC calls to Triton
+    are cancelled with the task, so nothing more is queued for someone who is not listening."""
 
     async def wrapped(self: Gateway, request: Request) -> Response:
         self.admit()
         self.in_flight += 1
+        task = asyncio.ensure_future(handler(self, request))
         try:
-            return await handler(self, request)
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return task.result()
+                # Only once the body is read: polling the connection before would consume it.
+                if getattr(request.state, "body_read", False) and await request.is_disconnected():
+                    task.cancel()
+                    self.abandoned += 1
+                    return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         finally:
+            if not task.done():
+                task.cancel()
             self.in_flight -= 1
 
     return wrapped
@@ -330,6 +394,7 @@ class Gateway:
         self._registry: ModelRegistry | None = None
         self.started = int(time.time())
         self.in_flight = 0
+        self.abandoned = 0  # requests whose caller disconnected before the answer
         self.draining = False  # set on shutdown: readiness false, new work refused, in-flight finishes
         self._canary: tuple[float, dict[str, str]] | None = None
 
@@ -380,6 +445,7 @@ class Gateway:
             if size > limit:
                 raise too_large
             chunks.append(chunk)
+        request.state.body_read = True
         return b"".join(chunks)
 
     async def read_json(self, request: Request) -> object:
@@ -401,6 +467,20 @@ class Gateway:
             what, route = TASK_ROUTES.get(client.info.task, (f"a {client.info.task!r} model", "another route"))
             raise bad_request(f"model {model!r} is {what}: {path} does not serve it; use {route}", "model")
         return client
+
+    async def resolve_embedding(self, req: EmbeddingRequest, path: str) -> tuple[ModelClient, str | None]:
+        """The embedding model ``req.model`` names and the input_type to send: ``N-query`` is ``N``
+        with input_type "query" (when no served model has that very name)."""
+        name = req.model
+        if name.endswith(QUERY_SUFFIX) and await self.registry.resolve(name) is None:
+            base = name[: -len(QUERY_SUFFIX)]
+            client = await self.registry.resolve(base)
+            if client is not None and client.info.task == TASK_EMBED:
+                if req.input_type not in (None, QUERY):
+                    msg = f"model {name!r} embeds queries; send input_type {QUERY!r} or none, or use model {base!r}"
+                    raise bad_request(msg, "input_type")
+                return client, QUERY
+        return await self.resolve(name, TASK_EMBED, path), req.input_type
 
     async def decode(self, client: ModelClient, ids: list[list[int]]) -> list[str]:
         """Token ids back to text with the served tokenizer; the server re-tokenizes the text (and adds
@@ -431,12 +511,25 @@ class Gateway:
     async def embeddings(self, request: Request) -> Response:
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
-        client = await self.resolve(req.model, TASK_EMBED, request.url.path)
+        client, input_type = await self.resolve_embedding(req, request.url.path)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
-            texts, instruction=req.instruction, input_type=req.input_type, dimensions=req.dimensions
+            texts, instruction=req.instruction, input_type=input_type, dimensions=req.dimensions, truncate=req.truncate
         )
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
+
+    @endpoint
+    @admitted
+    async def tokenize(self, request: Request) -> Response:
+        """The token ids a /v1/embeddings request with the same body would embed, per input: the
+        served tokenizer model itself answers, so prompt, special tokens and truncation are exact."""
+        self.authorize(request)
+        req = parse_request(await self.read_json(request), self.settings.max_inputs)
+        client, input_type = await self.resolve_embedding(req, request.url.path)
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
+        result = await client.tokenize(texts, instruction=req.instruction, input_type=input_type, truncate=req.truncate)
+        max_length = int(client.info.parameters.get(PARAM_MAX_LENGTH, 0))
+        return Response(render_tokenize(result, req.model, max_length), media_type="application/json")
 
     async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
         self.authorize(request)
@@ -464,8 +557,14 @@ class Gateway:
         self.authorize(request)
         await self.registry.refresh(REFRESH_INTERVAL_S)
         served = self.registry.clients
-        entries = [(name, name) for name in sorted(served)]
-        entries += [(alias, name) for alias, name in sorted(self.settings.aliases.items()) if name in served]
+        entries: list[tuple[str, str, dict[str, str]]] = [(name, name, {}) for name in sorted(served)]
+        entries += [(a, name, {}) for a, name in sorted(self.settings.aliases.items()) if name in served]
+        # Every embedding model (and alias of one) again with QUERY_SUFFIX: the query embedder.
+        entries += [
+            (i + QUERY_SUFFIX, root, {"input_type": QUERY})
+            for i, root, _ in list(entries)
+            if served[root].info.task == TASK_EMBED and i + QUERY_SUFFIX not in served
+        ]
         data = [
             {
                 "id": i,
@@ -474,8 +573,9 @@ class Gateway:
                 "owned_by": "tembed",
                 "root": root,
                 "task": served[root].info.task,  # "embed" or "rerank": which route serves it
+                **extra,
             }
-            for i, root in entries
+            for i, root, extra in entries
         ]
         return json_response({"object": "list", "data": data})
 
@@ -524,6 +624,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
     gw = Gateway(settings)
     routes = [
         Route("/v1/embeddings", gw.embeddings, methods=["POST"]),
+        Route("/tokenize", gw.tokenize, methods=["POST"]),
+        Route("/v1/tokenize", gw.tokenize, methods=["POST"]),
         Route("/v1/rerank", gw.rerank, methods=["POST"]),
         Route("/rerank", gw.rerank, methods=["POST"]),  # vLLM serves both
         Route("/v2/rerank", gw.rerank_v2, methods=["POST"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
 from tembed_client import AsyncEmbeddingClient, ModelInfo, discover_models, gather, loaded_models, triton_errors
 from tembed_serving.contract import Layout
@@ -17,6 +18,22 @@ from .settings import GatewaySettings
 
 # An unknown model name triggers a re-read of Triton's index, but not more often than this.
 REFRESH_INTERVAL_S = 1.0
+
+
+def channel_args() -> list[tuple[str, int | str]]:
+    """tritonclient's own channel defaults, plus round-robin: with a name that resolves to several
+    Triton pods (``dns:///tembed-triton-headless:8001``), requests spread over all of them instead of
+    gRPC's default of sending everything to the first address."""
+    ka = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
+        ("grpc.lb_policy_name", "round_robin"),
+    ]
 
 
 class ModelClient(AsyncEmbeddingClient):
@@ -37,7 +54,7 @@ class ModelRegistry:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.triton = grpcaio.InferenceServerClient(settings.triton_url)
+        self.triton = grpcaio.InferenceServerClient(settings.triton_url, channel_args=channel_args())
         self.clients: dict[str, ModelClient] = {}
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = asyncio.Lock()

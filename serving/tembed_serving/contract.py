@@ -27,6 +27,8 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_MODEL_TYPE,
     PARAM_POOLING,
     PARAM_TASK,
+    PARAM_TOKENIZER,
+    PARAM_TOKENIZER_OUTPUTS,
     QUERY,
     SCORE,
     TASK_EMBED,
@@ -34,7 +36,12 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TASKS,
     TEXT,
     TOKEN_COUNT,
+    TOKEN_COUNT_ORIGINAL,
+    TRUNCATE,
+    TRUNCATE_DEFAULT,
+    TRUNCATE_VALUES,
     dimensions_error,
+    truncate_error,
 )
 
 # Between the composing models (never seen by a client).

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from tokenizers import Tokenizer
 
 from .profile import ModelProfile
-from .textproc import RequestError, TokenBatch
+from .textproc import RequestError, TokenBatch, pad_rows
 
 
 class PairEncoder:
@@ -38,7 +37,6 @@ class PairEncoder:
             tok.enable_truncation(max_length=profile.max_length, strategy="only_second")
         self.tokenizer = tok
         self.budget = profile.max_length - len(self.prefix_ids) - len(self.suffix_ids)
-        self._ids_dtype = np.dtype(profile.ids_dtype)
 
     def check(self, query: str, documents: list[str], instruction: str | None) -> str | None:
         """Validate a request; returns the instruction to use (the model's default when None)."""
@@ -91,13 +89,4 @@ class PairEncoder:
             rows = [self._prompt_ids(query, d, instruction) for d in documents]
         else:
             rows = [self._pair_ids(query, d) for d in documents]
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
-        width = self.profile.bucket(int(lengths.max()))
-        ids = np.full((len(rows), width), self.profile.pad_token_id, dtype=self._ids_dtype)
-        mask = np.zeros((len(rows), width), dtype=self._ids_dtype)
-        left = self.profile.padding_side == "left"
-        for row, (r, n) in enumerate(zip(rows, lengths)):
-            span = slice(width - n, width) if left else slice(0, n)
-            ids[row, span] = r
-            mask[row, span] = 1
-        return TokenBatch(ids, mask, lengths)
+        return pad_rows(rows, self.profile)

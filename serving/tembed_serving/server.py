@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,9 +227,18 @@ class TritonServer:
         raise ServerError(f"tritonserver not ready after {timeout:.0f}s{self._log_tail()}")
 
     def load_model(self, name: str, timeout: float = 120.0) -> None:
-        """(Re)load one model through the restricted repository API."""
+        """Reload one model through the restricted repository API.
+
+        Triton treats a load of a loaded, unchanged model as done (it returned in 1 ms with the dead
+        stub still in place), also when the same config is sent again: the model's own config with a
+        parameter that changes each time makes it a real reload, new instances and all, without
+        writing to the repository."""
+        with urllib.request.urlopen(f"{self.http_url}/v2/models/{name}/config", timeout=10) as r:
+            config = json.load(r)
+        config.setdefault("parameters", {})["tembed_reload"] = {"string_value": str(time.time_ns())}
+        body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
         req = urllib.request.Request(
-            f"{self.http_url}/v2/repository/models/{name}/load", data=b"{}", headers=self.admin_headers, method="POST"
+            f"{self.http_url}/v2/repository/models/{name}/load", data=body, headers=self.admin_headers, method="POST"
         )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             if r.status != 200:
@@ -348,6 +358,7 @@ class Supervisor(threading.Thread):
         self.healthy = True
         self._halt = threading.Event()
         self._stubs = python_stubs(server.proc.pid)
+        self._expected = Counter(self._stubs.values())  # stubs per model when all is well
 
     def stop(self) -> None:
         self._halt.set()
@@ -370,13 +381,19 @@ class Supervisor(threading.Thread):
             srv._spawn()
             srv.wait_ready(180)
             self._stubs = python_stubs(srv.proc.pid)
+            self._expected = Counter(self._stubs.values())
             srv.event("tritonserver restarted")
             self.healthy = True
             return
         alive = python_stubs(srv.proc.pid)
-        dead = {model for pid, model in self._stubs.items() if pid not in alive}
+        # A model is short of stubs when one of those seen died, or when a reload did not bring back
+        # as many as it had (so a reload that failed is tried again at the next poll).
+        have = Counter(alive.values())
+        dead = {m for pid, m in self._stubs.items() if pid not in alive}
+        dead |= {m for m, n in self._expected.items() if have[m] < n}
         if not dead:
             self._stubs = alive
+            self.healthy = True
             return
         self.healthy = False
         for model in sorted(dead):
@@ -384,7 +401,8 @@ class Supervisor(threading.Thread):
             srv.load_model(model)
             srv.event(f"{model} reloaded")
         self._stubs = python_stubs(srv.proc.pid)
-        self.healthy = True
+        have = Counter(self._stubs.values())
+        self.healthy = all(have[m] >= self._expected[m] for m in dead)  # else the next poll retries
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, processors
 
-from .contract import INPUT_TYPES
+from .contract import INPUT_TYPES, TRUNCATE_DEFAULT, truncate_error
 from .profile import ModelProfile
 
 
@@ -25,6 +25,27 @@ class TokenBatch:
     input_ids: np.ndarray  # [n, bucket] in the profile's ids dtype
     attention_mask: np.ndarray  # [n, bucket], same dtype
     token_count: np.ndarray  # [n] int32, tokens fed to the model per text (after truncation)
+    # [n] int32, tokens per text before truncation (contract.TOKEN_COUNT_ORIGINAL says what it means)
+    token_count_original: np.ndarray | None = None
+
+
+@dataclass
+class Prompted:
+    """A request's texts with the prompt applied, and how to truncate them."""
+
+    texts: list[str]
+    prompt_chars: int  # characters of the prompt at the start of each text (the prompt ends there)
+    truncate: str = TRUNCATE_DEFAULT
+
+
+def check_truncate(value: str | None) -> str:
+    """The truncate option, upper-cased; the default when not given."""
+    if value is None:
+        return TRUNCATE_DEFAULT
+    error = truncate_error(value)
+    if error:
+        raise RequestError(error)
+    return value.upper()
 
 
 def decode_texts(raw: np.ndarray, what: str = "text") -> list[str]:
@@ -77,6 +98,22 @@ def pad_batch(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
     return np.concatenate(padded)
 
 
+def pad_rows(rows: list[list[int]], profile: ModelProfile) -> TokenBatch:
+    """Token rows padded, on the profile's side, to the bucket of the longest: requests of similar
+    length get the same shape, so Triton's dynamic batcher can merge them."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
+    width = profile.bucket(int(lengths.max()))
+    dtype = np.dtype(profile.ids_dtype)
+    ids = np.full((len(rows), width), profile.pad_token_id, dtype=dtype)
+    mask = np.zeros((len(rows), width), dtype=dtype)
+    left = profile.padding_side == "left"
+    for row, (r, n) in enumerate(zip(rows, lengths)):
+        span = slice(width - n, width) if left else slice(0, n)
+        ids[row, span] = r
+        mask[row, span] = 1
+    return TokenBatch(ids, mask, lengths)
+
+
 class TextEncoder:
     """Prompting, whitespace clean-up, truncation, end token and bucketed padding for one model."""
 
@@ -95,7 +132,9 @@ class TextEncoder:
                 single=f"$A {profile.end_token}", special_tokens=[(profile.end_token, profile.end_token_id)]
             )
             tok.post_processor = processors.Sequence([tok.post_processor, end]) if tok.post_processor else end
-        tok.enable_truncation(max_length=profile.max_length)
+        # Truncation is ours (``_cut``): END, START and NONE need the whole encoding, and the
+        # tokenizer's own truncation would drop the count before it.
+        tok.no_truncation()
         self.tokenizer = tok
         # No token spans more characters than the vocabulary's longest entry, so truncation keeps
         # nothing past max_length x that: longer texts are cut before tokenizing (twice the bound,
@@ -104,15 +143,33 @@ class TextEncoder:
         longest = max((len(t) for t in tok.get_vocab()), default=16)
         self.char_cap = 2 * profile.max_length * longest
         self._ids_dtype = np.dtype(profile.ids_dtype)
+        # Without offsets (START needs them to find where the prompt ends).
         self._encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
 
     def _appends_end(self, tok: Tokenizer) -> bool:
         ids = tok.encode("a").ids
         return bool(ids) and ids[-1] == self.profile.end_token_id
 
-    def format(self, texts: list[str], input_type: str | None = None, instruction: str | None = None) -> list[str]:
+    def format(
+        self,
+        texts: list[str],
+        input_type: str | None = None,
+        instruction: str | None = None,
+        truncate: str | None = None,
+    ) -> list[str]:
         """Validate a request's texts and options and apply the model's prompt."""
+        return self.prepare(texts, input_type, instruction, truncate).texts
+
+    def prepare(
+        self,
+        texts: list[str],
+        input_type: str | None = None,
+        instruction: str | None = None,
+        truncate: str | None = None,
+    ) -> Prompted:
+        """:meth:`format`, keeping what :meth:`encode` needs to truncate."""
         p = self.profile
+        truncate = check_truncate(truncate)
         if not texts:
             raise RequestError("no texts in the request")
         if len(texts) > p.max_texts:
@@ -136,26 +193,65 @@ class TextEncoder:
             prefix = p.instruction_template.format(instruction=instruction)
         else:
             prefix = p.prompt_for(input_type or p.default_input_type)
+        # The character cap keeps the side that truncation keeps; NONE must count every token.
+        cap = {"END": slice(None, self.char_cap), "START": slice(-self.char_cap, None)}.get(truncate, slice(None))
         out = []
         for i, text in enumerate(texts):
             clean = " ".join(text.split())
             if not clean:
                 raise RequestError(f"text[{i}] is empty")
-            out.append(prefix + clean[: self.char_cap])
-        return out
+            out.append(prefix + clean[cap])
+        # A token that starts inside the prompt is the prompt's (the trailing space of "query: "
+        # belongs to the next word's token).
+        return Prompted(out, len(prefix.rstrip()), truncate)
 
-    def encode(self, texts: list[str]) -> TokenBatch:
-        encodings = self._encode(texts)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(encodings))
-        width = self.profile.bucket(int(lengths.max()))
-        ids = np.full((len(texts), width), self.profile.pad_token_id, dtype=self._ids_dtype)
-        mask = np.zeros((len(texts), width), dtype=self._ids_dtype)
-        left = self.profile.padding_side == "left"
-        for row, (enc, n) in enumerate(zip(encodings, lengths)):
-            span = slice(width - n, width) if left else slice(0, n)
-            ids[row, span] = enc.ids
-            mask[row, span] = 1
-        return TokenBatch(ids, mask, lengths)
+    def _cut(self, enc, prompted: Prompted, i: int) -> list[int]:
+        """Encoding ``enc`` of text ``i`` within max_length: its special tokens (the template's
+        leading and trailing ones, the end token of last-token models) are always kept, once."""
+        ids = enc.ids
+        limit = self.profile.max_length
+        if len(ids) <= limit:
+            return ids
+        if prompted.truncate == "NONE":
+            raise RequestError(
+                f"text[{i}] is {len(ids)} tokens; the limit is {limit} tokens for model {self.profile.name!r}"
+                " (truncate NONE; END or START cut it instead)"
+            )
+        special = enc.special_tokens_mask
+        head = 0
+        while head < len(ids) and special[head]:
+            head += 1
+        tail = len(ids)
+        while tail > head and special[tail - 1]:
+            tail -= 1
+        room = max(limit - head - (len(ids) - tail), 0)
+        if prompted.truncate == "END":
+            body = ids[head : head + room]
+        else:  # START: the prompt's tokens, then the text's last ones
+            offsets = enc.offsets
+            prompt = 0
+            while head + prompt < tail and offsets[head + prompt][0] < prompted.prompt_chars:
+                prompt += 1
+            prompt = min(prompt, room)
+            rest = room - prompt
+            body = ids[head : head + prompt] + (ids[tail - rest : tail] if rest else [])
+        return ids[:head] + body + ids[tail:]
 
-    def __call__(self, texts: list[str], input_type: str | None = None, instruction: str | None = None) -> TokenBatch:
-        return self.encode(self.format(texts, input_type, instruction))
+    def encode(self, texts: list[str] | Prompted) -> TokenBatch:
+        prompted = texts if isinstance(texts, Prompted) else Prompted(list(texts), 0)
+        needs_offsets = prompted.truncate == "START" and prompted.prompt_chars > 0
+        encodings = (self.tokenizer.encode_batch if needs_offsets else self._encode)(prompted.texts)
+        original = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(encodings))
+        rows = [self._cut(enc, prompted, i) for i, enc in enumerate(encodings)]
+        batch = pad_rows(rows, self.profile)
+        batch.token_count_original = original
+        return batch
+
+    def __call__(
+        self,
+        texts: list[str],
+        input_type: str | None = None,
+        instruction: str | None = None,
+        truncate: str | None = None,
+    ) -> TokenBatch:
+        return self.encode(self.prepare(texts, input_type, instruction, truncate))

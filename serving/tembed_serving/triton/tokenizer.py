@@ -12,11 +12,13 @@ from ..contract import (
     INSTRUCTION,
     TEXT,
     TOKEN_COUNT,
+    TOKEN_COUNT_ORIGINAL,
     TOKENIZER_FILE,
+    TRUNCATE,
 )
 from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
-from ..textproc import RequestError, TextEncoder, check_bytes, decode_option, decode_texts
+from ..textproc import Prompted, RequestError, TextEncoder, check_bytes, decode_option, decode_texts
 from ._util import invalid, optional_input, version_dir
 
 
@@ -26,14 +28,15 @@ class TritonPythonModel:
         self.profile = ModelProfile.load(folder)
         self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
 
-    def _parse(self, request) -> tuple[list[str], int]:
+    def _parse(self, request) -> tuple[Prompted, int]:
         raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
         check_bytes(raw, self.profile)
         texts = decode_texts(raw)
         input_type = decode_option(optional_input(request, INPUT_TYPE), INPUT_TYPE)
         instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
+        truncate = decode_option(optional_input(request, TRUNCATE), TRUNCATE)
         dims = check_dimensions(self.profile, optional_input(request, DIMENSIONS))
-        return self.encoder.format(texts, input_type, instruction), dims
+        return self.encoder.prepare(texts, input_type, instruction, truncate), dims
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -44,13 +47,19 @@ class TritonPythonModel:
             except RequestError as exc:
                 responses[i] = invalid(str(exc))
         for i, texts, dims in parsed:
-            # One tokenizer call per request keeps each request's bucket independent of its neighbours.
-            batch = self.encoder.encode(texts)
+            # One tokenizer call per request keeps each request's bucket independent of its neighbours
+            # (and a text refused under truncate NONE refuses its request only).
+            try:
+                batch = self.encoder.encode(texts)
+            except RequestError as exc:
+                responses[i] = invalid(str(exc))
+                continue
             responses[i] = pb_utils.InferenceResponse(
                 [
                     pb_utils.Tensor(INPUT_IDS, batch.input_ids),
                     pb_utils.Tensor(ATTENTION_MASK, batch.attention_mask),
                     pb_utils.Tensor(TOKEN_COUNT, batch.token_count),
+                    pb_utils.Tensor(TOKEN_COUNT_ORIGINAL, batch.token_count_original),
                     pb_utils.Tensor(DIMENSIONS_CHECKED, np.array([dims], dtype=np.int32)),
                 ]
             )

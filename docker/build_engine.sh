@@ -5,8 +5,7 @@
 #   docker/build_engine.sh NAME [tembed engine options...]
 #   e.g. docker/build_engine.sh qwen3-embedding-4b --precision bf16
 #
-# REPO (default ./model_repository) must hold NAME-tokenizer/1/profile.json and NAME-encoder/1/model.onnx
-# from `tembed export --backend tensorrt`. The timing cache persists in REPO/.cache (reused by rebuilds).
+# REPO (default ./model_repository) must hold NAME's models from `tembed export --backend tensorrt`. The timing cache persists in REPO/.cache (reused by rebuilds).
 set -euo pipefail
 
 IMAGE="${IMAGE:-tembed-builder:24.10}"
@@ -33,10 +32,12 @@ if [[ $# -lt 1 ]]; then
   echo "usage: $0 NAME [tembed engine options...]" >&2
   exit 2
 fi
-if [[ ! -f "$REPO/$1-encoder/1/model.onnx" ]]; then
-  echo "error: $REPO/$1-encoder/1/model.onnx not found; run: tembed export MODEL_DIR --backend tensorrt --repo $REPO" >&2
+if [[ ! -d "$REPO" ]]; then
+  echo "error: model repository $REPO not found; run: tembed export MODEL_DIR --backend tensorrt --repo $REPO" >&2
   exit 1
 fi
+# Where NAME's files lie is tembed_serving.contract.Layout's business: `tembed engine` inside the image
+# finds them and says which one is missing.
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 exec docker run --rm --gpus all --shm-size 2g \
   -v "$(cd "$REPO" && pwd):/models" \

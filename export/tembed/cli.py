@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from tembed_serving.contract import TASKS
+from tembed_serving.contract import TASKS, TORCH_DTYPES
 
 from .repository import ENCODER_BACKENDS
 from .tensorrt_build import register as register_engine
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         " runner (pytorch) in the GPU container",
     )
     ex.add_argument("--encoder-instances", type=int, default=1)
-    ex.add_argument("--torch-dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    ex.add_argument("--torch-dtype", choices=TORCH_DTYPES, default="bfloat16")
     ex.add_argument(
         "--torch-device", choices=("cuda", "cpu"), default="cuda", help="pytorch backend: GPU instances, or CPU"
     )

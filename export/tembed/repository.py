@@ -32,7 +32,6 @@ from tembed_serving.profile import ModelProfile
 
 from .trt_profiles import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SEQ_BUCKETS, optimization_profiles
 
-TORCH_DTYPES = ("bfloat16", "float16", "float32")
 _DTYPES = {"int64": mc.TYPE_INT64, "int32": mc.TYPE_INT32}
 _MODEL_PY = (
     '"""Triton Python model; the logic lives in {module}."""\n\nfrom {module} import TritonPythonModel  # noqa: F401\n'
@@ -66,8 +65,8 @@ class ServingOptions:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
-        if self.torch_dtype not in TORCH_DTYPES:
-            raise ValueError(f"torch_dtype must be one of {TORCH_DTYPES}, got {self.torch_dtype!r}")
+        if self.torch_dtype not in c.TORCH_DTYPES:
+            raise ValueError(f"torch_dtype must be one of {c.TORCH_DTYPES}, got {self.torch_dtype!r}")
         if self.torch_device not in ("cuda", "cpu"):
             raise ValueError(f"torch_device must be 'cuda' or 'cpu', got {self.torch_device!r}")
 

@@ -66,6 +66,7 @@ TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 HF_DIR = "hf"  # the Hugging Face folder the torch runner loads
+TORCH_DTYPES = ("bfloat16", "float16", "float32")  # the torch runner's PARAM_DTYPE values
 
 ROLES = ("ensemble", "tokenizer", "encoder", "postprocess")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..contract import TORCH_DTYPES
 from ..profile import ModelProfile
 from ..textproc import pad_batch
 from .batching import plan
@@ -19,7 +20,7 @@ from .torch_model import EmbeddingModel, load_embedding_model
 
 # Rows x tokens per forward pass: bounds activation memory on long-document batches.
 DEFAULT_MAX_BATCH_TOKENS = 65536
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in TORCH_DTYPES}
 
 
 class TorchEncoder:

@@ -305,7 +305,8 @@ def test_gateway_probes_are_routes_of_the_app_on_its_port(overlay):
 def test_gateway_reaches_every_triton_replica_through_the_headless_service(overlay):
     objs = render(overlay)
     args = gateway_args(container(get(objs, "Deployment", "tembed-gateway")))
-    host, port = args.triton.rsplit(":", 1)
+    (target,) = args.triton  # one --triton: the headless Service's name balances over the pods
+    host, port = target.rsplit(":", 1)
     headless = get(objs, "Service", host)
     assert headless["spec"]["clusterIP"] == "None"
     (p,) = [p for p in headless["spec"]["ports"] if p["port"] == int(port)]
@@ -358,15 +359,22 @@ def test_prometheus_scrape_snippet_matches_the_pods():
     assert int(ann["prometheus.io/port"]) == port_number(c, "metrics") == int(flags(c["args"])["metrics-port"])
     conf = yaml.safe_load((DEPLOY / "base" / "prometheus-scrape.yaml").read_text())
     jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
-    assert set(jobs) == {"tembed-triton"}  # the gateway's job waits for its /metrics (commented out)
+    assert set(jobs) == {"tembed-triton", "tembed-gateway"}
     job = jobs["tembed-triton"]
     assert job["metrics_path"] == ann["prometheus.io/path"]
     keep = {r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
     assert "metrics" in keep and "tembed;triton" in keep
     assert {r.get("target_label") for r in job["relabel_configs"]} >= {"namespace", "pod"}  # what the adapter maps
-    # The gateway carries no scrape annotation while it has no /metrics route.
-    gw = get(objs, "Deployment", "tembed-gateway")["spec"]["template"]["metadata"]
-    assert "prometheus.io/scrape" not in gw.get("annotations", {})
+    # The gateway's /metrics, on its http port.
+    gw = get(objs, "Deployment", "tembed-gateway")["spec"]["template"]
+    ann = gw["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true"
+    assert int(ann["prometheus.io/port"]) == port_number(container({"spec": {"template": gw}}), "http")
+    job = jobs["tembed-gateway"]
+    assert job["metrics_path"] == ann["prometheus.io/path"] == "/metrics"
+    keep = {r["regex"] for r in job["relabel_configs"] if r.get("action") == "keep"}
+    assert "http" in keep and "tembed;gateway" in keep
+    assert {r.get("target_label") for r in job["relabel_configs"]} >= {"namespace", "pod"}
 
 
 # --- the real servers -------------------------------------------------------------------------
@@ -438,6 +446,8 @@ def test_rendered_commands_run_and_serve_the_probe_paths(overlay, tmp_path):
             for probe in ("readinessProbe", "livenessProbe"):
                 assert _http_status(thread.url + gw[probe]["httpGet"]["path"]) == 200, probe
             assert _http_status(thread.url + "/v1/models") == 401  # authentication is on
+            gw_ann = get(objs, "Deployment", "tembed-gateway")["spec"]["template"]["metadata"]["annotations"]
+            assert _http_status(thread.url + gw_ann["prometheus.io/path"]) == 200  # scraped without a key
     finally:
         proc.terminate()
         try:

@@ -12,7 +12,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m tembed_gateway", description="OpenAI-compatible /v1/embeddings in front of Triton."
     )
-    ap.add_argument("--triton", default="localhost:8001", help="Triton's gRPC address")
+    ap.add_argument(
+        "--triton",
+        action="append",
+        metavar="HOST:PORT",
+        help="Triton's gRPC address (default localhost:8001); repeat for several replicas serving the same"
+        " models. One dns:///NAME:PORT resolving to several addresses is balanced per request by itself",
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=30000)
     ap.add_argument(
@@ -29,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    urls = tuple(args.triton or ["localhost:8001"])
     return GatewaySettings(
-        triton_url=args.triton,
+        triton_url=urls[0],
+        triton_urls=urls if len(urls) > 1 else (),
         aliases=parse_aliases(args.alias),
         api_keys=load_api_keys(args.api_key_file),
         model_repository=args.model_repository,

@@ -1,6 +1,6 @@
 """The HTTP API: ``POST /v1/embeddings`` (OpenAI), ``POST /tokenize`` (the served model's token ids),
 ``POST /v1/rerank`` and ``/rerank`` (Jina / vLLM), ``POST /v2/rerank`` (Cohere v2), ``GET /v1/models``,
-``GET /health``.
+``GET /health``, ``GET /metrics`` (Prometheus; no API key: for the private network).
 
 Every embedding model ``N`` is also served as ``N-query`` (``QUERY_SUFFIX``): the same model with
 ``input_type="query"``, for stock OpenAI clients (LangChain, LlamaIndex) that cannot send
@@ -39,7 +39,8 @@ from starlette.routing import Route
 from tembed_client import EmbeddingError, EmbeddingResult, RerankResult, TokenizeResult
 from tembed_client.contract import INPUT_TYPES, PARAM_MAX_LENGTH, TASK_EMBED, TASK_RERANK, truncate_error
 
-from .registry import REFRESH_INTERVAL_S, ModelClient, ModelRegistry
+from .metrics import GatewayMetrics
+from .registry import REFRESH_INTERVAL_S, ModelRegistry, ReplicatedModel
 from .settings import GatewaySettings
 
 log = logging.getLogger("tembed_gateway")
@@ -346,12 +347,20 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         except ApiError as exc:
             return exc.response()
         except EmbeddingError as exc:
-            return ApiError.from_triton(exc, self.settings.triton_url, self.settings.retry_after_s).response()
+            return ApiError.from_triton(exc, self.settings.triton_label, self.settings.retry_after_s).response()
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.url.path)
             return ApiError(500, "internal error in the gateway", type="server_error", code="internal_error").response()
 
-    return wrapped
+    async def measured(self: Gateway, request: Request) -> Response:
+        started = time.perf_counter()
+        response = await wrapped(self, request)
+        # The served model (set once resolved), never the name a caller sent: bounded label values.
+        model = getattr(request.state, "model", "")
+        self.metrics.observe(request.url.path, model, response.status_code, time.perf_counter() - started)
+        return response
+
+    return measured
 
 
 DISCONNECT_POLL_S = 0.25
@@ -397,6 +406,7 @@ class Gateway:
         self.abandoned = 0  # requests whose caller disconnected before the answer
         self.draining = False  # set on shutdown: readiness false, new work refused, in-flight finishes
         self._canary: tuple[float, dict[str, str]] | None = None
+        self.metrics = GatewayMetrics(self)
 
     def admit(self) -> None:
         """Refuse new work at once when draining or full (429 + Retry-After: clients back off)."""
@@ -414,10 +424,11 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        self._registry = ModelRegistry(self.settings)
+        self._registry = ModelRegistry(self.settings, on_retry=self.metrics.retries.inc)
         # Triton may come up after the gateway: an unreachable Triton is found again on first use.
         with contextlib.suppress(EmbeddingError):
             await self._registry.refresh()
+        self._registry.start()
         try:
             yield
         finally:
@@ -455,7 +466,7 @@ class Gateway:
         except orjson.JSONDecodeError as exc:
             raise bad_request(f"the request body is not valid JSON: {exc}") from None
 
-    async def resolve(self, model: str, task: str, path: str) -> ModelClient:
+    async def resolve(self, model: str, task: str, path: str) -> ReplicatedModel:
         """The served model ``model`` names; 404 if none, 400 if it does another task than ``path``'s."""
         client = await self.registry.resolve(model)
         if client is None:
@@ -468,7 +479,11 @@ class Gateway:
             raise bad_request(f"model {model!r} is {what}: {path} does not serve it; use {route}", "model")
         return client
 
-    async def resolve_embedding(self, req: EmbeddingRequest, path: str) -> tuple[ModelClient, str | None]:
+    def served(self, request: Request, client: ReplicatedModel) -> ReplicatedModel:
+        request.state.model = client.info.name  # the metrics' model label
+        return client
+
+    async def resolve_embedding(self, req: EmbeddingRequest, path: str) -> tuple[ReplicatedModel, str | None]:
         """The embedding model ``req.model`` names and the input_type to send: ``N-query`` is ``N``
         with input_type "query" (when no served model has that very name)."""
         name = req.model
@@ -482,7 +497,7 @@ class Gateway:
                 return client, QUERY
         return await self.resolve(name, TASK_EMBED, path), req.input_type
 
-    async def decode(self, client: ModelClient, ids: list[list[int]]) -> list[str]:
+    async def decode(self, client: ReplicatedModel, ids: list[list[int]]) -> list[str]:
         """Token ids back to text with the served tokenizer; the server re-tokenizes the text (and adds
         the model's prompt and special tokens), so the ids must be ones this model's tokenizer made."""
         tok = self.registry.tokenizer(client.info.name)
@@ -512,10 +527,12 @@ class Gateway:
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         client, input_type = await self.resolve_embedding(req, request.url.path)
+        self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
             texts, instruction=req.instruction, input_type=input_type, dimensions=req.dimensions, truncate=req.truncate
         )
+        self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
 
     @endpoint
@@ -526,6 +543,7 @@ class Gateway:
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         client, input_type = await self.resolve_embedding(req, request.url.path)
+        self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.tokenize(texts, instruction=req.instruction, input_type=input_type, truncate=req.truncate)
         max_length = int(client.info.parameters.get(PARAM_MAX_LENGTH, 0))
@@ -534,9 +552,11 @@ class Gateway:
     async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
         self.authorize(request)
         req = parse_rerank(await self.read_json(request), self.settings.max_inputs, return_documents)
-        client = await self.resolve(req.model, TASK_RERANK, request.url.path)
+        client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.url.path))
         # The client cuts the documents into the model's max per request and sends those concurrently.
-        return await client.score(req.query, req.documents, instruction=req.instruction), req
+        result = await client.score(req.query, req.documents, instruction=req.instruction)
+        self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
+        return result, req
 
     @endpoint
     @admitted
@@ -584,11 +604,16 @@ class Gateway:
         if self.draining:
             return json_response({"status": "draining"}, 503)
         if not await self.registry.ready():
-            return json_response({"status": "unavailable", "triton": self.settings.triton_url}, 503)
+            return json_response({"status": "unavailable", "triton": self.settings.triton_label}, 503)
         failed = await self.canary()
         if failed:
             return json_response({"status": "unavailable", "models": failed}, 503)
         return json_response({"status": "ok"})
+
+    async def metrics_endpoint(self, _request: Request) -> Response:
+        """Prometheus text format; no API key (keep it off the public route, like Triton's :8002)."""
+        body, content_type = self.metrics.render()
+        return Response(body, headers={"Content-Type": content_type})
 
     async def live(self, _request: Request) -> Response:
         """Liveness: the gateway's own loop answers (Triton's state is readiness, not liveness)."""
@@ -633,6 +658,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/health", gw.health, methods=["GET"]),
         Route("/health/ready", gw.health, methods=["GET"]),
         Route("/health/live", gw.live, methods=["GET"]),
+        Route("/metrics", gw.metrics_endpoint, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={HTTPException: http_error})
     app.state.gateway = gw

@@ -12,7 +12,7 @@ API_KEYS_ENV = "TEMBED_API_KEYS"
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    triton_url: str = "localhost:8001"  # Triton's gRPC endpoint
+    triton_url: str = "localhost:8001"  # Triton's gRPC endpoint (one replica)
     aliases: Mapping[str, str] = field(default_factory=dict)  # requested name -> served ensemble
     api_keys: frozenset[str] = frozenset()  # empty: no authentication
     model_repository: Path | None = None  # lets token-id input be decoded with the served tokenizer
@@ -27,6 +27,19 @@ class GatewaySettings:
     # Sent with Triton calls that read the model repository index (a restricted admin protocol):
     # {"triton-grpc-protocol-<header>": key}; `tembed serve` passes its server's.
     triton_headers: Mapping[str, str] = field(default_factory=dict)
+    # Several Triton replicas serving the same models; when set, triton_url is not used. Requests go
+    # to the least busy ready one (registry.py). One `dns:///NAME:8001` resolving to several pods
+    # needs no list: its channel balances over them.
+    triton_urls: tuple[str, ...] = ()
+
+    @property
+    def replica_urls(self) -> tuple[str, ...]:
+        return tuple(self.triton_urls) or (self.triton_url,)
+
+    @property
+    def triton_label(self) -> str:
+        """The Triton address(es), as error messages name them."""
+        return ", ".join(self.replica_urls)
 
 
 def load_api_keys(key_file: Path | None = None, env: Mapping[str, str] = os.environ) -> frozenset[str]:

@@ -21,6 +21,16 @@ QWEN, TWIN, BERT = "qwen3-reranker-tiny", "qwen3-reranker-tiny-seq-cls", "bert-c
 RERANKERS = (QWEN, TWIN, BERT)
 EMBEDDER = "multilingual-e5-small"
 MAX_LENGTH = 512  # small on purpose: the truncation path is reached with short texts on 2 CPU cores
+# One question and its candidate passages, in the scripts rerankers meet.
+QUERY = "什么是向量检索？"
+DOCS = [
+    "向量检索把文本编码成向量，再按相似度找最近的段落。",
+    "今天天气很好，我们去公园散步吧。",
+    "Vector search embeds passages once and finds nearest neighbours at query time.",
+    "北京是中华人民共和国的首都。",
+    "A reranker reads the query and the passage together and scores how well they match.",
+    "短",
+]
 
 # Texts in the scripts our users send: Chinese, English, mixed, emoji, one long-ish paragraph.
 TEXTS = [

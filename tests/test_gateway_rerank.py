@@ -13,19 +13,10 @@ import pytest
 
 from tembed_gateway import GatewaySettings, GatewayThread
 
-from .conftest import BERT, EMBEDDER, QWEN, RERANKERS, TWIN
+from .conftest import BERT, DOCS, EMBEDDER, QUERY, QWEN, RERANKERS, TWIN
 
 pytestmark = pytest.mark.slow
 
-QUERY = "什么是向量检索？"
-DOCS = [
-    "向量检索把文本编码成向量，再按相似度找最近的段落。",
-    "今天天气很好，我们去公园散步吧。",
-    "Vector search embeds passages once and finds nearest neighbours at query time.",
-    "北京是中华人民共和国的首都。",
-    "A reranker reads the query and the passage together and scores how well they match.",
-    "短",
-]
 ALIAS = "Qwen/Qwen3-Reranker-0.6B"
 MAX_INPUTS, MAX_BODY = 40, 64 << 10  # small, so the limits are cheap to reach
 KEY = "sk-rerank-right"

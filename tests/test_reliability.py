@@ -206,7 +206,7 @@ def test_admin_protocols_need_the_key(server):
 def test_gateway_overload_answers_429_at_once(server):
     from tembed_gateway import GatewaySettings, GatewayThread
 
-    settings = GatewaySettings(server.grpc_url, max_in_flight=2, triton_headers=server.grpc_admin_headers)
+    settings = GatewaySettings(server.grpc_url, max_in_flight=2)
     with GatewayThread(settings) as gw:
         body = {"model": E5, "input": [LONG] * 16}
 
@@ -228,7 +228,7 @@ def test_gateway_answers_503_while_triton_is_down_and_recovers(own_server):
     from tembed_gateway import GatewaySettings, GatewayThread
 
     srv = own_server
-    with GatewayThread(GatewaySettings(srv.grpc_url, timeout_s=5, triton_headers=srv.grpc_admin_headers)) as gw:
+    with GatewayThread(GatewaySettings(srv.grpc_url, timeout_s=5)) as gw:
         assert httpx.get(f"{gw.url}/health/ready", timeout=30).status_code == 200
         srv.supervise = False
         srv._supervisor.stop()  # hold Triton down while we look

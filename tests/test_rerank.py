@@ -10,18 +10,9 @@ import numpy as np
 import pytest
 
 from . import rerank_reference as ref
-from .conftest import BERT, EMBEDDER, MAX_LENGTH, QWEN, RERANKERS, TWIN
+from .conftest import BERT, DOCS, EMBEDDER, MAX_LENGTH, QUERY, QWEN, RERANKERS, TWIN
 
 pytestmark = pytest.mark.slow
-QUERY = "什么是向量检索？"
-DOCS = [
-    "向量检索把文本编码成向量，再按相似度找最近的段落。",
-    "今天天气很好，我们去公园散步吧。",
-    "Vector search embeds passages once and finds nearest neighbours at query time.",
-    "北京是中华人民共和国的首都。",
-    "A reranker reads the query and the passage together and scores how well they match.",
-    "短",
-]
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ mean nothing (its README says random-weight). Built offline from ``fixtures/all-
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,8 +20,6 @@ from .data import DATA
 from .systems import ROOT
 
 SOURCE = "all-minilm-l6-v2"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 WEIGHTS = "model.safetensors"
 README = (
     "all-MiniLM-L6-v2's trained encoder (BertForSequenceClassification, one label, sentence-transformers "
@@ -38,30 +34,15 @@ def build_cross_encoder(out: Path, *, seed: int = 0, fixtures: Path = ROOT / "fi
     if (out / WEIGHTS).is_file():
         return out
     import torch
-    from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification
 
     from tembed.fixtures.build import build_fixtures
+    from tembed.fixtures.cross_encoder import save_cross_encoder
 
     src = build_fixtures(fixtures, only=[SOURCE])[SOURCE]
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(src), num_labels=1).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="minilm_cross_encoder_") as tmp:
-        hf_dir, st_dir = Path(tmp) / "hf", Path(tmp) / "st"
-        model.save_pretrained(hf_dir)
-        for name in TOKENIZER_FILES:
-            shutil.copy2(src / name, hf_dir / name)
-        # sentence-transformers writes its own CrossEncoder metadata (activation_fn: Sigmoid for one label).
-        CrossEncoder(str(hf_dir), num_labels=1, device="cpu", local_files_only=True).save_pretrained(str(st_dir))
-        for name in ST_FILES:
-            shutil.copy2(st_dir / name, out / name)
-        for name in TOKENIZER_FILES:  # the real tokenizer, unchanged
-            shutil.copy2(src / name, out / name)
-        (out / "README.md").write_text(README.format(seed=seed), encoding="utf-8")
-        shutil.copy2(st_dir / "config.json", out / "config.json")
-        shutil.copy2(st_dir / WEIGHTS, out / WEIGHTS)  # last: its presence marks a complete folder
-    return out
+    return save_cross_encoder(model, src, out, README.format(seed=seed))
 
 
 def workload(tokenizer_file: Path, n: int = 100, tokens: int = 200) -> tuple[str, list[str]]:

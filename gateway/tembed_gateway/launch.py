@@ -13,12 +13,11 @@ import urllib.request
 from tembed_serving.server import ServerError, TritonServer, add_server_args, server_from_args
 
 
-def show_embedding(url: str, text: str, headers: dict[str, str] | None = None) -> None:
+def show_embedding(url: str, text: str) -> None:
     """What a user wants to see first: one real embedding from the running server."""
     from tembed_client import EmbeddingClient
 
-    # headers: finding the served model reads Triton's repository index, an admin protocol.
-    with EmbeddingClient(url, headers=headers) as client:
+    with EmbeddingClient(url) as client:
         info = client.model_info()
         result = client.encode([text], input_type="query")
     vec = result.embeddings[0]
@@ -63,9 +62,7 @@ def start_gateway(args: argparse.Namespace, srv: TritonServer):  # -> (GatewayTh
     from . import GatewaySettings, GatewayThread, load_api_keys
 
     keys = load_api_keys()  # $TEMBED_API_KEYS turns authentication on
-    settings = GatewaySettings(
-        srv.grpc_url, api_keys=keys, model_repository=args.model_repository, triton_headers=srv.grpc_admin_headers
-    )
+    settings = GatewaySettings(srv.grpc_url, api_keys=keys, model_repository=args.model_repository)
     try:
         gw = GatewayThread(settings, args.gateway_host, args.gateway_port).start()
     except (OSError, RuntimeError) as exc:
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_gateway:
             gateway, api_key = start_gateway(args, srv)
         if args.demo:
-            show_embedding(srv.grpc_url, args.demo, srv.grpc_admin_headers)
+            show_embedding(srv.grpc_url, args.demo)
             if gateway is not None:
                 show_openai_embedding(gateway.url, args.demo, api_key)
         if not args.exit_after_demo:

@@ -120,9 +120,8 @@ class Replica:
         self.last_pick = 0  # the registry's pick count when it was last chosen (ties go to the oldest)
         self._on_retry = on_retry
         self._refreshed_at = -math.inf
-        # Model discovery reads Triton's repository index, an admin protocol: it needs the key.
-        headers = dict(settings.triton_headers) or None
-        self._rpc = {"client_timeout": min(settings.timeout_s, 10.0), "headers": headers}
+        # Discovery reads Triton's statistics, which needs no admin key.
+        self._rpc = {"client_timeout": min(settings.timeout_s, 10.0)}
 
     def __repr__(self) -> str:
         return f"Replica({self.url!r}, up={self.up}, in_flight={self.in_flight})"

@@ -24,9 +24,6 @@ class GatewaySettings:
     max_in_flight: int = 128
     retry_after_s: int = 1
     canary_ttl_s: float = 2.0  # how long a readiness answer (a real inference per model) is reused
-    # Sent with Triton calls that read the model repository index (a restricted admin protocol):
-    # {"triton-grpc-protocol-<header>": key}; `tembed serve` passes its server's.
-    triton_headers: Mapping[str, str] = field(default_factory=dict)
     # Several Triton replicas serving the same models; when set, triton_url is not used. Requests go
     # to the least busy ready one (registry.py). One `dns:///NAME:8001` resolving to several pods
     # needs no list: its channel balances over them.

@@ -135,11 +135,6 @@ class TritonServer:
         return {ADMIN_HEADER: self.admin_key or ""}
 
     @property
-    def grpc_admin_headers(self) -> dict[str, str]:
-        """The same over gRPC: Triton expects the key under ``triton-grpc-protocol-<header>``."""
-        return {f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_key or ""}
-
-    @property
     def healthy(self) -> bool:
         """Running and not recovering from a dead stub or a restart."""
         return (

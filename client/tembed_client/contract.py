@@ -20,8 +20,15 @@ INSTRUCTION = "instruction"  # BYTES [1], optional: replaces the query task of i
 INPUT_TYPE = "input_type"  # BYTES [1], optional: one of INPUT_TYPES
 DIMENSIONS = "dimensions"  # INT32 [1], optional: Matryoshka output size
 TRUNCATE = "truncate"  # BYTES [1], optional: one of TRUNCATE_VALUES (default END)
+LONG_TEXT = "long_text"  # BYTES [1], optional: one of LONG_TEXT_VALUES (default truncate)
+EMBEDDING_TYPE = "embedding_type"  # BYTES [1], optional: one of EMBEDDING_TYPES (default float)
 # Embedding ensemble: outputs.
-EMBEDDING = "embedding"  # FP32 [n, d], unit length
+EMBEDDING = "embedding"  # FP32 [n, d], unit length; [n, 0] when embedding_type is not float
+# UINT8 [n, k]: the compact vectors' bytes when embedding_type is not float ([n, 0] when it is):
+# int8 and binary are int8 values sent as their bytes (view them as int8), uint8 and ubinary uint8;
+# binary and ubinary pack the sign bits 8 per byte (k = ceil(d / 8)), int8 and uint8 one per
+# dimension (k = d). EMBEDDING_TYPES says which.
+EMBEDDING_PACKED = "embedding_packed"
 TOKEN_COUNT = "token_count"  # INT32 [n]: tokens embedded per text (after truncation)
 # INT32 [n]: tokens per text before truncation (prompt and special tokens included, like TOKEN_COUNT).
 # Exact under truncate NONE, and whenever the text was not cut. Under END and START the tokenizer
@@ -39,6 +46,21 @@ INPUT_TYPES = ("query", "document")
 #   NONE  refuse the request (INVALID_ARGUMENT naming the text, its token count and the limit).
 TRUNCATE_VALUES = ("END", "START", "NONE")
 TRUNCATE_DEFAULT = "END"
+# What happens to a text over max_length tokens besides truncation:
+#   truncate  the text is truncated as TRUNCATE says (the default);
+#   chunk     the text is split into windows of max_length tokens, every window is embedded and the
+#             text's vector is the token-weighted mean of its windows' vectors, re-normalised
+#             (Matryoshka dimensions and compact types apply after that). One vector per text.
+LONG_TEXT_VALUES = ("truncate", "chunk")
+LONG_TEXT_DEFAULT = "truncate"
+# Vector encodings (the sentence-transformers / Cohere / Infinity names), applied after dimensions:
+#   float    float32, unit length (the default);
+#   int8     one signed byte per dimension, from per-dimension ranges calibrated at export;
+#   uint8    the same ranges, unsigned;
+#   binary   sign bits (> 0 is 1), packed 8 per byte, minus 128 as int8 (sentence-transformers);
+#   ubinary  the same bits as uint8.
+EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary")
+EMBEDDING_TYPE_DEFAULT = "float"
 
 # Rerank ensemble: inputs (INSTRUCTION, optional, for models whose prompt carries one) and outputs
 # (TOKEN_COUNT, one per document: tokens of its pair as scored).
@@ -70,6 +92,13 @@ def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) 
         return f"dimensions must be an integer, not {type(d).__name__}"
     if not min_dimension <= int(d) <= dimension:
         return f"dimensions must be between {min_dimension} and {dimension} for model {model!r}, got {d}"
+    return None
+
+
+def option_error(name: str, value: object, allowed: tuple[str, ...]) -> str | None:
+    """Why ``value`` is not one of ``allowed`` for option ``name`` (exact spelling), or None."""
+    if not isinstance(value, str) or value not in allowed:
+        return f"{name} must be one of {', '.join(allowed)}, got {value!r}"
     return None
 
 

@@ -13,7 +13,7 @@ For a profile named ``N`` the embedding task writes four models (names in
 
 ``N-tokenizer``   Python backend: texts and options in, bucketed ``input_ids``/``attention_mask`` out.
 ``N-encoder``     the pooled encoder, as the chosen backend runs it.
-``N-postprocess`` Python backend: Matryoshka truncation and re-normalisation.
+``N-postprocess`` Python backend: windows pooled per text, Matryoshka ``dimensions``, compact types.
 ``N``             the ensemble clients call: text in, ``[n, dim]`` float32 out.
 """
 
@@ -259,18 +259,35 @@ class EmbedTask(Task):
         _io(cfg.input, c.INPUT_TYPE, mc.TYPE_STRING, [1], optional=True)
         _io(cfg.input, c.DIMENSIONS, mc.TYPE_INT32, [1], optional=True)
         _io(cfg.input, c.TRUNCATE, mc.TYPE_STRING, [1], optional=True)
+        _io(cfg.input, c.LONG_TEXT, mc.TYPE_STRING, [1], optional=True)
+        _io(cfg.input, c.EMBEDDING_TYPE, mc.TYPE_STRING, [1], optional=True)
+
+    # The tokenizer's outputs the postprocess step reads, besides the encoder's rows.
+    _POST_INPUTS = (c.DIMENSIONS_CHECKED, c.EMBEDDING_TYPE_CHECKED, c.ROW_TEXT, c.ROW_WEIGHT)
 
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         cfg = tokenizer_model(p, opts, self._text_inputs)
         _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
-        _io(cfg.output, c.DIMENSIONS_CHECKED, mc.TYPE_INT32, [1])
+        self._post_tensors(cfg.output)
         return cfg
+
+    @staticmethod
+    def _post_tensors(msg) -> None:
+        _io(msg, c.DIMENSIONS_CHECKED, mc.TYPE_INT32, [1])
+        _io(msg, c.EMBEDDING_TYPE_CHECKED, mc.TYPE_INT32, [1])
+        _io(msg, c.ROW_TEXT, mc.TYPE_INT32, [-1])
+        _io(msg, c.ROW_WEIGHT, mc.TYPE_FP32, [-1])
+
+    @staticmethod
+    def _vector_outputs(msg) -> None:
+        _io(msg, c.EMBEDDING, mc.TYPE_FP32, [-1, -1])
+        _io(msg, c.EMBEDDING_PACKED, mc.TYPE_UINT8, [-1, -1])
 
     def postprocess_config(self, p: ModelProfile) -> mc.ModelConfig:
         cfg = mc.ModelConfig(name=model_names(p.name)["postprocess"], backend="python", max_batch_size=0)
-        _io(cfg.input, c.EMBEDDING, mc.TYPE_FP32, [-1, p.dimension])
-        _io(cfg.input, c.DIMENSIONS, mc.TYPE_INT32, [1])
-        _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1, -1])
+        _io(cfg.input, c.FULL_EMBEDDING, mc.TYPE_FP32, [-1, p.dimension])
+        self._post_tensors(cfg.input)
+        self._vector_outputs(cfg.output)
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
         return cfg
 
@@ -278,7 +295,7 @@ class EmbedTask(Task):
         names = model_names(p.name)
         cfg = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=0)
         self._text_inputs(cfg)
-        _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1, -1])
+        self._vector_outputs(cfg.output)
         _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
         _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
         # What clients need to know without reading the profile: request limits and vector sizes.
@@ -300,18 +317,19 @@ class EmbedTask(Task):
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
-        for key in (c.TEXT, c.INSTRUCTION, c.INPUT_TYPE, c.DIMENSIONS, c.TRUNCATE):
-            tok.input_map[key] = key
-        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, c.DIMENSIONS_CHECKED):
+        for t in cfg.input:
+            tok.input_map[t.name] = t.name
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, *self._POST_INPUTS):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)
         for key in c.ENCODER_INPUTS:
             enc.input_map[key] = key
         enc.output_map[c.ENCODER_OUTPUT] = c.FULL_EMBEDDING
         post = steps.add(model_name=names["postprocess"], model_version=-1)
-        post.input_map[c.EMBEDDING] = c.FULL_EMBEDDING
-        post.input_map[c.DIMENSIONS] = c.DIMENSIONS_CHECKED
-        post.output_map[c.EMBEDDING] = c.EMBEDDING
+        for key in (c.FULL_EMBEDDING, *self._POST_INPUTS):
+            post.input_map[key] = key
+        for key in (c.EMBEDDING, c.EMBEDDING_PACKED):
+            post.output_map[key] = key
         return cfg
 
     def models(self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path) -> list[ModelSpec]:
@@ -319,7 +337,10 @@ class EmbedTask(Task):
         return [
             ModelSpec("tokenizer", self.tokenizer_config(p, opts), tok_files, profile=True),
             ModelSpec(
-                "postprocess", self.postprocess_config(p), {"model.py": model_py("tembed_serving.triton.postprocess")}
+                "postprocess",
+                self.postprocess_config(p),
+                {"model.py": model_py("tembed_serving.triton.postprocess")},
+                profile=True,
             ),
             ModelSpec("ensemble", self.ensemble_config(p), {}),
         ]

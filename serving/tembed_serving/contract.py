@@ -14,9 +14,16 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     DIMENSIONS,
     DOCUMENTS,
     EMBEDDING,
+    EMBEDDING_PACKED,
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_DEFAULT,
+    EMBEDDING_TYPES,
     INPUT_TYPE,
     INPUT_TYPES,
     INSTRUCTION,
+    LONG_TEXT,
+    LONG_TEXT_DEFAULT,
+    LONG_TEXT_VALUES,
     PARAM_DIMENSION,
     PARAM_INSTRUCTION,
     PARAM_MAX_LENGTH,
@@ -41,6 +48,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TRUNCATE_DEFAULT,
     TRUNCATE_VALUES,
     dimensions_error,
+    option_error,
     truncate_error,
 )
 
@@ -50,6 +58,12 @@ ATTENTION_MASK = "attention_mask"  # [n, bucket], same dtype
 ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 FULL_EMBEDDING = "full_embedding"  # the encoder's output inside the ensemble, before Matryoshka
 DIMENSIONS_CHECKED = "dimensions_checked"  # INT32 [1]: the validated output size
+EMBEDDING_TYPE_CHECKED = "embedding_type_checked"  # INT32 [1]: index of the request's type in EMBEDDING_TYPES
+# The encoder's rows are not always the request's texts (long_text chunk embeds a long text as
+# several windows): which text each row belongs to (rows of a text are consecutive, texts in order),
+# and the row's weight in its text's mean (its tokens).
+ROW_TEXT = "row_text"  # INT32 [rows]
+ROW_WEIGHT = "row_weight"  # FP32 [rows]
 # The encoder graph's output (ONNX, TensorRT) and the encoder model's output tensor, per task:
 # embedding [b, dimension] (unit length) or score [b, 1].
 ENCODER_OUTPUTS = {TASK_EMBED: EMBEDDING, TASK_RERANK: SCORE}

@@ -53,6 +53,9 @@ class ModelProfile:
     # truncation could cut it.
     max_text_bytes: int = 1 << 20
     max_request_bytes: int = 8 << 20
+    # embedding_type int8/uint8: per-dimension [min, max] of unit vectors at each calibrated output
+    # size ("384": [[min_0, ...], [max_0, ...]]), measured at export on the calibration set.
+    int8_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
     # task "rerank": how a (query, document) pair becomes one sequence and its score.
     # pair_format "prompt": prefix + pair_template.format(instruction, query, document) + suffix, one
     # sequence (Qwen3-Reranker); "pair": the tokenizer's own pair template ([CLS] q [SEP] d [SEP]).

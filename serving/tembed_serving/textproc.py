@@ -12,7 +12,18 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, processors
 
-from .contract import INPUT_TYPES, TRUNCATE_DEFAULT, truncate_error
+from .contract import (
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_DEFAULT,
+    EMBEDDING_TYPES,
+    INPUT_TYPES,
+    LONG_TEXT,
+    LONG_TEXT_DEFAULT,
+    LONG_TEXT_VALUES,
+    TRUNCATE_DEFAULT,
+    option_error,
+    truncate_error,
+)
 from .profile import ModelProfile
 
 
@@ -27,6 +38,16 @@ class TokenBatch:
     token_count: np.ndarray  # [n] int32, tokens fed to the model per text (after truncation)
     # [n] int32, tokens per text before truncation (contract.TOKEN_COUNT_ORIGINAL says what it means)
     token_count_original: np.ndarray | None = None
+    # Which text each row belongs to and its weight in that text's mean (contract.ROW_TEXT); one row
+    # per text (the identity) unless long_text chunk split a text into windows.
+    row_text: np.ndarray | None = None  # [rows] int32
+    row_weight: np.ndarray | None = None  # [rows] float32
+
+    def __post_init__(self) -> None:
+        if self.row_text is None:
+            self.row_text = np.arange(len(self.token_count), dtype=np.int32)
+        if self.row_weight is None:
+            self.row_weight = np.asarray(self.token_count, dtype=np.float32)
 
 
 @dataclass
@@ -36,6 +57,7 @@ class Prompted:
     texts: list[str]
     prompt_chars: int  # characters of the prompt at the start of each text (the prompt ends there)
     truncate: str = TRUNCATE_DEFAULT
+    long_text: str = LONG_TEXT_DEFAULT
 
 
 def check_truncate(value: str | None) -> str:
@@ -46,6 +68,24 @@ def check_truncate(value: str | None) -> str:
     if error:
         raise RequestError(error)
     return value.upper()
+
+
+def check_option(name: str, value: str | None, allowed: tuple[str, ...], default: str) -> str:
+    """An exact-spelling option (long_text, embedding_type); the default when not given."""
+    if value is None:
+        return default
+    error = option_error(name, value, allowed)
+    if error:
+        raise RequestError(error)
+    return value
+
+
+def check_long_text(value: str | None) -> str:
+    return check_option(LONG_TEXT, value, LONG_TEXT_VALUES, LONG_TEXT_DEFAULT)
+
+
+def check_embedding_type(value: str | None) -> str:
+    return check_option(EMBEDDING_TYPE, value, EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT)
 
 
 def decode_texts(raw: np.ndarray, what: str = "text") -> list[str]:
@@ -156,9 +196,10 @@ class TextEncoder:
         input_type: str | None = None,
         instruction: str | None = None,
         truncate: str | None = None,
+        long_text: str | None = None,
     ) -> list[str]:
         """Validate a request's texts and options and apply the model's prompt."""
-        return self.prepare(texts, input_type, instruction, truncate).texts
+        return self.prepare(texts, input_type, instruction, truncate, long_text).texts
 
     def prepare(
         self,
@@ -166,10 +207,12 @@ class TextEncoder:
         input_type: str | None = None,
         instruction: str | None = None,
         truncate: str | None = None,
+        long_text: str | None = None,
     ) -> Prompted:
         """:meth:`format`, keeping what :meth:`encode` needs to truncate."""
         p = self.profile
         truncate = check_truncate(truncate)
+        long_text = check_long_text(long_text)
         if not texts:
             raise RequestError("no texts in the request")
         if len(texts) > p.max_texts:
@@ -203,7 +246,7 @@ class TextEncoder:
             out.append(prefix + clean[cap])
         # A token that starts inside the prompt is the prompt's (the trailing space of "query: "
         # belongs to the next word's token).
-        return Prompted(out, len(prefix.rstrip()), truncate)
+        return Prompted(out, len(prefix.rstrip()), truncate, long_text)
 
     def _cut(self, enc, prompted: Prompted, i: int) -> list[int]:
         """Encoding ``enc`` of text ``i`` within max_length: its special tokens (the template's
@@ -253,5 +296,6 @@ class TextEncoder:
         input_type: str | None = None,
         instruction: str | None = None,
         truncate: str | None = None,
+        long_text: str | None = None,
     ) -> TokenBatch:
-        return self.encode(self.prepare(texts, input_type, instruction, truncate))
+        return self.encode(self.prepare(texts, input_type, instruction, truncate, long_text))

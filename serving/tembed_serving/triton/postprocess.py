@@ -2,15 +2,49 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-from ..contract import DIMENSIONS, EMBEDDING
-from ..matryoshka import truncate
+from ..contract import (
+    DIMENSIONS_CHECKED,
+    EMBEDDING,
+    EMBEDDING_PACKED,
+    EMBEDDING_TYPE_CHECKED,
+    EMBEDDING_TYPES,
+    FULL_EMBEDDING,
+    ROW_TEXT,
+    ROW_WEIGHT,
+)
+from ..profile import ModelProfile
+from ..textproc import RequestError
+from ..vectors import finish
+from ._util import invalid, version_dir
+
+
+def _reader(request):
+    return lambda name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.profile = ModelProfile.load(version_dir(args))
+
     def execute(self, requests):
         responses = []
         for request in requests:
-            emb = pb_utils.get_input_tensor_by_name(request, EMBEDDING).as_numpy()
-            d = int(pb_utils.get_input_tensor_by_name(request, DIMENSIONS).as_numpy().reshape(-1)[0])
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(EMBEDDING, truncate(emb, d))]))
+            get = _reader(request)
+            try:
+                vectors, packed = finish(
+                    get(FULL_EMBEDDING),
+                    get(ROW_TEXT),
+                    get(ROW_WEIGHT),
+                    int(get(DIMENSIONS_CHECKED).reshape(-1)[0]),
+                    EMBEDDING_TYPES[int(get(EMBEDDING_TYPE_CHECKED).reshape(-1)[0])],
+                    self.profile,
+                )
+            except RequestError as exc:
+                responses.append(invalid(str(exc)))
+                continue
+            responses.append(
+                pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(EMBEDDING, vectors), pb_utils.Tensor(EMBEDDING_PACKED, packed)]
+                )
+            )
         return responses

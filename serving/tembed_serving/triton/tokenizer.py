@@ -7,9 +7,15 @@ from ..contract import (
     ATTENTION_MASK,
     DIMENSIONS,
     DIMENSIONS_CHECKED,
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_CHECKED,
+    EMBEDDING_TYPES,
     INPUT_IDS,
     INPUT_TYPE,
     INSTRUCTION,
+    LONG_TEXT,
+    ROW_TEXT,
+    ROW_WEIGHT,
     TEXT,
     TOKEN_COUNT,
     TOKEN_COUNT_ORIGINAL,
@@ -18,7 +24,15 @@ from ..contract import (
 )
 from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
-from ..textproc import Prompted, RequestError, TextEncoder, check_bytes, decode_option, decode_texts
+from ..textproc import (
+    Prompted,
+    RequestError,
+    TextEncoder,
+    check_bytes,
+    check_embedding_type,
+    decode_option,
+    decode_texts,
+)
 from ._util import invalid, optional_input, version_dir
 
 
@@ -28,15 +42,21 @@ class TritonPythonModel:
         self.profile = ModelProfile.load(folder)
         self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
 
-    def _parse(self, request) -> tuple[Prompted, int]:
+    def _parse(self, request) -> tuple[Prompted, int, int]:
         raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
         check_bytes(raw, self.profile)
         texts = decode_texts(raw)
         input_type = decode_option(optional_input(request, INPUT_TYPE), INPUT_TYPE)
         instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
         truncate = decode_option(optional_input(request, TRUNCATE), TRUNCATE)
+        long_text = decode_option(optional_input(request, LONG_TEXT), LONG_TEXT)
+        kind = check_embedding_type(decode_option(optional_input(request, EMBEDDING_TYPE), EMBEDDING_TYPE))
         dims = check_dimensions(self.profile, optional_input(request, DIMENSIONS))
-        return self.encoder.prepare(texts, input_type, instruction, truncate), dims
+        return (
+            self.encoder.prepare(texts, input_type, instruction, truncate, long_text),
+            dims,
+            EMBEDDING_TYPES.index(kind),
+        )
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -46,7 +66,7 @@ class TritonPythonModel:
                 parsed.append((i, *self._parse(request)))
             except RequestError as exc:
                 responses[i] = invalid(str(exc))
-        for i, texts, dims in parsed:
+        for i, texts, dims, kind in parsed:
             # One tokenizer call per request keeps each request's bucket independent of its neighbours
             # (and a text refused under truncate NONE refuses its request only).
             try:
@@ -61,6 +81,9 @@ class TritonPythonModel:
                     pb_utils.Tensor(TOKEN_COUNT, batch.token_count),
                     pb_utils.Tensor(TOKEN_COUNT_ORIGINAL, batch.token_count_original),
                     pb_utils.Tensor(DIMENSIONS_CHECKED, np.array([dims], dtype=np.int32)),
+                    pb_utils.Tensor(EMBEDDING_TYPE_CHECKED, np.array([kind], dtype=np.int32)),
+                    pb_utils.Tensor(ROW_TEXT, batch.row_text),
+                    pb_utils.Tensor(ROW_WEIGHT, batch.row_weight),
                 ]
             )
         return responses

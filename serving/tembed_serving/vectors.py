@@ -1,0 +1,70 @@
+"""From the encoder's rows to the vectors a request gets back: windows pooled into one vector per
+text (``long_text`` chunk), Matryoshka ``dimensions``, then the ``embedding_type`` encoding.
+
+The whole logic of the postprocess model; ``triton/postprocess.py`` only moves tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .contract import EMBEDDING_TYPES
+from .matryoshka import truncate
+from .profile import ModelProfile
+from .textproc import RequestError
+
+
+def pool_rows(rows: np.ndarray, row_text: np.ndarray, row_weight: np.ndarray) -> np.ndarray:
+    """One unit vector per text: the ``row_weight``-weighted mean of its rows, re-normalised.
+
+    Rows of a text are consecutive and texts come in order (``contract.ROW_TEXT``); a text with one
+    row keeps that row exactly."""
+    row_text = np.asarray(row_text).reshape(-1)
+    n = int(row_text[-1]) + 1 if row_text.size else 0
+    if n == rows.shape[0]:
+        return rows
+    weights = np.asarray(row_weight, dtype=np.float64).reshape(-1, 1)
+    sums = np.zeros((n, rows.shape[1]), dtype=np.float64)
+    np.add.at(sums, row_text, rows.astype(np.float64) * weights)
+    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return sums.astype(np.float32)
+
+
+def quantization_ranges(profile: ModelProfile, d: int) -> np.ndarray:
+    """``[2, d]`` per-dimension (min, max) for int8/uint8 at output size ``d``, from the profile."""
+    ranges = profile.int8_ranges.get(str(d))
+    if ranges is None:
+        sizes = ", ".join(sorted(profile.int8_ranges, key=int)) or "none"
+        raise RequestError(f"int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}")
+    return np.asarray(ranges, dtype=np.float32)
+
+
+def quantize(embedding: np.ndarray, embedding_type: str, profile: ModelProfile) -> np.ndarray:
+    """``[n, d]`` unit vectors as ``embedding_type``'s bytes (uint8; ``contract.EMBEDDING_PACKED``)."""
+    if embedding_type in ("binary", "ubinary"):
+        bits = np.packbits(embedding > 0, axis=-1)  # ubinary; binary is the same bits minus 128, as int8
+        return bits if embedding_type == "ubinary" else (bits.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+    lo, hi = quantization_ranges(profile, embedding.shape[-1])
+    steps = np.maximum(hi - lo, 1e-12) / 255.0
+    levels = np.clip(np.rint((embedding - lo) / steps), 0, 255)
+    if embedding_type == "uint8":
+        return levels.astype(np.uint8)
+    if embedding_type == "int8":
+        return (levels - 128).astype(np.int8).view(np.uint8)
+    raise RequestError(f"embedding_type must be one of {', '.join(EMBEDDING_TYPES)}, got {embedding_type!r}")
+
+
+def finish(
+    rows: np.ndarray,
+    row_text: np.ndarray,
+    row_weight: np.ndarray,
+    dimensions: int,
+    embedding_type: str,
+    profile: ModelProfile,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 ``[n, d]``, packed uint8 ``[n, k]``): one of them holds the vectors, the other has no
+    columns, as ``embedding_type`` says."""
+    vectors = truncate(pool_rows(rows, row_text, row_weight), dimensions)
+    if embedding_type == "float":
+        return vectors, np.zeros((vectors.shape[0], 0), dtype=np.uint8)
+    return np.zeros((vectors.shape[0], 0), dtype=np.float32), quantize(vectors, embedding_type, profile)

@@ -53,6 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         end_token=args.end_token,
         ids_dtype=args.ids_dtype,
         task=args.task,
+        trust_remote_code=args.trust_remote_code,
         serving=serving,
         opset=args.opset,
         quantize=args.quantize,
@@ -93,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--document-prompt", help="override the model's document prompt")
     ex.add_argument("--end-token", help="token that must end every sequence (last-token pooling)")
     ex.add_argument("--ids-dtype", choices=("int64", "int32"), default="int64")
+    ex.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="export a model that brings its own Python code (config.json's auto_map, e.g. nomic-embed-text):"
+        " the export imports and runs it",
+    )
     ex.add_argument(
         "--backend",
         choices=ENCODER_BACKENDS,

@@ -36,6 +36,11 @@ QWEN3_RERANK_TEMPLATE = "<Instruct>: {instruction}\n<Query>: {query}\n<Document>
 QWEN3_RERANK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 # sentence-transformers' CrossEncoder records its activation as a class path.
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "identity"}
+# Other names config_sentence_transformers.json gives an input type's prompt, tried after the input
+# type's own (sentence-transformers' convention): MTEB's "passage" (e5, nomic-embed-text-v2) and nomic's
+# task names.
+QUERY, DOCUMENT = INPUT_TYPES
+PROMPT_ALIASES = {QUERY: ("search_query",), DOCUMENT: ("passage", "search_document")}
 
 
 def _read_json(path: Path) -> dict | list | None:
@@ -151,7 +156,7 @@ def read_padding_side(f: ModelFiles, pooling: str) -> str:
 def read_max_length(f: ModelFiles) -> int:
     """The smallest limit any file states."""
     limits = [f.sbert.get("max_seq_length"), f.tokenizer_config.get("model_max_length")]
-    pos = f.config.get("max_position_embeddings")
+    pos = f.config.get("max_position_embeddings") or f.config.get("n_positions")
     if pos:
         # XLM-R numbers positions from pad_token_id + 1, so two position slots are never used.
         limits.append(pos - 2 if f.model_type in ("xlm-roberta", "roberta", "camembert") else pos)
@@ -162,7 +167,8 @@ def read_max_length(f: ModelFiles) -> int:
 
 
 def read_dimension(f: ModelFiles) -> int:
-    dimension = int(f.config.get("hidden_size") or f.config.get("d_model") or 0)
+    # n_embd: GPT-2-style configs (nomic-bert's).
+    dimension = int(f.config.get("hidden_size") or f.config.get("d_model") or f.config.get("n_embd") or 0)
     if not dimension:
         raise ProfileError(f"{f.folder}: config.json has no hidden_size")
     return dimension
@@ -205,7 +211,35 @@ def read_vocab_size(f: ModelFiles) -> int | None:
 
 
 def read_prompts(f: ModelFiles) -> dict[str, str]:
-    return {k: v for k, v in (f.st_config.get("prompts") or {}).items() if k in INPUT_TYPES}
+    prompts = f.st_config.get("prompts") or {}
+    found = {}
+    for input_type in INPUT_TYPES:
+        names = (input_type, *PROMPT_ALIASES.get(input_type, ()))
+        name = next((n for n in names if n in prompts), None)
+        if name is not None:
+            found[input_type] = prompts[name]
+    return found
+
+
+def read_remote_code(f: ModelFiles) -> dict[str, str]:
+    """config.json's ``auto_map``: the folder's own classes (``AutoModel`` ->
+    ``modeling_x.XModel``, or ``owner/repo--modeling_x.XModel`` for code kept in another repository)
+    that transformers imports and runs to build the model, in place of its own architectures."""
+    auto_map = f.config.get("auto_map") or {}
+    return {k: v[0] if isinstance(v, list) else v for k, v in auto_map.items() if v}
+
+
+def check_remote_code(f: ModelFiles, trusted: bool) -> bool:
+    """True when the model needs its own code (and the caller trusts it); refuses it untrusted."""
+    code = read_remote_code(f)
+    if code and not trusted:
+        classes = ", ".join(f"{k}: {v}" for k, v in sorted(code.items()))
+        raise ProfileError(
+            f"{f.folder}: config.json's auto_map names the model's own Python code ({classes}); exporting it"
+            " imports and runs that code with your permissions. Read it first; if you trust it, pass"
+            " --trust-remote-code (ExportOptions(trust_remote_code=True), read_profile(..., trust_remote_code=True))"
+        )
+    return bool(code)
 
 
 def read_default_input_type(f: ModelFiles) -> str:
@@ -290,12 +324,19 @@ def read_profile(
     end_token: str | None = None,
     ids_dtype: str = "int64",
     task: str | None = None,
+    trust_remote_code: bool = False,
 ) -> ModelProfile:
-    """Build the profile of the model in ``folder``; keyword arguments override what the files say."""
+    """Build the profile of the model in ``folder``; keyword arguments override what the files say.
+
+    A folder that brings its own model code (config.json's ``auto_map``) is refused unless
+    ``trust_remote_code``: exporting it runs that code."""
     f = ModelFiles.read(folder)
+    remote_code = check_remote_code(f, trust_remote_code)
     task = task or read_task(f)
     if task == TASK_RERANK:
-        return _rerank_profile(f, name=name, max_length=max_length, max_texts=max_texts, ids_dtype=ids_dtype)
+        return _rerank_profile(
+            f, name=name, max_length=max_length, max_texts=max_texts, ids_dtype=ids_dtype, remote_code=remote_code
+        )
     pooling = pooling or read_pooling(f)
     dimension = read_dimension(f)
     end_token, end_id = read_end_token(f, pooling, end_token)
@@ -320,10 +361,11 @@ def read_profile(
         ids_dtype=ids_dtype,
         source=str(f.folder),
         vocab_size=read_vocab_size(f),
+        trust_remote_code=remote_code,
     )
 
 
-def _rerank_profile(f: ModelFiles, *, name, max_length, max_texts, ids_dtype) -> ModelProfile:
+def _rerank_profile(f: ModelFiles, *, name, max_length, max_texts, ids_dtype, remote_code) -> ModelProfile:
     fields = read_rerank(f)
     return ModelProfile(
         name=name or f.folder.name.lower(),
@@ -336,5 +378,6 @@ def _rerank_profile(f: ModelFiles, *, name, max_length, max_texts, ids_dtype) ->
         source=str(f.folder),
         vocab_size=read_vocab_size(f),
         task=TASK_RERANK,
+        trust_remote_code=remote_code,
         **fields,
     )

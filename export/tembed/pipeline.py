@@ -34,6 +34,9 @@ class ExportOptions:
     end_token: str | None = None
     ids_dtype: str = "int64"
     task: str | None = None  # None: what the model's files say (hf_folder.read_task)
+    # Folders with their own model code (config.json's auto_map) are refused unless this is set:
+    # the export imports and runs that code (nomic-embed-text and other custom architectures).
+    trust_remote_code: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
     opset: int = 17
     quantize: str | None = None  # "int8"
@@ -66,6 +69,7 @@ def read_export_profile(source: Path, o: ExportOptions) -> ModelProfile:
         end_token=o.end_token,
         ids_dtype=o.ids_dtype,
         task=o.task,
+        trust_remote_code=o.trust_remote_code,
     )
 
 

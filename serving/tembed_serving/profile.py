@@ -48,6 +48,9 @@ class ModelProfile:
     source: str = ""
     task: str = TASK_EMBED
     vocab_size: int | None = None  # the encoder's token id range: larger ids are refused per request
+    # The model is built by its own code (config.json's auto_map), trusted at export: the torch runner
+    # loads it with trust_remote_code; an ONNX graph carries the computation and needs no code.
+    trust_remote_code: bool = False
     # Request size limits, enforced by the tokenizer (and checked early by the client and the
     # gateway from the ensemble's parameters): a huge text costs memory and tokenizer time before
     # truncation could cut it.

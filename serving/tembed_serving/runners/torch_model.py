@@ -55,8 +55,16 @@ def load_embedding_model(
 ) -> EmbeddingModel:
     from transformers import AutoModel
 
-    backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn)
+    backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, **_code_kwargs(profile, attn))
     return EmbeddingModel(backbone, profile.pooling).eval().to(device)
+
+
+def _code_kwargs(profile: ModelProfile, attn: str) -> dict:
+    """A model with its own code (trusted at export) attends the way that code does: transformers'
+    ``attn_implementation`` switch refuses classes that do not declare it."""
+    if profile.trust_remote_code:
+        return {"trust_remote_code": True}
+    return {"attn_implementation": attn}
 
 
 def _token_type_ids(input_ids: torch.Tensor, sep_id: int) -> torch.Tensor:
@@ -124,7 +132,7 @@ def load_rerank_model(
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if profile.rerank_head == "lm_yes_no" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(str(folder), dtype=dtype, attn_implementation=attn)
+    model = auto.from_pretrained(str(folder), dtype=dtype, **_code_kwargs(profile, attn))
     sep_id = None
     if profile.pair_format == "pair" and getattr(model.config, "type_vocab_size", 1) > 1:
         sep_id = profile.sep_token_id

@@ -117,6 +117,8 @@ class ApiError(Exception):
             ),
             None,
         )
+        if exc.code == "INVALID_ARGUMENT" and f", {EMBEDDING_TYPE} " in message:
+            param = EMBEDDING_TYPE  # the tokenizer's check inside the ensemble ("in ensemble 'N', embedding_type ...")
         if exc.code == "INVALID_ARGUMENT" and " tokens; the limit is " in message:
             param, code = "input", "context_length_exceeded"  # truncate NONE and a text over max_length
         if exc.code == "FAILED_PRECONDITION":

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from tembed.calibration import calibrated_dimensions, calibration_texts, ranges
 from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 from tembed_client.contract import EMBEDDING_TYPES
+from tembed_eval.data import DEFAULT_DATA
 from tembed_gateway import GatewaySettings, GatewayThread
 from tembed_serving.contract import PROFILE_FILE, Layout
 from tembed_serving.profile import ModelProfile
@@ -321,3 +322,42 @@ def test_gateway_bad_embedding_type(gateway, body, message):
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
     assert err["param"] == "embedding_type" and message in err["message"], err
+
+
+# tembed eval --embedding-types
+
+
+def test_hamming_scores_count_agreeing_bits():
+    from tembed_eval.compact import bits, hamming_scores
+
+    rng = np.random.default_rng(2)
+    q, d = unit_rows(rng, 5, 36), unit_rows(rng, 7, 36)
+    qb = as_values(quantize(q, "binary", None), "binary")
+    db = as_values(quantize(d, "ubinary", None), "ubinary")
+    got = hamming_scores(bits(qb, "binary", 36), bits(db, "ubinary", 36))
+    agree = ((q > 0)[:, None, :] == (d > 0)[None, :, :]).sum(-1)
+    np.testing.assert_array_equal(got, 2 * agree - 36)
+
+
+@slow
+@pytest.mark.skipif(not (DEFAULT_DATA / "cmrc2018").is_dir(), reason=f"no evaluation data in {DEFAULT_DATA}")
+def test_eval_cli_writes_and_replaces_its_section(server, tmp_path, capsys):
+    from tembed_eval.cli import main
+    from tembed_eval.compact import BEGIN, kept_section
+
+    out = tmp_path / "QUALITY.md"
+    out.write_text("# Retrieval quality\n\n| table |\n\n## How it is measured\n\n- notes\n", encoding="utf-8")
+    args = ["--url", server.grpc_url, "--models", QWEN, "--limit", "12", "--max-docs", "30", "--out", str(out)]
+    for _ in range(2):  # the second run replaces the section
+        assert main([*args, "--embedding-types", "binary,int8"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["compact"]
+    assert summary["types"] == ["float", "binary", "int8"]
+    task = summary["tasks"]["msmarco-5k"]
+    assert task["signs_match_float"] == {"binary": True}
+    assert set(task["rows"]) == {"float", "binary", "binary → float rescoring", "int8"}
+    text = out.read_text(encoding="utf-8")
+    assert text.count(BEGIN) == 1 and text.index(BEGIN) < text.index("## How it is measured")
+    assert "| table |" in text and "--embedding-types binary,int8" in text
+    assert "| float32, Qdrant exact cosine (256 B) |" in text and "| binary, Hamming (8 B) |" in text
+    assert "first 12 queries per task" in text and "first 30 documents" in text
+    assert kept_section(out)[0] == BEGIN

@@ -9,6 +9,8 @@ keeps the section).
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 import warnings
@@ -131,6 +133,26 @@ def qdrant_binary(
         qdrant.delete_collection(name)
 
 
+def wire_sizes(rows: np.ndarray) -> dict[str, float]:
+    """Bytes per vector: the gRPC output tensor, the JSON array of the gateway's ``encoding_format``
+    float (numbers as the shortest float32 text, integers as they are) and its base64 string."""
+    values = [[float(str(x)) for x in r] if r.dtype == np.float32 else r.tolist() for r in rows]
+    return {
+        "grpc": float(rows[0].nbytes),
+        "json": float(np.mean([len(json.dumps(v, separators=(",", ":"))) for v in values])),
+        "base64": float(np.mean([len(base64.b64encode(r.tobytes())) for r in rows])),
+    }
+
+
+def _wire(vec: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Per type, over the documents; uint8 and ubinary from int8 and binary (the same values + 128)."""
+    out = {kind: wire_sizes(docs) for kind, (_, docs) in vec.items()}
+    for signed, unsigned in (("int8", "uint8"), ("binary", "ubinary")):
+        if signed in vec and unsigned not in vec:
+            out[unsigned] = wire_sizes((vec[signed][1].astype(np.int16) + 128).astype(np.uint8))
+    return {k: out[k] for k in EMBEDDING_TYPES if k in out}
+
+
 def _same(a: list[Ranking], b: list[Ranking]) -> bool:
     return [[i for i, _ in r] for r in a] == [[i for i, _ in r] for r in b]
 
@@ -183,6 +205,7 @@ def evaluate_task(enc: CompactEncoder, task: Task, qdrant: QdrantClient, types: 
         "rows": rows,
         **qdrant_rows,
         "signs_match_float": checks,
+        "wire": _wire(vec),
     }
 
 
@@ -223,7 +246,7 @@ def markdown(result: dict[str, Any], command: str, date: str, limits: str) -> li
         "",
         f"{result['name']}, d={d}; {limits}. Sizes: "
         + ", ".join(f"{n} {tasks[n]['queries']} q / {tasks[n]['docs']} docs" for n in names)
-        + ".",
+        + f". The run took {result['elapsed_s']:.0f} s (every text embedded once per type).",
         "",
         f"| vectors (bytes per vector) | {header} |",
         "|---|" + "---:|" * len(names),
@@ -236,17 +259,35 @@ def markdown(result: dict[str, Any], command: str, date: str, limits: str) -> li
             "uint8": "uint8, cosine of the uint8 values",
             "binary": "binary, Hamming",
             "ubinary": "ubinary, Hamming",
-        }.get(row, f"{kind} top {RESCORE_DEPTH} by Hamming, rescored with float")
+        }.get(row)
+        size = f"{_bytes(row, d)} B"
+        if what is None:  # rescoring: the bits searched, the float vectors read for the candidates
+            what, size = f"{kind} top {RESCORE_DEPTH} by Hamming, rescored with float", f"{size} + {4 * d} B kept"
         cells = " | ".join(f"{tasks[n]['rows'][row]:.3f}" for n in names)
-        lines.append(f"| {what} ({_bytes(row, d)} B) | {cells} |")
+        lines.append(f"| {what} ({size}) | {cells} |")
     if "qdrant_bq" in first:
         over = RESCORE_DEPTH // TOP_K
         for key, what in (
-            ("qdrant_bq", "Qdrant BinaryQuantization, no rescoring"),
-            ("qdrant_bq_rescore", f"Qdrant BinaryQuantization, rescore, oversampling {over}"),
+            ("qdrant_bq", "Qdrant BinaryQuantization of the float vectors, no rescoring"),
+            ("qdrant_bq_rescore", f"Qdrant BinaryQuantization of the float vectors, rescore, oversampling {over}"),
         ):
             lines.append(f"| {what} | " + " | ".join(f"{tasks[n][key]:.3f}" for n in names) + " |")
     lines.append("")
+    wire_task = names[-1]
+    lines += [
+        f"Bytes per vector on the wire (mean over the {wire_task} documents; uint8/ubinary are int8/binary + 128): "
+        "the gRPC output tensor, the gateway's JSON `embedding` array (`encoding_format` float: numbers, "
+        "integers for the compact types) and its base64 string (`encoding_format` base64: float32 or the "
+        "compact bytes). `python bench/compact_wire.py --model-repository REPO` measures whole responses.",
+        "",
+        "| embedding_type | gRPC tensor | JSON array | base64 |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {kind} | {w['grpc']:.0f} | {w['json']:.0f} | {w['base64']:.0f} |"
+            for kind, w in tasks[wire_task]["wire"].items()
+        ),
+        "",
+    ]
     notes = [
         "Every vector comes from the server with its `embedding_type` (the same texts sent once per type); "
         f"the float row is the baseline, searched in Qdrant as in the table above. int8/uint8 are ranked by "
@@ -265,8 +306,8 @@ def markdown(result: dict[str, Any], command: str, date: str, limits: str) -> li
                 "Qdrant rows: qdrant-client's local mode accepts `BinaryQuantization` and the search's "
                 "`QuantizationSearchParams` but ignores them (it brute-forces the float vectors; even without "
                 "rescoring its rankings equal the float ones), so these rows are the float baseline, not a "
-                "measurement of Qdrant's quantisation. A Qdrant server (`--qdrant-url`) applies it; its binary "
-                "quantisation is the same sign-bit code, so expect the rows above it."
+                "measurement of Qdrant's quantisation. A Qdrant server (`--qdrant-url`) applies it (sign bits of "
+                "each dimension, like `binary`); not measured here, no Qdrant server in this environment."
             )
         elif ignored:
             notes.append("Qdrant rows: binary search without rescoring ranked exactly as float: quantisation ignored.")
@@ -283,7 +324,7 @@ def write_section(out: Path, lines: list[str]) -> Path:
         text = head + block + rest.split(END, 1)[1]
     elif "\n## How it is measured" in text:
         head, tail = text.split("\n## How it is measured", 1)
-        text = head + block + "\n\n## How it is measured" + tail
+        text = head.rstrip("\n") + "\n\n" + block + "\n\n## How it is measured" + tail
     else:
         text = text + ("\n" if text else "") + block + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)

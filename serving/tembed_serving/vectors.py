@@ -33,8 +33,13 @@ def pool_rows(rows: np.ndarray, row_text: np.ndarray, row_weight: np.ndarray) ->
 def quantization_ranges(profile: ModelProfile, d: int) -> np.ndarray:
     """``[2, d]`` per-dimension (min, max) for int8/uint8 at output size ``d``, from the profile."""
     ranges = profile.int8_ranges.get(str(d))
+    if ranges is None and not profile.int8_ranges:
+        raise RequestError(
+            f"embedding_type int8 and uint8 of model {profile.name!r} are not calibrated (exported before they"
+            " existed, or without calibration): re-export it with `tembed export`; float, binary and ubinary work"
+        )
     if ranges is None:
-        sizes = ", ".join(sorted(profile.int8_ranges, key=int)) or "none"
+        sizes = ", ".join(sorted(profile.int8_ranges, key=int))
         raise RequestError(
             f"embedding_type int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}"
         )

@@ -15,7 +15,7 @@ EVAL_MODELS ?= multilingual-e5-small,all-minilm-l6-v2,qwen3-embedding-tiny:100
 EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval rerank-demo bench-rerank
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval eval-compact rerank-demo bench-rerank
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,13 @@ eval: fixtures  ## retrieval quality of the served models -> docs/QUALITY.md (+ 
 	for m in multilingual-e5-small all-minilm-l6-v2 qwen3-embedding-tiny; do \
 	  test -f $(EVAL_REPO)/$$m-encoder/1/model.onnx || $(BIN)/tembed export fixtures/$$m --repo $(EVAL_REPO) || exit 1; done
 	$(BIN)/python -m tembed_eval --serve $(EVAL_REPO) --models $(EVAL_MODELS) $(EVAL_ARGS) --out docs/QUALITY.md
+
+COMPACT_REPO ?= .cache/compact_repository
+COMPACT_ARGS ?= --tasks cmrc2018,tatoeba,msmarco --limit 500 --max-docs 1000
+
+eval-compact: fixtures  ## e5-small retrieval with float/int8/binary vectors (embedding_type) -> its section of docs/QUALITY.md
+	test -f $(COMPACT_REPO)/multilingual-e5-small-encoder/1/model.onnx || $(BIN)/tembed export fixtures/multilingual-e5-small --repo $(COMPACT_REPO)
+	$(BIN)/python -m tembed_eval --serve $(COMPACT_REPO) --models multilingual-e5-small --embedding-types float,int8,binary $(COMPACT_ARGS) --out docs/QUALITY.md
 
 perf: fixtures  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
 	VENV=$(VENV) bash bench/perf.sh

@@ -61,8 +61,10 @@ def profiles(fixture_dirs):
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
+    from tembed.calibration import calibrate_repository
     from tembed.onnx_export import export_onnx, validate_onnx
     from tembed.repository import ServingOptions, write_repository
+    from tembed_serving.contract import Layout
     from tembed_serving.runners.torch_model import load_embedding_model
 
     repo = tmp_path_factory.mktemp("model_repository")
@@ -73,6 +75,7 @@ def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
         )
         model = load_embedding_model(folder, profile)
         validate_onnx(model, profile, export_onnx(model, profile, written["encoder"] / "1" / "model.onnx"))
+        calibrate_repository(profile, Layout(repo, name))  # embedding_type int8/uint8, as `tembed export` does
     return repo
 
 

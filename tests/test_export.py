@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -73,6 +74,11 @@ def test_export_cli_writes_a_servable_repository(fixture_dirs, tmp_path):
     assert ens.parameters["max_texts"].string_value == "4"
     assert ens.parameters["min_dimension"].string_value == "16"
     assert (repo / "q-encoder" / "1" / "model.onnx").stat().st_size > 1_000_000
+    # embedding_type int8/uint8: ranges measured by the exported graph, in every profile.json served
+    assert "calibrated int8/uint8 ranges at dimensions 16, 32, 64" in done.stderr
+    for role in ("tokenizer", "postprocess"):
+        ranges = json.loads((repo / f"q-{role}" / "1" / "profile.json").read_text())["int8_ranges"]
+        assert sorted(ranges, key=int) == ["16", "32", "64"] and len(ranges["64"][0]) == 64
 
 
 def test_export_cli_rejects_a_non_model_folder(tmp_path):

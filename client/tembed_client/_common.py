@@ -17,6 +17,9 @@ from .contract import (
     DIMENSIONS,
     DOCUMENTS,
     EMBEDDING,
+    EMBEDDING_PACKED,
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_DEFAULT,
     INPUT_TYPE,
     INPUT_TYPES,
     INSTRUCTION,
@@ -89,6 +92,9 @@ class EmbeddingResult:
 
     For a list of n texts: ``embeddings`` is [n, d], ``token_counts`` is [n]. For a single
     ``str`` (or ``bytes``): ``embeddings`` is [d] and ``token_counts`` a 0-d array.
+    With a compact ``embedding_type`` the rows are its values (``contract.EMBEDDING_DTYPES``):
+    int8 or uint8 [n, d], binary (int8) or ubinary (uint8) [n, ceil(d / 8)] sign bits packed 8 per
+    byte (``np.unpackbits`` of ubinary, or of binary + 128 as uint8, gives them back).
     """
 
     embeddings: np.ndarray
@@ -99,6 +105,7 @@ class EmbeddingResult:
     # characters the server tokenizes (twice what max_length tokens can span) a lower bound.
     # ``original_token_counts > token_counts`` is exactly "this text was truncated".
     original_token_counts: np.ndarray | None = None
+    embedding_type: str = EMBEDDING_TYPE_DEFAULT  # what ``embeddings`` holds (contract.EMBEDDING_TYPES)
 
     @property
     def truncated(self) -> np.ndarray | None:
@@ -292,6 +299,20 @@ def check_dimensions(dimensions: object, info: ModelInfo) -> int:
     return int(dimensions)  # type: ignore[call-overload]
 
 
+def check_embedding_type(value: object, info: ModelInfo) -> str:
+    error = c.option_error(EMBEDDING_TYPE, value, c.EMBEDDING_TYPES)
+    if error:
+        raise invalid(error)
+    if info.inputs and EMBEDDING_TYPE not in info.inputs:
+        raise invalid(f"model {info.name!r} has no {EMBEDDING_TYPE!r} input; re-export it with this tembed")
+    return str(value)
+
+
+def decode_packed(packed: np.ndarray, embedding_type: str) -> np.ndarray:
+    """EMBEDDING_PACKED's bytes as ``embedding_type``'s values (``contract.EMBEDDING_DTYPES``)."""
+    return np.ascontiguousarray(packed, dtype=np.uint8).view(c.EMBEDDING_DTYPES[embedding_type])
+
+
 def tensor(name: str, data: np.ndarray) -> grpcclient.InferInput:
     datatype = "BYTES" if data.dtype == np.object_ else "INT32"
     inp = grpcclient.InferInput(name, list(data.shape), datatype)
@@ -308,6 +329,7 @@ class Call:
     single: bool
     width: int  # columns expected back
     options: dict[str, np.ndarray]  # the optional inputs the caller gave
+    embedding_type: str = EMBEDDING_TYPE_DEFAULT
 
     @classmethod
     def prepare(
@@ -319,6 +341,7 @@ class Call:
         input_type: str | None = None,
         dimensions: int | None = None,
         truncate: str | None = None,
+        embedding_type: str | None = None,
     ) -> Call:
         check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
@@ -341,7 +364,21 @@ class Call:
             if info.inputs and TRUNCATE not in info.inputs:
                 raise invalid(f"model {info.name!r} has no {TRUNCATE!r} input; re-export it with this tembed")
             options[TRUNCATE] = np.array([truncate.upper().encode()], dtype=np.object_)
-        return cls(info, encoded, single, width, options)
+        kind = EMBEDDING_TYPE_DEFAULT
+        if embedding_type is not None:
+            kind = check_embedding_type(embedding_type, info)
+            options[EMBEDDING_TYPE] = np.array([kind.encode()], dtype=np.object_)
+        return cls(info, encoded, single, width, options, kind)
+
+    @property
+    def vector_output(self) -> str:
+        """The output holding the vectors: EMBEDDING for float, EMBEDDING_PACKED for compact types."""
+        return EMBEDDING if self.embedding_type == EMBEDDING_TYPE_DEFAULT else EMBEDDING_PACKED
+
+    @property
+    def columns(self) -> int:
+        """Columns of the vector output: ``width`` dimensions, or their bytes for compact types."""
+        return c.packed_width(self.embedding_type, self.width) or self.width
 
     @property
     def wants_original(self) -> bool:
@@ -361,7 +398,8 @@ class Call:
         for chunk in chunks:
             inputs = [tensor(TEXT, np.array(chunk, dtype=np.object_))]
             inputs += [tensor(name, data) for name, data in self.options.items()]
-            names = (EMBEDDING, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL) if self.wants_original else (EMBEDDING, TOKEN_COUNT)
+            vec = self.vector_output
+            names = (vec, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL) if self.wants_original else (vec, TOKEN_COUNT)
             outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for texts[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
             yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
@@ -369,28 +407,30 @@ class Call:
 
     def finish(self, results: Sequence[grpcclient.InferResult]) -> EmbeddingResult:
         """Check each chunk's response and put them back together in order."""
-        embeddings = [np.empty((0, self.width), np.float32)]
+        vec, columns, dtype = self.vector_output, self.columns, c.EMBEDDING_DTYPES[self.embedding_type]
+        embeddings = [np.empty((0, columns), dtype)]
         token_counts = [np.empty(0, np.int32)]
         originals = [np.empty(0, np.int32)]
         for chunk, result in zip(self.chunks(), results):
-            emb, tok = result.as_numpy(EMBEDDING), result.as_numpy(TOKEN_COUNT)
+            emb, tok = result.as_numpy(vec), result.as_numpy(TOKEN_COUNT)
             if emb is None or tok is None:
-                raise EmbeddingError(f"response lacks {EMBEDDING!r} or {TOKEN_COUNT!r}", code="INTERNAL")
-            if emb.shape != (len(chunk), self.width) or tok.shape != (len(chunk),):
+                raise EmbeddingError(f"response lacks {vec!r} or {TOKEN_COUNT!r}", code="INTERNAL")
+            if emb.shape != (len(chunk), columns) or tok.shape != (len(chunk),):
                 msg = (
-                    f"expected {EMBEDDING} [{len(chunk)}, {self.width}] and {TOKEN_COUNT} [{len(chunk)}], "
+                    f"expected {vec} [{len(chunk)}, {columns}] and {TOKEN_COUNT} [{len(chunk)}], "
                     f"got {list(emb.shape)} and {list(tok.shape)}"
                 )
                 raise EmbeddingError(msg, code="INTERNAL")
-            embeddings.append(emb)
+            embeddings.append(emb if vec == EMBEDDING else decode_packed(emb, self.embedding_type))
             token_counts.append(tok)
             originals.append(original_counts(result, len(chunk)) if self.wants_original else tok)
-        emb = np.concatenate(embeddings).astype(np.float32, copy=False)
+        emb = np.concatenate(embeddings).astype(dtype, copy=False)
         tok = np.concatenate(token_counts).astype(np.int32, copy=False)
         orig = np.concatenate(originals).astype(np.int32, copy=False) if self.wants_original else None
+        kind = self.embedding_type
         if self.single:
-            return EmbeddingResult(emb[0], tok[0, ...], self.info.name, None if orig is None else orig[0, ...])
-        return EmbeddingResult(emb, tok, self.info.name, orig)
+            return EmbeddingResult(emb[0], tok[0, ...], self.info.name, None if orig is None else orig[0, ...], kind)
+        return EmbeddingResult(emb, tok, self.info.name, orig, kind)
 
 
 def original_counts(result: grpcclient.InferResult, n: int) -> np.ndarray:

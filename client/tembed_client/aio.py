@@ -88,12 +88,18 @@ class AsyncEmbeddingClient(ClientBase):
         input_type: str | None = None,
         dimensions: int | None = None,
         truncate: str | None = None,
+        embedding_type: str | None = None,
     ) -> EmbeddingResult:
         """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
 
         ``truncate``: what happens to a text over the model's max_length tokens, one of
         ``contract.TRUNCATE_VALUES`` (any case): ``"END"`` (the server's default) cuts its end,
-        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request."""
+        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request.
+
+        ``embedding_type``: one of ``contract.EMBEDDING_TYPES``; ``"float"`` (the default) gives
+        float32 vectors, ``"int8"``/``"uint8"`` one byte per dimension (ranges calibrated at export),
+        ``"binary"``/``"ubinary"`` the sign bits packed 8 per byte, as int8/uint8 arrays
+        (:class:`EmbeddingResult`), applied after ``dimensions``."""
         call = Call.prepare(
             await self.model_info(),
             texts,
@@ -101,6 +107,7 @@ class AsyncEmbeddingClient(ClientBase):
             input_type=input_type,
             dimensions=dimensions,
             truncate=truncate,
+            embedding_type=embedding_type,
         )
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
@@ -130,10 +137,17 @@ class AsyncEmbeddingClient(ClientBase):
         input_type: str | None = None,
         dimensions: int | None = None,
         truncate: str | None = None,
+        embedding_type: str | None = None,
     ) -> np.ndarray:
-        """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
+        """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str (or the compact
+        ``embedding_type``'s values, as :meth:`encode` says)."""
         result = await self.encode(
-            texts, instruction=instruction, input_type=input_type, dimensions=dimensions, truncate=truncate
+            texts,
+            instruction=instruction,
+            input_type=input_type,
+            dimensions=dimensions,
+            truncate=truncate,
+            embedding_type=embedding_type,
         )
         return result.embeddings
 

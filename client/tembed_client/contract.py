@@ -61,6 +61,9 @@ LONG_TEXT_DEFAULT = "truncate"
 #   ubinary  the same bits as uint8.
 EMBEDDING_TYPES = ("float", "int8", "uint8", "binary", "ubinary")
 EMBEDDING_TYPE_DEFAULT = "float"
+# The numpy dtype of each type's vectors as clients return them (EMBEDDING_PACKED's bytes viewed as it).
+EMBEDDING_DTYPES = {"float": "float32", "int8": "int8", "uint8": "uint8", "binary": "int8", "ubinary": "uint8"}
+BIT_PACKED_TYPES = ("binary", "ubinary")  # 8 dimensions per byte; int8 and uint8 one per dimension
 
 # Rerank ensemble: inputs (INSTRUCTION, optional, for models whose prompt carries one) and outputs
 # (TOKEN_COUNT, one per document: tokens of its pair as scored).
@@ -93,6 +96,13 @@ def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) 
     if not min_dimension <= int(d) <= dimension:
         return f"dimensions must be between {min_dimension} and {dimension} for model {model!r}, got {d}"
     return None
+
+
+def packed_width(embedding_type: str, d: int) -> int:
+    """Columns of EMBEDDING_PACKED for ``d``-dimensional vectors of ``embedding_type`` (0 for float)."""
+    if embedding_type == EMBEDDING_TYPE_DEFAULT:
+        return 0
+    return (d + 7) // 8 if embedding_type in BIT_PACKED_TYPES else d
 
 
 def option_error(name: str, value: object, allowed: tuple[str, ...]) -> str | None:

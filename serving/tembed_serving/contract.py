@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's one import for the contract)
+    BIT_PACKED_TYPES,
     DIMENSIONS,
     DOCUMENTS,
     EMBEDDING,
+    EMBEDDING_DTYPES,
     EMBEDDING_PACKED,
     EMBEDDING_TYPE,
     EMBEDDING_TYPE_DEFAULT,
@@ -49,6 +51,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TRUNCATE_VALUES,
     dimensions_error,
     option_error,
+    packed_width,
     truncate_error,
 )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .contract import EMBEDDING_TYPES
+from .contract import BIT_PACKED_TYPES, EMBEDDING_DTYPES, EMBEDDING_TYPE_DEFAULT, EMBEDDING_TYPES
 from .matryoshka import truncate
 from .profile import ModelProfile
 from .textproc import RequestError
@@ -33,25 +33,46 @@ def pool_rows(rows: np.ndarray, row_text: np.ndarray, row_weight: np.ndarray) ->
 def quantization_ranges(profile: ModelProfile, d: int) -> np.ndarray:
     """``[2, d]`` per-dimension (min, max) for int8/uint8 at output size ``d``, from the profile."""
     ranges = profile.int8_ranges.get(str(d))
+    if ranges is None and not profile.int8_ranges:
+        raise RequestError(
+            f"embedding_type int8 and uint8 of model {profile.name!r} are not calibrated (exported before they"
+            " existed, or without calibration): re-export it with `tembed export`; float, binary and ubinary work"
+        )
     if ranges is None:
-        sizes = ", ".join(sorted(profile.int8_ranges, key=int)) or "none"
-        raise RequestError(f"int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}")
+        sizes = ", ".join(sorted(profile.int8_ranges, key=int))
+        raise RequestError(
+            f"embedding_type int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}"
+        )
     return np.asarray(ranges, dtype=np.float32)
 
 
-def quantize(embedding: np.ndarray, embedding_type: str, profile: ModelProfile) -> np.ndarray:
-    """``[n, d]`` unit vectors as ``embedding_type``'s bytes (uint8; ``contract.EMBEDDING_PACKED``)."""
-    if embedding_type in ("binary", "ubinary"):
-        bits = np.packbits(embedding > 0, axis=-1)  # ubinary; binary is the same bits minus 128, as int8
-        return bits if embedding_type == "ubinary" else (bits.astype(np.int16) - 128).astype(np.int8).view(np.uint8)
+def check_calibrated(profile: ModelProfile, embedding_type: str, d: int) -> None:
+    """Refuse int8/uint8 at an output size the export did not calibrate, before anything is embedded."""
+    if embedding_type != EMBEDDING_TYPE_DEFAULT and embedding_type not in BIT_PACKED_TYPES:
+        quantization_ranges(profile, d)
+
+
+def quantize(embedding: np.ndarray, embedding_type: str, profile: ModelProfile | None) -> np.ndarray:
+    """``[n, d]`` unit vectors as ``embedding_type``'s bytes (uint8; ``contract.EMBEDDING_PACKED``).
+
+    sentence-transformers' ``quantize_embeddings`` with the profile's ranges, bit for bit: level
+    ``floor((x - min) / step)`` clipped to 0..255 with ``step = (max - min) / 255`` (1 where a
+    dimension never varied), in float32; the sign bits of each row packed on their own (a last byte
+    is padded with zeros when d is not a multiple of 8). Only int8/uint8 read ``profile``."""
+    embedding = np.asarray(embedding, dtype=np.float32)
+    if embedding_type == EMBEDDING_TYPE_DEFAULT or embedding_type not in EMBEDDING_TYPES:
+        raise RequestError(f"embedding_type must be one of {', '.join(EMBEDDING_TYPES[1:])}, got {embedding_type!r}")
+    signed = EMBEDDING_DTYPES[embedding_type] == "int8"  # int8 and binary: the unsigned values minus 128
+    if embedding_type in BIT_PACKED_TYPES:
+        bits = np.packbits(embedding > 0, axis=-1)
+        return (bits.astype(np.int16) - 128).astype(np.int8).view(np.uint8) if signed else bits
+    if profile is None:
+        raise RequestError("embedding_type int8 and uint8 need the model's calibrated ranges")
     lo, hi = quantization_ranges(profile, embedding.shape[-1])
-    steps = np.maximum(hi - lo, 1e-12) / 255.0
-    levels = np.clip(np.rint((embedding - lo) / steps), 0, 255)
-    if embedding_type == "uint8":
-        return levels.astype(np.uint8)
-    if embedding_type == "int8":
-        return (levels - 128).astype(np.int8).view(np.uint8)
-    raise RequestError(f"embedding_type must be one of {', '.join(EMBEDDING_TYPES)}, got {embedding_type!r}")
+    steps = (hi - lo) / np.float32(255)
+    steps = np.where(steps == 0, np.float32(1), steps)
+    levels = np.clip(np.floor((embedding - lo) / steps), 0, 255)
+    return (levels - 128).astype(np.int8).view(np.uint8) if signed else levels.astype(np.uint8)
 
 
 def finish(
@@ -65,6 +86,6 @@ def finish(
     """(float32 ``[n, d]``, packed uint8 ``[n, k]``): one of them holds the vectors, the other has no
     columns, as ``embedding_type`` says."""
     vectors = truncate(pool_rows(rows, row_text, row_weight), dimensions)
-    if embedding_type == "float":
+    if embedding_type == EMBEDDING_TYPE_DEFAULT:
         return vectors, np.zeros((vectors.shape[0], 0), dtype=np.uint8)
     return np.zeros((vectors.shape[0], 0), dtype=np.float32), quantize(vectors, embedding_type, profile)

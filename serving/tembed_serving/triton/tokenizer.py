@@ -33,6 +33,7 @@ from ..textproc import (
     decode_option,
     decode_texts,
 )
+from ..vectors import check_calibrated
 from ._util import invalid, optional_input, version_dir
 
 
@@ -52,6 +53,7 @@ class TritonPythonModel:
         long_text = decode_option(optional_input(request, LONG_TEXT), LONG_TEXT)
         kind = check_embedding_type(decode_option(optional_input(request, EMBEDDING_TYPE), EMBEDDING_TYPE))
         dims = check_dimensions(self.profile, optional_input(request, DIMENSIONS))
+        check_calibrated(self.profile, kind, dims)
         return (
             self.encoder.prepare(texts, input_type, instruction, truncate, long_text),
             dims,

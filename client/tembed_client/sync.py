@@ -77,12 +77,16 @@ class EmbeddingClient(ClientBase):
         input_type: str | None = None,
         dimensions: int | None = None,
         truncate: str | None = None,
+        long_text: str | None = None,
     ) -> EmbeddingResult:
         """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
 
         ``truncate``: what happens to a text over the model's max_length tokens, one of
         ``contract.TRUNCATE_VALUES`` (any case): ``"END"`` (the server's default) cuts its end,
-        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request."""
+        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request.
+        ``long_text="chunk"`` embeds such a text whole, as the token-weighted mean of windows of
+        max_length tokens (``contract.LONG_TEXT_VALUES``; default ``"truncate"``); lists are then
+        also sent in pieces of at most the server's ``max_rows`` windows."""
         call = Call.prepare(
             self.model_info(),
             texts,
@@ -90,6 +94,7 @@ class EmbeddingClient(ClientBase):
             input_type=input_type,
             dimensions=dimensions,
             truncate=truncate,
+            long_text=long_text,
         )
         return call.finish([self._send(where, request) for where, request in call.requests()])
 
@@ -118,10 +123,16 @@ class EmbeddingClient(ClientBase):
         input_type: str | None = None,
         dimensions: int | None = None,
         truncate: str | None = None,
+        long_text: str | None = None,
     ) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str."""
         return self.encode(
-            texts, instruction=instruction, input_type=input_type, dimensions=dimensions, truncate=truncate
+            texts,
+            instruction=instruction,
+            input_type=input_type,
+            dimensions=dimensions,
+            truncate=truncate,
+            long_text=long_text,
         ).embeddings
 
     def tokenize(

@@ -37,7 +37,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tembed_client import EmbeddingError, EmbeddingResult, RerankResult, TokenizeResult
-from tembed_client.contract import INPUT_TYPES, PARAM_MAX_LENGTH, TASK_EMBED, TASK_RERANK, truncate_error
+from tembed_client.contract import (
+    INPUT_TYPES,
+    LONG_TEXT,
+    LONG_TEXT_CHUNK,
+    LONG_TEXT_VALUES,
+    PARAM_MAX_LENGTH,
+    TASK_EMBED,
+    TASK_RERANK,
+    option_error,
+    truncate_error,
+)
 
 from .metrics import GatewayMetrics
 from .registry import REFRESH_INTERVAL_S, ModelRegistry, ReplicatedModel
@@ -100,10 +110,13 @@ class ApiError(Exception):
             message = f"Triton at {triton_url} is unavailable: {message}"
         # The client's own checks name their field first ("dimensions must be ...").
         param = next(
-            (p for p in ("dimensions", "input_type", "instruction", "truncate") if message.startswith(p)), None
+            (p for p in ("dimensions", "input_type", "instruction", "truncate", LONG_TEXT) if message.startswith(p)),
+            None,
         )
         if exc.code == "INVALID_ARGUMENT" and " tokens; the limit is " in message:
             param, code = "input", "context_length_exceeded"  # truncate NONE and a text over max_length
+        if exc.code == "INVALID_ARGUMENT" and " windows; the limit is " in message:
+            param, code = "input", "context_length_exceeded"  # long_text chunk: over max_windows or max_rows
         if exc.code == "FAILED_PRECONDITION":
             param = "model"
         return cls(status, message, type=type_, param=param, code=code)
@@ -127,6 +140,7 @@ class EmbeddingRequest:
     instruction: str | None
     input_type: str | None
     truncate: str | None = None  # one of contract.TRUNCATE_VALUES, upper-cased; None: the server's default
+    long_text: str | None = None  # one of contract.LONG_TEXT_VALUES; None: the server's default
 
 
 def optional_str(body: dict[str, Any], key: str) -> str | None:
@@ -189,9 +203,14 @@ def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
         if error:
             raise bad_request(error, "truncate")
         truncate = truncate.upper()
+    long_text = body.get(LONG_TEXT)
+    if long_text is not None:
+        error = option_error(LONG_TEXT, long_text, LONG_TEXT_VALUES)
+        if error:
+            raise bad_request(error, LONG_TEXT)
     # `user` is accepted and ignored, like any other field OpenAI clients may add.
     instruction = optional_str(body, "instruction")
-    return EmbeddingRequest(model, texts, ids, dimensions, encoding, instruction, input_type, truncate)
+    return EmbeddingRequest(model, texts, ids, dimensions, encoding, instruction, input_type, truncate, long_text)
 
 
 @dataclass(frozen=True)
@@ -530,7 +549,12 @@ class Gateway:
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
-            texts, instruction=req.instruction, input_type=input_type, dimensions=req.dimensions, truncate=req.truncate
+            texts,
+            instruction=req.instruction,
+            input_type=input_type,
+            dimensions=req.dimensions,
+            truncate=req.truncate,
+            long_text=req.long_text,
         )
         self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
@@ -542,6 +566,8 @@ class Gateway:
         served tokenizer model itself answers, so prompt, special tokens and truncation are exact."""
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
+        if req.long_text == LONG_TEXT_CHUNK:
+            raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
         client, input_type = await self.resolve_embedding(req, request.url.path)
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])

@@ -115,7 +115,7 @@ class ApiError(Exception):
         )
         if exc.code == "INVALID_ARGUMENT" and " tokens; the limit is " in message:
             param, code = "input", "context_length_exceeded"  # truncate NONE and a text over max_length
-        if exc.code == "INVALID_ARGUMENT" and " windows; the limit is " in message:
+        if exc.code == "INVALID_ARGUMENT" and any(f" windows per {w} " in message for w in ("text", "request")):
             param, code = "input", "context_length_exceeded"  # long_text chunk: over max_windows or max_rows
         if exc.code == "FAILED_PRECONDITION":
             param = "model"

@@ -174,10 +174,11 @@ def write_report(
     notes: list[str],
     *,
     rerank: dict[str, Any] | None = None,
-) -> tuple[Path, Path]:
+) -> tuple[Path, Path | None]:
     """``rerank``: ``tembed_eval.rerank.evaluate_rerank``'s result, as its own section."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = plot(results, out.with_suffix(".png"))
+    # Only the long-text task (`--tasks long`): no retrieval task, nothing to plot.
+    png = plot(results, out.with_suffix(".png")) if _task_names(results) else None
     text = [
         "# Retrieval quality of the served models",
         "",
@@ -189,8 +190,7 @@ def write_report(
         "",
         *table(results, memory),
         "",
-        f"![quality against bytes per vector]({png.name})",
-        "",
+        *([f"![quality against bytes per vector]({png.name})", ""] if png else []),
         *([*rerank_markdown(rerank), ""] if rerank else []),
         *([*long_text_table(results), ""] if long_text_table(results) else []),
         "## How it is measured",

@@ -34,11 +34,11 @@ EMBEDDING_PACKED = "embedding_packed"
 # text counts more than TOKEN_COUNT_ORIGINAL.
 TOKEN_COUNT = "token_count"
 # INT32 [n]: tokens per text before truncation (prompt and special tokens included, like TOKEN_COUNT).
-# Exact under truncate NONE, and whenever the text was not cut. Under END and START the tokenizer
-# first keeps a window of characters twice as long as max_length tokens can span (so a megabyte
-# text costs no more than a long one): for a text longer than that window the number is the
-# window's count, a lower bound; TOKEN_COUNT_ORIGINAL > TOKEN_COUNT still says exactly whether
-# the text was truncated.
+# Exact under truncate NONE and long_text chunk, and whenever the text was not cut. Under END and
+# START the tokenizer first keeps a window of characters twice as long as max_length tokens can
+# span (so a megabyte text costs no more than a long one): for a text longer than that window the
+# number is the window's count, a lower bound; TOKEN_COUNT_ORIGINAL > TOKEN_COUNT still says
+# exactly whether the text was truncated (never, under chunk).
 TOKEN_COUNT_ORIGINAL = "token_count_original"
 
 INPUT_TYPES = ("query", "document")

@@ -66,7 +66,7 @@ def test_ensemble_wiring_is_closed(profile):
 def test_encoder_backends(profile, backend, platform, kind):
     cfg = encoder_config(profile, ServingOptions(backend=backend))
     assert cfg.platform == platform and cfg.instance_group[0].kind == kind
-    assert cfg.max_batch_size == profile.max_texts
+    assert cfg.max_batch_size == profile.max_rows  # every window of a chunked request
     assert [o.dims for o in cfg.output] == [[profile.dimension]]
     assert cfg.HasField("dynamic_batching")
 

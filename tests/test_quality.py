@@ -77,6 +77,12 @@ def test_e5_long_text_and_latency(e5, server):
     long = e5["long_text"]
     assert long["chars"] >= 3000 and long["tokens_embedded"] == 512  # truncated at max length
     assert -1 <= long["para_to_doc_min"] <= long["para_to_doc_mean"] <= 1
+    truncate, chunk = long["modes"]["truncate"], long["modes"]["chunk"]
+    assert truncate["para_to_doc_mean"] == long["para_to_doc_mean"]
+    # chunk embeds every window (all of max length), the whole text and more (overlap, prompts)
+    assert chunk["tokens_embedded"] % 512 == 0 and chunk["tokens_embedded"] > chunk["tokens_original"] > 512
+    # The last paragraph is past the first 512 tokens: only chunk sees it (measured 0.965 vs 0.864).
+    assert chunk["last_to_doc"] > truncate["last_to_doc"]
     lat = e5["latency"]
     assert lat["texts_per_request_max"] == 8 and lat["requests"] > 20  # max_texts 8: many requests
     assert 0 < lat["p50_ms"] <= lat["p99_ms"]
@@ -112,6 +118,7 @@ def test_qwen3_pipeline_through_the_cli(server, tmp_path, capsys):
     assert qwen["long_text"]["tokens_embedded"] > 512  # an 8192-token model takes the whole 2000 chars
     text = out.read_text()
     assert QWEN in text and "| Matryoshka d=32 (128 B) |" in text and "--limit 12" in text
+    assert f"| | {QWEN} truncate | {QWEN} chunk |" in text  # the long document both ways
     assert out.with_suffix(".png").stat().st_size > 1000
 
 

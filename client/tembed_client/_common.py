@@ -23,6 +23,7 @@ from .contract import (
     INPUT_TYPE,
     INPUT_TYPES,
     INSTRUCTION,
+    LONG_TEXT,
     QUERY,
     SCORE,
     TEXT,
@@ -259,6 +260,31 @@ def chunked(items: Sequence[Any], size: int, max_bytes: int | None = None) -> li
     return out
 
 
+def chunked_rows(
+    items: Sequence[bytes], size: int, max_bytes: int | None, rows: Sequence[int], max_rows: int
+) -> list[Sequence[bytes]]:
+    """:func:`chunked`, and at most ``max_rows`` of ``rows`` (one count per item) per piece."""
+    out, start, total, used = [], 0, 0, 0
+    for i, item in enumerate(items):
+        full = i - start == size or (max_bytes is not None and total + len(item) > max_bytes)
+        if i > start and (full or used + rows[i] > max_rows):
+            out.append(items[start:i])
+            start, total, used = i, 0, 0
+        total += len(item)
+        used += rows[i]
+    if start < len(items):
+        out.append(items[start:])
+    return out
+
+
+def chunk_windows(item: bytes, max_length: int, max_windows: int) -> int:
+    """At least as many windows as the server cuts ``item`` into under long_text chunk, from its size
+    alone: no token spans less than a byte, and a window holds at least max_length / 2 text tokens
+    (the prompt, the special tokens and the overlap share the rest). Over max_windows the server
+    refuses the text whatever the request, so no more are counted."""
+    return min(max_windows, max(1, -(-len(item) // max(1, max_length // 2))))
+
+
 def check_sizes(items: Sequence[bytes], info: ModelInfo, what: str) -> None:
     """The server's per-text byte limit, checked before sending (its message, from the client)."""
     if info.max_text_bytes is None:
@@ -342,6 +368,7 @@ class Call:
         dimensions: int | None = None,
         truncate: str | None = None,
         embedding_type: str | None = None,
+        long_text: str | None = None,
     ) -> Call:
         check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
@@ -364,6 +391,13 @@ class Call:
             if info.inputs and TRUNCATE not in info.inputs:
                 raise invalid(f"model {info.name!r} has no {TRUNCATE!r} input; re-export it with this tembed")
             options[TRUNCATE] = np.array([truncate.upper().encode()], dtype=np.object_)
+        if long_text is not None:
+            error = c.option_error(LONG_TEXT, long_text, c.LONG_TEXT_VALUES)
+            if error:
+                raise invalid(error)
+            if info.inputs and LONG_TEXT not in info.inputs:
+                raise invalid(f"model {info.name!r} has no {LONG_TEXT!r} input; re-export it with this tembed")
+            options[LONG_TEXT] = np.array([long_text.encode()], dtype=np.object_)
         kind = EMBEDDING_TYPE_DEFAULT
         if embedding_type is not None:
             kind = check_embedding_type(embedding_type, info)
@@ -386,6 +420,15 @@ class Call:
         return TOKEN_COUNT_ORIGINAL in self.info.outputs
 
     def chunks(self) -> list[Sequence[bytes]]:
+        params = self.info.parameters
+        chunking = LONG_TEXT in self.options and self.options[LONG_TEXT][0] == c.LONG_TEXT_CHUNK.encode()
+        if chunking and c.PARAM_MAX_ROWS in params:
+            # Every window of a request goes to the encoder in one batch: the server caps them.
+            max_length, max_windows = int(params[c.PARAM_MAX_LENGTH]), int(params[c.PARAM_MAX_WINDOWS])
+            rows = [chunk_windows(t, max_length, max_windows) for t in self.texts]
+            return chunked_rows(
+                self.texts, self.info.max_texts, self.info.max_request_bytes, rows, int(params[c.PARAM_MAX_ROWS])
+            )
         return chunked(self.texts, self.info.max_texts, self.info.max_request_bytes)
 
     def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -89,6 +89,7 @@ class AsyncEmbeddingClient(ClientBase):
         dimensions: int | None = None,
         truncate: str | None = None,
         embedding_type: str | None = None,
+        long_text: str | None = None,
     ) -> EmbeddingResult:
         """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
 
@@ -99,7 +100,11 @@ class AsyncEmbeddingClient(ClientBase):
         ``embedding_type``: one of ``contract.EMBEDDING_TYPES``; ``"float"`` (the default) gives
         float32 vectors, ``"int8"``/``"uint8"`` one byte per dimension (ranges calibrated at export),
         ``"binary"``/``"ubinary"`` the sign bits packed 8 per byte, as int8/uint8 arrays
-        (:class:`EmbeddingResult`), applied after ``dimensions``."""
+        (:class:`EmbeddingResult`), applied after ``dimensions``.
+
+        ``long_text="chunk"`` embeds such a text whole, as the token-weighted mean of windows of
+        max_length tokens (``contract.LONG_TEXT_VALUES``; default ``"truncate"``); lists are then
+        also sent in pieces of at most the server's ``max_rows`` windows."""
         call = Call.prepare(
             await self.model_info(),
             texts,
@@ -108,6 +113,7 @@ class AsyncEmbeddingClient(ClientBase):
             dimensions=dimensions,
             truncate=truncate,
             embedding_type=embedding_type,
+            long_text=long_text,
         )
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
@@ -138,6 +144,7 @@ class AsyncEmbeddingClient(ClientBase):
         dimensions: int | None = None,
         truncate: str | None = None,
         embedding_type: str | None = None,
+        long_text: str | None = None,
     ) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str (or the compact
         ``embedding_type``'s values, as :meth:`encode` says)."""
@@ -148,6 +155,7 @@ class AsyncEmbeddingClient(ClientBase):
             dimensions=dimensions,
             truncate=truncate,
             embedding_type=embedding_type,
+            long_text=long_text,
         )
         return result.embeddings
 

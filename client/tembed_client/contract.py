@@ -29,13 +29,16 @@ EMBEDDING = "embedding"  # FP32 [n, d], unit length; [n, 0] when embedding_type 
 # binary and ubinary pack the sign bits 8 per byte (k = ceil(d / 8)), int8 and uint8 one per
 # dimension (k = d). EMBEDDING_TYPES says which.
 EMBEDDING_PACKED = "embedding_packed"
-TOKEN_COUNT = "token_count"  # INT32 [n]: tokens embedded per text (after truncation)
+# INT32 [n]: tokens embedded per text (after truncation). Under long_text chunk, every window's
+# tokens (its prompt, special tokens and the overlap included: what the encoder ran), so a chunked
+# text counts more than TOKEN_COUNT_ORIGINAL.
+TOKEN_COUNT = "token_count"
 # INT32 [n]: tokens per text before truncation (prompt and special tokens included, like TOKEN_COUNT).
-# Exact under truncate NONE, and whenever the text was not cut. Under END and START the tokenizer
-# first keeps a window of characters twice as long as max_length tokens can span (so a megabyte
-# text costs no more than a long one): for a text longer than that window the number is the
-# window's count, a lower bound; TOKEN_COUNT_ORIGINAL > TOKEN_COUNT still says exactly whether
-# the text was truncated.
+# Exact under truncate NONE and long_text chunk, and whenever the text was not cut. Under END and
+# START the tokenizer first keeps a window of characters twice as long as max_length tokens can
+# span (so a megabyte text costs no more than a long one): for a text longer than that window the
+# number is the window's count, a lower bound; TOKEN_COUNT_ORIGINAL > TOKEN_COUNT still says
+# exactly whether the text was truncated (never, under chunk).
 TOKEN_COUNT_ORIGINAL = "token_count_original"
 
 INPUT_TYPES = ("query", "document")
@@ -51,8 +54,17 @@ TRUNCATE_DEFAULT = "END"
 #   chunk     the text is split into windows of max_length tokens, every window is embedded and the
 #             text's vector is the token-weighted mean of its windows' vectors, re-normalised
 #             (Matryoshka dimensions and compact types apply after that). One vector per text.
+#             Each window holds the prompt and the model's special tokens; neighbours share at least
+#             the profile's chunk_overlap tokens (max_length / 16 by default), windows spread evenly
+#             so all are full; a window's weight is its text tokens, a token held by k windows
+#             counting 1/k in each. A text that fits in max_length is one row, as under truncate.
+#             Chunking never drops text: a text over PARAM_MAX_WINDOWS windows, or a request over
+#             PARAM_MAX_ROWS windows in all, is refused (INVALID_ARGUMENT naming the text, its
+#             windows and the limit) whatever TRUNCATE says; TRUNCATE applies only to a text whose
+#             prompt leaves a window no room for text.
 LONG_TEXT_VALUES = ("truncate", "chunk")
 LONG_TEXT_DEFAULT = "truncate"
+LONG_TEXT_CHUNK = LONG_TEXT_VALUES[1]
 # Vector encodings (the sentence-transformers / Cohere / Infinity names), applied after dimensions:
 #   float    float32, unit length (the default);
 #   int8     one signed byte per dimension, from per-dimension ranges calibrated at export;
@@ -82,6 +94,8 @@ PARAM_POOLING = "pooling"
 PARAM_INSTRUCTION = "instruction"  # "yes" when the model takes an instruction
 PARAM_MAX_TEXT_BYTES = "max_text_bytes"  # UTF-8 bytes of one text (or document, or query)
 PARAM_MAX_REQUEST_BYTES = "max_request_bytes"  # UTF-8 bytes of all texts of one request
+PARAM_MAX_WINDOWS = "max_windows"  # long_text chunk: windows of one text
+PARAM_MAX_ROWS = "max_rows"  # long_text chunk: windows of all texts of one request (>= max_texts)
 # The embedding ensemble's tokenizer, for clients that tokenize without embedding: the Triton model
 # to call with the ensemble's inputs, and its token-id and attention-mask outputs ("ids,mask").
 PARAM_TOKENIZER = "tokenizer"

@@ -78,6 +78,7 @@ class EmbeddingClient(ClientBase):
         dimensions: int | None = None,
         truncate: str | None = None,
         embedding_type: str | None = None,
+        long_text: str | None = None,
     ) -> EmbeddingResult:
         """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
 
@@ -88,7 +89,11 @@ class EmbeddingClient(ClientBase):
         ``embedding_type``: one of ``contract.EMBEDDING_TYPES``; ``"float"`` (the default) gives
         float32 vectors, ``"int8"``/``"uint8"`` one byte per dimension (ranges calibrated at export),
         ``"binary"``/``"ubinary"`` the sign bits packed 8 per byte, as int8/uint8 arrays
-        (:class:`EmbeddingResult`), applied after ``dimensions``."""
+        (:class:`EmbeddingResult`), applied after ``dimensions``.
+
+        ``long_text="chunk"`` embeds such a text whole, as the token-weighted mean of windows of
+        max_length tokens (``contract.LONG_TEXT_VALUES``; default ``"truncate"``); lists are then
+        also sent in pieces of at most the server's ``max_rows`` windows."""
         call = Call.prepare(
             self.model_info(),
             texts,
@@ -97,6 +102,7 @@ class EmbeddingClient(ClientBase):
             dimensions=dimensions,
             truncate=truncate,
             embedding_type=embedding_type,
+            long_text=long_text,
         )
         return call.finish([self._send(where, request) for where, request in call.requests()])
 
@@ -126,6 +132,7 @@ class EmbeddingClient(ClientBase):
         dimensions: int | None = None,
         truncate: str | None = None,
         embedding_type: str | None = None,
+        long_text: str | None = None,
     ) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str (or the compact
         ``embedding_type``'s values, as :meth:`encode` says)."""
@@ -136,6 +143,7 @@ class EmbeddingClient(ClientBase):
             dimensions=dimensions,
             truncate=truncate,
             embedding_type=embedding_type,
+            long_text=long_text,
         ).embeddings
 
     def tokenize(

@@ -134,7 +134,9 @@ def _notes(args: argparse.Namespace, memory: dict[str, Any] | None) -> list[str]
         "Bytes per vector = 4·d (float32).",
         f"Long text: CMRC2018 paragraphs concatenated in file order (one per article, so several articles) to ≥ "
         f"{args.long_chars} characters; cosine of the first and last paragraph, and of each paragraph to the whole "
-        "document embedded at once (the server truncates it to the model's max length: 'tokens embedded').",
+        "document embedded at once (the server truncates it to the model's max length: 'tokens embedded'); the "
+        "truncate-vs-chunk section embeds the same document with `long_text` chunk too (windows of max_length "
+        "tokens, their vectors' token-weighted mean), its 'tokens embedded' summing every window's tokens.",
         "Latency: wall time of each embedding request this run made (mixed lengths, up to max_texts texts, "
         "one at a time, on a shared machine), P50/P99.",
         mem,

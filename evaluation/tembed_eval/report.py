@@ -101,6 +101,39 @@ def table(results: Results, memory: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+LONG_ROWS = (
+    ("tokens embedded (whole text)", lambda m: f"{m['tokens_embedded']} ({m['tokens_original']})"),
+    ("cos(first paragraph, document)", lambda m: f"{m['first_to_doc']:.3f}"),
+    ("cos(last paragraph, document)", lambda m: f"{m['last_to_doc']:.3f}"),
+    ("cos(paragraph, document) mean / min", lambda m: f"{m['para_to_doc_mean']:.3f} / {m['para_to_doc_min']:.3f}"),
+    ("request time (ms)", lambda m: f"{m['ms']}"),
+)
+
+
+def long_text_table(results: Results) -> list[str]:
+    """``long_text`` truncate vs chunk on the long document: one column per model and mode."""
+    long = {name: r["long_text"] for name, r in results.items() if r.get("long_text", {}).get("modes")}
+    cols = [(name, mode, m) for name, doc in long.items() for mode, m in doc["modes"].items()]
+    if not cols:
+        return []
+
+    def cell(get, m) -> str:
+        return m["error"] if "error" in m else get(m)
+
+    first = next(iter(long.values()))
+    lines = [
+        "## Long documents: truncate vs chunk",
+        "",
+        f"One document of {first['chars']} characters ({first['paragraphs']} CMRC2018 paragraphs), embedded whole"
+        " with `long_text` truncate and chunk; each paragraph is also embedded alone.",
+        "",
+        "| | " + " | ".join(f"{name} {mode}" for name, mode, _ in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    lines += [f"| {label} | " + " | ".join(cell(get, m) for _, _, m in cols) + " |" for label, get in LONG_ROWS]
+    return lines
+
+
 def plot(results: Results, path: Path) -> Path:
     import matplotlib
 
@@ -142,10 +175,11 @@ def write_report(
     notes: list[str],
     *,
     rerank: dict[str, Any] | None = None,
-) -> tuple[Path, Path]:
+) -> tuple[Path, Path | None]:
     """``rerank``: ``tembed_eval.rerank.evaluate_rerank``'s result, as its own section."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    png = plot(results, out.with_suffix(".png"))
+    # Only the long-text task (`--tasks long`): no retrieval task, nothing to plot.
+    png = plot(results, out.with_suffix(".png")) if _task_names(results) else None
     text = [
         "# Retrieval quality of the served models",
         "",
@@ -157,10 +191,10 @@ def write_report(
         "",
         *table(results, memory),
         "",
-        f"![quality against bytes per vector]({png.name})",
-        "",
+        *([f"![quality against bytes per vector]({png.name})", ""] if png else []),
         *([*rerank_markdown(rerank), ""] if rerank else []),
         *([*compact, ""] if (compact := kept_section(out)) else []),  # `tembed eval --embedding-types` writes it
+        *([*long_text_table(results), ""] if long_text_table(results) else []),
         "## How it is measured",
         "",
         *[f"- {n}" for n in notes],

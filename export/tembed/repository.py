@@ -161,7 +161,7 @@ class TensorrtBackend(EncoderBackend):
     def configure(self, cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
         cfg.platform = "tensorrt_plan"
         cfg.default_model_filename = c.PLAN_FILE
-        profiles = optimization_profiles(p.max_length, p.max_texts, opts.seq_buckets, opts.max_batch_tokens)
+        profiles = optimization_profiles(p.max_length, p.encoder_rows, opts.seq_buckets, opts.max_batch_tokens)
         # The backend computes the same bound (max over the listed profiles) and rejects a larger one.
         cfg.max_batch_size = max(pr.max[0] for pr in profiles)
         group = cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=opts.gpu_instances)
@@ -198,7 +198,9 @@ def queue_size(p: ModelProfile, opts: ServingOptions) -> int:
 
 def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     ids = _DTYPES[p.ids_dtype]
-    cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.max_texts)
+    # A request's rows are its texts, or under long_text chunk every window of them (profile.max_rows):
+    # Triton refuses a request over max_batch_size, and the dynamic batcher merges requests only up to it.
+    cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.encoder_rows)
     for name in c.ENCODER_INPUTS:
         _io(cfg.input, name, ids, [-1])
     out = _io(cfg.output, c.ENCODER_OUTPUTS[p.task], mc.TYPE_FP32, [p.dimension])
@@ -310,6 +312,8 @@ class EmbedTask(Task):
             c.PARAM_INSTRUCTION: "yes" if p.instruction_template else "no",
             c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
             c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
+            c.PARAM_MAX_WINDOWS: p.max_windows,
+            c.PARAM_MAX_ROWS: p.max_rows,
             # tokenize: the tokenizer model, called directly, answers with the ids the encoder gets.
             c.PARAM_TOKENIZER: names["tokenizer"],
             c.PARAM_TOKENIZER_OUTPUTS: ",".join(c.ENCODER_INPUTS),

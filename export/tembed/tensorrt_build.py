@@ -264,7 +264,7 @@ class BuildSpec:
 
     def profiles(self) -> list[ShapeProfile]:
         return optimization_profiles(
-            self.profile.max_length, self.profile.max_texts, self.seq_buckets, self.max_batch_tokens
+            self.profile.max_length, self.profile.encoder_rows, self.seq_buckets, self.max_batch_tokens
         )
 
 

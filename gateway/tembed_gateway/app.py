@@ -42,6 +42,10 @@ from tembed_client.contract import (
     EMBEDDING_TYPE_DEFAULT,
     EMBEDDING_TYPES,
     INPUT_TYPES,
+    INPUT_TYPES,
+    LONG_TEXT,
+    LONG_TEXT_CHUNK,
+    LONG_TEXT_VALUES,
     PARAM_MAX_LENGTH,
     TASK_EMBED,
     TASK_RERANK,
@@ -112,7 +116,7 @@ class ApiError(Exception):
         param = next(
             (
                 p
-                for p in ("dimensions", "input_type", "instruction", "truncate", EMBEDDING_TYPE)
+                for p in ("dimensions", "input_type", "instruction", "truncate", EMBEDDING_TYPE, LONG_TEXT)
                 if message.startswith(p)
             ),
             None,
@@ -121,6 +125,8 @@ class ApiError(Exception):
             param = EMBEDDING_TYPE  # the tokenizer's check inside the ensemble ("in ensemble 'N', embedding_type ...")
         if exc.code == "INVALID_ARGUMENT" and " tokens; the limit is " in message:
             param, code = "input", "context_length_exceeded"  # truncate NONE and a text over max_length
+        if exc.code == "INVALID_ARGUMENT" and any(f" windows per {w} " in message for w in ("text", "request")):
+            param, code = "input", "context_length_exceeded"  # long_text chunk: over max_windows or max_rows
         if exc.code == "FAILED_PRECONDITION":
             param = "model"
         return cls(status, message, type=type_, param=param, code=code)
@@ -145,6 +151,7 @@ class EmbeddingRequest:
     input_type: str | None
     truncate: str | None = None  # one of contract.TRUNCATE_VALUES, upper-cased; None: the server's default
     embedding_type: str | None = None  # one of contract.EMBEDDING_TYPES; None: float
+    long_text: str | None = None  # one of contract.LONG_TEXT_VALUES; None: the server's default
 
 
 def optional_str(body: dict[str, Any], key: str) -> str | None:
@@ -212,9 +219,16 @@ def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
         error = option_error(EMBEDDING_TYPE, embedding_type, EMBEDDING_TYPES)
         if error:
             raise bad_request(error, EMBEDDING_TYPE)
+    long_text = body.get(LONG_TEXT)
+    if long_text is not None:
+        error = option_error(LONG_TEXT, long_text, LONG_TEXT_VALUES)
+        if error:
+            raise bad_request(error, LONG_TEXT)
     # `user` is accepted and ignored, like any other field OpenAI clients may add.
     instruction = optional_str(body, "instruction")
-    return EmbeddingRequest(model, texts, ids, dimensions, encoding, instruction, input_type, truncate, embedding_type)
+    return EmbeddingRequest(
+        model, texts, ids, dimensions, encoding, instruction, input_type, truncate, embedding_type, long_text
+    )
 
 
 @dataclass(frozen=True)
@@ -569,6 +583,7 @@ class Gateway:
             dimensions=req.dimensions,
             truncate=req.truncate,
             embedding_type=req.embedding_type,
+            long_text=req.long_text,
         )
         self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
@@ -580,6 +595,8 @@ class Gateway:
         served tokenizer model itself answers, so prompt, special tokens and truncation are exact."""
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
+        if req.long_text == LONG_TEXT_CHUNK:
+            raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
         client, input_type = await self.resolve_embedding(req, request.url.path)
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])

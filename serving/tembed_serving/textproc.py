@@ -18,6 +18,7 @@ from .contract import (
     EMBEDDING_TYPES,
     INPUT_TYPES,
     LONG_TEXT,
+    LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
     LONG_TEXT_VALUES,
     TRUNCATE_DEFAULT,
@@ -125,6 +126,28 @@ def decode_option(raw: np.ndarray | None, name: str) -> str | None:
     if len(values) != 1:
         raise RequestError(f"{name} takes exactly one value, got {len(values)}")
     return values[0]
+
+
+def window_starts(length: int, room: int, overlap: int) -> list[int]:
+    """Where the windows over a text of ``length`` tokens start, ``room`` tokens each (``length >
+    room``): the fewest windows whose neighbours share at least ``overlap`` tokens (at most half a
+    window), spread evenly from the text's first token to its last, so that every window is full."""
+    stride = room - min(max(overlap, 0), room // 2)
+    span = length - room
+    n = 1 + -(-span // stride)
+    return [k * span // (n - 1) for k in range(n)]
+
+
+def window_weights(starts: list[int], room: int, length: int) -> np.ndarray:
+    """Each window's weight in its text's mean: every token of the text weighs 1, shared evenly by
+    the windows that hold it, so overlapping tokens are not counted twice and the weights add up to
+    ``length`` (a text's vector leans on no part of it more than on another)."""
+    edges = np.zeros(length + 1)
+    for s in starts:
+        edges[s] += 1
+        edges[s + room] -= 1
+    share = 1.0 / np.cumsum(edges)[:length]
+    return np.array([share[s : s + room].sum() for s in starts], dtype=np.float32)
 
 
 def pad_batch(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
@@ -236,8 +259,11 @@ class TextEncoder:
             prefix = p.instruction_template.format(instruction=instruction)
         else:
             prefix = p.prompt_for(input_type or p.default_input_type)
-        # The character cap keeps the side that truncation keeps; NONE must count every token.
+        # The character cap keeps the side that truncation keeps; NONE must count every token, and
+        # chunk embeds every token (or refuses the text): both stay within max_text_bytes.
         cap = {"END": slice(None, self.char_cap), "START": slice(-self.char_cap, None)}.get(truncate, slice(None))
+        if long_text == LONG_TEXT_CHUNK:
+            cap = slice(None)
         out = []
         for i, text in enumerate(texts):
             clean = " ".join(text.split())
@@ -247,6 +273,26 @@ class TextEncoder:
         # A token that starts inside the prompt is the prompt's (the trailing space of "query: "
         # belongs to the next word's token).
         return Prompted(out, len(prefix.rstrip()), truncate, long_text)
+
+    @staticmethod
+    def _spans(enc, prompt_chars: int) -> tuple[int, int, int]:
+        """(head, prompt_end, tail) of an encoding: ``ids[:head]`` are the template's leading special
+        tokens, ``ids[head:prompt_end]`` the tokens of the prompt's ``prompt_chars`` characters (read
+        from the offsets; 0: none), ``ids[tail:]`` the trailing special tokens (the end token of
+        last-token models)."""
+        ids, special = enc.ids, enc.special_tokens_mask
+        head = 0
+        while head < len(ids) and special[head]:
+            head += 1
+        tail = len(ids)
+        while tail > head and special[tail - 1]:
+            tail -= 1
+        prompt = head
+        if prompt_chars:
+            offsets = enc.offsets
+            while prompt < tail and offsets[prompt][0] < prompt_chars:
+                prompt += 1
+        return head, prompt, tail
 
     def _cut(self, enc, prompted: Prompted, i: int) -> list[int]:
         """Encoding ``enc`` of text ``i`` within max_length: its special tokens (the template's
@@ -260,31 +306,74 @@ class TextEncoder:
                 f"text[{i}] is {len(ids)} tokens; the limit is {limit} tokens for model {self.profile.name!r}"
                 " (truncate NONE; END or START cut it instead)"
             )
-        special = enc.special_tokens_mask
-        head = 0
-        while head < len(ids) and special[head]:
-            head += 1
-        tail = len(ids)
-        while tail > head and special[tail - 1]:
-            tail -= 1
+        start = prompted.truncate == "START"
+        head, prompt_end, tail = self._spans(enc, prompted.prompt_chars if start else 0)
         room = max(limit - head - (len(ids) - tail), 0)
         if prompted.truncate == "END":
             body = ids[head : head + room]
         else:  # START: the prompt's tokens, then the text's last ones
-            offsets = enc.offsets
-            prompt = 0
-            while head + prompt < tail and offsets[head + prompt][0] < prompted.prompt_chars:
-                prompt += 1
-            prompt = min(prompt, room)
+            prompt = min(prompt_end - head, room)
             rest = room - prompt
             body = ids[head : head + prompt] + (ids[tail - rest : tail] if rest else [])
         return ids[:head] + body + ids[tail:]
 
+    def _windows(self, enc, prompted: Prompted, i: int) -> tuple[list[list[int]], list[float]]:
+        """Text ``i``'s rows under long_text chunk and their weights: the whole encoding when it fits
+        in max_length (the row truncation would give), else windows of max_length tokens, each with
+        the leading special tokens, the prompt, its share of the text and the trailing special tokens."""
+        ids, p = enc.ids, self.profile
+        if len(ids) <= p.max_length:
+            return [ids], [float(len(ids))]
+        _, prompt_end, tail = self._spans(enc, prompted.prompt_chars)
+        fixed, body, end = ids[:prompt_end], ids[prompt_end:tail], ids[tail:]
+        room = p.max_length - len(fixed) - len(end)
+        if room < 1:  # a prompt that fills the window leaves nothing to chunk: truncate decides
+            row = self._cut(enc, prompted, i)
+            return [row], [float(len(row))]
+        starts = window_starts(len(body), room, p.chunk_overlap)
+        if len(starts) > p.max_windows:
+            raise RequestError(
+                f"text[{i}] is {len(ids)} tokens, {len(starts)} windows of {p.max_length}; the limit is"
+                f" {p.max_windows} windows per text for model {p.name!r} (long_text chunk)"
+            )
+        rows = [fixed + body[s : s + room] + end for s in starts]
+        return rows, window_weights(starts, room, len(body)).tolist()
+
+    def _chunk(self, encodings, prompted: Prompted) -> TokenBatch:
+        """Every text's windows (``_windows``) as one batch: rows of a text consecutive, texts in order."""
+        p = self.profile
+        rows: list[list[int]] = []
+        row_text: list[int] = []
+        weights: list[float] = []
+        counts: list[int] = []
+        for i, enc in enumerate(encodings):
+            windows, w = self._windows(enc, prompted, i)
+            if len(rows) + len(windows) > p.max_rows:
+                raise RequestError(
+                    f"text[{i}] ({len(windows)} windows) brings the request to {len(rows) + len(windows)}"
+                    f" windows; the limit is {p.max_rows} windows per request for model {p.name!r}"
+                    " (long_text chunk; send fewer texts per request)"
+                )
+            rows += windows
+            row_text += [i] * len(windows)
+            weights += w
+            counts.append(sum(map(len, windows)))
+        batch = pad_rows(rows, p)
+        batch.token_count = np.array(counts, dtype=np.int32)
+        batch.row_text = np.array(row_text, dtype=np.int32)
+        batch.row_weight = np.array(weights, dtype=np.float32)
+        return batch
+
     def encode(self, texts: list[str] | Prompted) -> TokenBatch:
         prompted = texts if isinstance(texts, Prompted) else Prompted(list(texts), 0)
-        needs_offsets = prompted.truncate == "START" and prompted.prompt_chars > 0
+        chunk = prompted.long_text == LONG_TEXT_CHUNK
+        needs_offsets = (prompted.truncate == "START" or chunk) and prompted.prompt_chars > 0
         encodings = (self.tokenizer.encode_batch if needs_offsets else self._encode)(prompted.texts)
         original = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(encodings))
+        if chunk:
+            batch = self._chunk(encodings, prompted)
+            batch.token_count_original = original
+            return batch
         rows = [self._cut(enc, prompted, i) for i, enc in enumerate(encodings)]
         batch = pad_rows(rows, self.profile)
         batch.token_count_original = original

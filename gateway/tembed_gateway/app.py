@@ -42,7 +42,6 @@ from tembed_client.contract import (
     EMBEDDING_TYPE_DEFAULT,
     EMBEDDING_TYPES,
     INPUT_TYPES,
-    INPUT_TYPES,
     LONG_TEXT,
     LONG_TEXT_CHUNK,
     LONG_TEXT_VALUES,

@@ -360,4 +360,9 @@ def test_eval_cli_writes_and_replaces_its_section(server, tmp_path, capsys):
     assert "| table |" in text and "--embedding-types binary,int8" in text
     assert "| float32, Qdrant exact cosine (256 B) |" in text and "| binary, Hamming (8 B) |" in text
     assert "first 12 queries per task" in text and "first 30 documents" in text
-    assert kept_section(out)[0] == BEGIN
+    section = kept_section(out)
+    assert section[0] == BEGIN
+    # A full report written over it keeps the section.
+    full = ["--url", server.grpc_url, "--models", QWEN, "--tasks", "tatoeba", "--limit", "5", "--out", str(out)]
+    assert main([*full, "--check-queries", "2", "--no-compare-prompt"]) == 0
+    assert kept_section(out) == section and "# Retrieval quality of the served models" in out.read_text()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -19,26 +18,6 @@ from .conftest import TEXTS
 
 pytestmark = pytest.mark.slow
 E5 = "multilingual-e5-small"
-
-
-@pytest.fixture
-def replicas(model_repository, tmp_path):
-    """Two unsupervised tritonservers (a killed one stays down) serving e5, each on its own copy."""
-    from tembed_serving.contract import model_names
-    from tembed_serving.server import TritonServer
-
-    servers = []
-    try:
-        for i in range(2):
-            repo = tmp_path / f"repo{i}"
-            for name in model_names(E5).values():
-                shutil.copytree(model_repository / name, repo / name)
-            log = tmp_path / f"tritonserver{i}.log"
-            servers.append(TritonServer.on_free_ports(repo, supervise=False, log_file=log).start())
-        yield servers
-    finally:
-        for srv in servers:
-            srv.stop()
 
 
 class Metrics(dict):

@@ -3,6 +3,7 @@ runs it against two real tritonservers)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import pytest
@@ -40,14 +41,18 @@ def test_one_address_is_exactly_the_plain_tritonclient():
     """No replica layer, no health calls: what the client always made."""
     with EmbeddingClient("localhost:1") as client:
         assert type(client._triton) is grpcclient.InferenceServerClient
-    client = AsyncEmbeddingClient("localhost:1")
-    assert type(client._triton) is grpcaio.InferenceServerClient
+
+    async def made(url: object) -> type:
+        async with AsyncEmbeddingClient(url) as aclient:  # grpc.aio channels belong to a running loop
+            return type(aclient._triton)
+
+    assert asyncio.run(made("localhost:1")) is grpcaio.InferenceServerClient
     # Several addresses (or a DNS name) get the replica layer, sync or asyncio.
     with EmbeddingClient("localhost:1,localhost:2") as client:
         assert isinstance(client._triton, ReplicatedTriton)
         assert [r.url for r in client._triton.set.replicas] == ["localhost:1", "localhost:2"]
         assert client.url == "localhost:1,localhost:2"
-    assert isinstance(AsyncEmbeddingClient(["localhost:1", "localhost:2"])._triton, AsyncReplicatedTriton)
+    assert asyncio.run(made(["localhost:1", "localhost:2"])) is AsyncReplicatedTriton
 
 
 def plain_set(*urls: str, names: tuple[DnsName, ...] = ()) -> ReplicaSet:
@@ -56,7 +61,7 @@ def plain_set(*urls: str, names: tuple[DnsName, ...] = ()) -> ReplicaSet:
 
 def test_least_busy_then_least_recently_chosen_and_a_down_replica_skipped():
     rs = plain_set("a:1", "b:1", "c:1")
-    a, b, c = rs.replicas
+    a, _, c = rs.replicas
     # Idle: round robin.
     order = []
     for _ in range(6):

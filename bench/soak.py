@@ -1,0 +1,373 @@
+"""Soak: two Triton replicas and one gateway, separate processes, under saturation for N minutes, with one
+replica killed (kill -9) and started again in the middle.
+
+    make soak                                   # 10 minutes (SOAK_MINUTES), multilingual-e5-small
+    python bench/soak.py --minutes 2            # a short trial
+    python bench/soak.py --repo model_repository --workers 8 --out .cache/soak.md
+
+Each replica is ``python -m tembed_serving.server`` (the supervised launcher: its own process, its
+tritonserver and Python stubs); the gateway is ``python -m tembed_gateway --triton A --triton B``. Workers
+call the gateway with the real ``openai`` client (``max_retries=0``: every failure counts), mixing short and
+long texts; with a reranker in the repository, one request in ten goes to ``/v1/rerank``. Prints a line a
+minute and, at the end, a Markdown table per minute (requests, errors, throughput, P50/P99 latency) and the
+resident memory of every process at the start and the end; writes both to ``--out``. Exits 1 if any
+request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = [
+    "北京是中华人民共和国的首都。",
+    "如何在家里做一杯好喝的咖啡？",
+    "The quick brown fox jumps over the lazy dog.",
+    "Triton 推理服务器 serves embeddings 很快",
+    "今天天气真好 ☀️🌈 let's go hiking 🥾",
+]
+# About 250 tokens: a long passage costs ~20 times a short text on the encoder.
+LONG = "检索增强生成把向量数据库召回的段落交给大模型，再由模型生成回答。" * 10
+LONG_SHARE = 0.2  # of embedding requests: 4 long passages; the rest 1-8 short texts
+RERANK_SHARE = 0.1  # of requests, when the repository has a reranker
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+class Replica:
+    """One ``python -m tembed_serving.server`` on fixed ports, which it keeps across a restart."""
+
+    def __init__(self, index: int, repo: Path, work: Path) -> None:
+        from tembed_serving.server import free_port
+
+        self.index = index
+        self.repo = repo
+        self.log = work / f"tritonserver{index}.log"
+        self.ports = {"--grpc-port": free_port(), "--http-port": free_port(), "--metrics-port": free_port()}
+        self.grpc_url = f"127.0.0.1:{self.ports['--grpc-port']}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "tembed_serving.server", "--model-repository", str(self.repo)]
+        cmd += ["--log-file", str(self.log), *(str(x) for kv in self.ports.items() for x in kv)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.starts += 1
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline, out = time.monotonic() + timeout, ""
+        while "tritonserver ready" not in out and time.monotonic() < deadline and self.proc.poll() is None:
+            out += self.proc.stdout.readline()
+        if "tritonserver ready" not in out:
+            raise SystemExit(f"replica {self.index} did not start:\n{out}\n(log: {self.log})")
+
+    def processes(self) -> Iterator[tuple[str, int]]:
+        """(role, pid): the supervisor, its tritonserver, and the tritonserver's Python stubs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        name = f"replica {self.index}" + ("" if self.starts == 1 else f" (start {self.starts})")
+        yield f"{name}: supervisor (python)", self.proc.pid
+        from tembed_serving.server import python_stubs
+
+        for triton in children(self.proc.pid):
+            yield f"{name}: tritonserver", triton
+            for pid, model in sorted(python_stubs(triton).items(), key=lambda x: x[1]):
+                yield f"{name}: stub {model}", pid
+
+    def kill(self) -> float:
+        """kill -9 of the supervisor; returns the seconds until its tritonserver and stubs were gone too."""
+        assert self.proc is not None
+        pids = [pid for _, pid in self.processes()]
+        t = time.monotonic()
+        self.proc.kill()
+        self.proc.wait()
+        while any(Path(f"/proc/{p}").exists() and "Z" not in state(p) for p in pids) and time.monotonic() - t < 30:
+            time.sleep(0.05)
+        left = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in state(p)]
+        if left:
+            print(f"  processes left after kill -9 of replica {self.index}'s supervisor: {left}; killing", flush=True)
+            for p in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        return time.monotonic() - t
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@dataclass
+class Outcome:
+    end: float  # monotonic
+    seconds: float
+    route: str
+    error: str | None = None
+
+
+@dataclass
+class Load:
+    gateway: str
+    model: str
+    reranker: str | None
+    outcomes: list[Outcome] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def worker(self, seed: int) -> None:
+        import openai
+
+        rng = random.Random(seed)
+        client = openai.OpenAI(base_url=f"{self.gateway}/v1", api_key="EMPTY", max_retries=0, timeout=60)
+        http = httpx.Client(timeout=60)
+        while not self.stop.is_set():
+            t = time.monotonic()
+            route, error = "embeddings", None
+            try:
+                if self.reranker and rng.random() < RERANK_SHARE:
+                    route = "rerank"
+                    docs = rng.sample(SHORT, 4) + [f"{rng.random()} {LONG}"]
+                    body = {"model": self.reranker, "query": rng.choice(SHORT), "documents": docs}
+                    r = http.post(f"{self.gateway}/v1/rerank", json=body)
+                    if r.status_code != 200 or len(r.json()["results"]) != len(docs):
+                        error = f"{r.status_code} {r.text[:200]}"
+                else:
+                    if rng.random() < LONG_SHARE:
+                        texts = [f"{rng.random()} {LONG}" for _ in range(4)]
+                    else:
+                        texts = [f"{rng.random()} {rng.choice(SHORT)}" for _ in range(rng.randint(1, 8))]
+                    resp = client.embeddings.create(model=self.model, input=texts)
+                    if len(resp.data) != len(texts):
+                        error = f"{len(resp.data)} vectors for {len(texts)} texts"
+            except Exception as exc:  # every failure is a failed request, whatever raised it
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            self.outcomes.append(Outcome(time.monotonic(), time.monotonic() - t, route, error))
+        http.close()
+
+
+def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int | None = None) -> list[dict]:
+    """One row per ``bucket_s`` by when requests ended; those after row ``last`` count in it."""
+    rows: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        k = int((o.end - t0) // bucket_s)
+        rows.setdefault(k if last is None else min(k, last), []).append(o)
+    table = []
+    for k in sorted(rows):
+        got = rows[k]
+        span = bucket_s if last is not None else min(bucket_s, max(o.end for o in got) - t0 - k * bucket_s)
+        lat = np.array([o.seconds for o in got]) * 1000
+        table.append(
+            {
+                "minute": k + 1,
+                "requests": len(got),
+                "errors": sum(o.error is not None for o in got),
+                "rerank": sum(o.route == "rerank" for o in got),
+                "req_s": len(got) / max(span, 1e-9),
+                "p50_ms": float(np.percentile(lat, 50)),
+                "p99_ms": float(np.percentile(lat, 99)),
+            }
+        )
+    return table
+
+
+def snapshot(gateway: subprocess.Popen, replicas: list[Replica]) -> dict[str, float]:
+    rss = {}
+    for role, pid in [("gateway (python)", gateway.pid), *(p for r in replicas for p in r.processes())]:
+        mib = rss_mib(pid)
+        if mib is not None:
+            # Two stubs of one model (instances) get their pid appended to stay apart.
+            rss[role if role not in rss else f"{role} [{pid}]"] = mib
+    return rss
+
+
+def gateway_replica_requests(url: str) -> dict[str, float]:
+    found = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("tembed_gateway_triton_replica_requests_total{"):
+            found[line.split('replica="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def markdown(rows: list[dict], start: dict[str, float], end: dict[str, float], notes: list[str]) -> str:
+    out = ["| minute | requests | errors | rerank | req/s | P50 ms | P99 ms |", "|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        out.append(
+            f"| {r['minute']} | {r['requests']} | {r['errors']} | {r['rerank']} | {r['req_s']:.1f}"
+            f" | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |"
+        )
+    total = sum(r["requests"] for r in rows)
+    out.append(f"| **all** | **{total}** | **{sum(r['errors'] for r in rows)}** | | | | |")
+    out += ["", "| process | RSS at start (MiB) | RSS at end (MiB) | change |", "|---|--:|--:|--:|"]
+    for role in sorted(set(start) | set(end)):
+        a, b = start.get(role), end.get(role)
+        change = f"{b - a:+.0f}" if a is not None and b is not None else "–"
+        out.append(f"| {role} | {'–' if a is None else f'{a:.0f}'} | {'–' if b is None else f'{b:.0f}'} | {change} |")
+    out += ["", *notes]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", 10)))
+    ap.add_argument("--repo", type=Path, default=ROOT / "model_repository", help="an exported model repository")
+    ap.add_argument("--model", default="multilingual-e5-small", help="the embedding model to load")
+    ap.add_argument("--workers", type=int, default=6, help="concurrent callers (enough to saturate 2 cores)")
+    ap.add_argument("--restart-at", type=float, default=0.5, help="kill replica 0 at this share of the run")
+    ap.add_argument("--bucket", type=float, default=60.0, help="seconds per table row")
+    ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "soak.md", help="where the Markdown goes")
+    args = ap.parse_args(argv)
+    if not (args.repo / args.model).is_dir():
+        raise SystemExit(f"{args.repo / args.model} not found: export it first (make export)")
+
+    work = ROOT / ".cache" / "soak"
+    work.mkdir(parents=True, exist_ok=True)
+    replicas = [Replica(i, args.repo, work) for i in range(2)]
+    gateway: subprocess.Popen | None = None
+    load: Load | None = None
+    threads: list[threading.Thread] = []
+    try:
+        t = time.monotonic()
+        for r in replicas:
+            r.start()
+        for r in replicas:
+            r.wait_ready()
+        from tembed_serving.server import free_port
+
+        port = free_port()
+        gw_url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "tembed_gateway", "--port", str(port), "--log-level", "warning"]
+        cmd += [x for r in replicas for x in ("--triton", r.grpc_url)] + ["--model-repository", str(args.repo)]
+        gateway = subprocess.Popen(cmd, stdout=open(work / "gateway.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{gw_url}/health/ready", timeout=10).status_code == 200:
+                    break
+            if gateway.poll() is not None or time.monotonic() - t > 300:
+                raise SystemExit(f"the gateway did not become ready (log: {work / 'gateway.log'})")
+            time.sleep(0.5)
+        models = httpx.get(f"{gw_url}/v1/models", timeout=10).json()["data"]
+        reranker = next((m["id"] for m in models if m.get("task") == "rerank" and m["id"] == m["root"]), None)
+        print(f"2 replicas ({', '.join(r.grpc_url for r in replicas)}) and the gateway ({gw_url}) ready in"
+              f" {time.monotonic() - t:.0f} s; {args.workers} workers for {args.minutes:g} min, model {args.model}"
+              f"{', reranker ' + reranker if reranker else ''}", flush=True)  # fmt: skip
+
+        load = Load(gw_url, args.model, reranker)
+        rss_start = snapshot(gateway, replicas)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=load.worker, args=(i,), daemon=True) for i in range(args.workers)]
+        for th in threads:
+            th.start()
+        duration = args.minutes * 60
+        kill_at, notes, printed = t0 + duration * args.restart_at, [], 0
+        killed = False
+        while (now := time.monotonic()) < t0 + duration:
+            if not killed and now >= kill_at:
+                killed = True
+                victim = replicas[0]
+                before = gateway_replica_requests(gw_url).get(victim.grpc_url, 0)
+                gone = victim.kill()
+                t_kill = time.monotonic()
+                print(f"  {t_kill - t0:6.0f} s  kill -9 of replica 0's supervisor; its processes gone in {gone:.1f} s",
+                      flush=True)  # fmt: skip
+                victim.start()
+                victim.wait_ready()
+                t_ready = time.monotonic()
+                while gateway_replica_requests(gw_url).get(victim.grpc_url, 0) <= before:
+                    if time.monotonic() - t_ready > 60:
+                        break
+                    time.sleep(0.1)
+                t_back = time.monotonic()
+                note = (
+                    f"Replica 0 killed (kill -9 of its supervisor) at {t_kill - t0:.0f} s and started again: ready"
+                    f" {t_ready - t_kill:.1f} s later, taking traffic from the gateway {t_back - t_ready:.1f} s"
+                    " after it was ready."
+                )
+                notes.append(note)
+                print(f"  {t_back - t0:6.0f} s  {note}", flush=True)
+            done = int((now - t0) // args.bucket)
+            if done > printed:
+                rows = minute_rows([o for o in load.outcomes if o.end < t0 + done * args.bucket], t0, args.bucket)
+                for r in rows[printed:]:
+                    print(f"  minute {r['minute']:>3}: {r['requests']:6d} requests, {r['errors']} errors,"
+                          f" {r['req_s']:6.1f} req/s, P50 {r['p50_ms']:5.0f} ms, P99 {r['p99_ms']:6.0f} ms",
+                          flush=True)  # fmt: skip
+                printed = done
+            time.sleep(0.2)
+        rss_end = snapshot(gateway, replicas)
+        load.stop.set()
+        for th in threads:
+            th.join(120)
+        outcomes = list(load.outcomes)
+        rows = minute_rows(outcomes, t0, args.bucket, last=max(1, round(duration / args.bucket)) - 1)
+        errors = [o for o in outcomes if o.error]
+        notes.append(
+            f"{len(outcomes)} requests, {len(errors)} failed; {args.workers} workers through the gateway (openai"
+            f" client, no retries) for {args.minutes:g} min. Requests still running at the end are counted in the"
+            " last row. A restarted replica's processes are new: its start and end RSS belong to different processes."
+        )
+        text = markdown(rows, rss_start, rss_end, notes)
+        print("\n" + text, flush=True)
+        for o in errors[:10]:
+            print(f"  failed ({o.route}, {o.end - t0:.1f} s): {o.error}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"written to {args.out}")
+        return 1 if errors else 0
+    finally:
+        if load is not None:
+            load.stop.set()
+        if gateway is not None and gateway.poll() is None:
+            gateway.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                gateway.wait(30)
+            if gateway.poll() is None:
+                gateway.kill()
+        for r in replicas:
+            r.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,11 +94,15 @@ class Replica:
         if "tritonserver ready" not in out:
             raise SystemExit(f"replica {self.index} did not start:\n{out}\n(log: {self.log})")
 
+    @property
+    def label(self) -> str:
+        return f"replica {self.index}" + ("" if self.starts == 1 else ", restarted")
+
     def processes(self) -> Iterator[tuple[str, int]]:
         """(role, pid): the supervisor, its tritonserver, and the tritonserver's Python stubs."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        name = f"replica {self.index}" + ("" if self.starts == 1 else f" (start {self.starts})")
+        name = self.label
         yield f"{name}: supervisor (python)", self.proc.pid
         from tembed_serving.server import python_stubs
 
@@ -107,22 +111,26 @@ class Replica:
             for pid, model in sorted(python_stubs(triton).items(), key=lambda x: x[1]):
                 yield f"{name}: stub {model}", pid
 
-    def kill(self) -> float:
-        """kill -9 of the supervisor; returns the seconds until its tritonserver and stubs were gone too."""
+    def kill(self, wait_s: float = 10.0) -> tuple[float, list[str]]:
+        """kill -9 of the supervisor. Returns the seconds until its tritonserver and stubs were gone too
+        (they die with it: PR_SET_PDEATHSIG, and stubs that lose their server exit), and the roles of
+        those still alive after ``wait_s``, which are then killed."""
         assert self.proc is not None
-        pids = [pid for _, pid in self.processes()]
+        procs = list(self.processes())
         t = time.monotonic()
         self.proc.kill()
         self.proc.wait()
-        while any(Path(f"/proc/{p}").exists() and "Z" not in state(p) for p in pids) and time.monotonic() - t < 30:
+
+        def alive() -> list[tuple[str, int]]:
+            return [(role, p) for role, p in procs if state(p) != "Z"]
+
+        while alive() and time.monotonic() - t < wait_s:
             time.sleep(0.05)
-        left = [p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in state(p)]
-        if left:
-            print(f"  processes left after kill -9 of replica {self.index}'s supervisor: {left}; killing", flush=True)
-            for p in left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p, signal.SIGKILL)
-        return time.monotonic() - t
+        gone_s, left = time.monotonic() - t, alive()
+        for _, p in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        return gone_s, [role for role, _ in left]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -135,6 +143,7 @@ class Replica:
 
 
 def state(pid: int) -> str:
+    """The process' state letter; "Z" for a zombie or a process that is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -188,6 +197,64 @@ class Load:
         http.close()
 
 
+@dataclass
+class Restart:
+    """kill -9 of one replica's supervisor at ``at`` (monotonic), then the same replica started again."""
+
+    replica: Replica
+    gateway: subprocess.Popen
+    gateway_url: str
+    at: float
+    t0: float
+    notes: list[str] = field(default_factory=list)
+    rss_before: dict[str, float] = field(default_factory=dict)  # the killed processes, just before
+    rss_after: dict[str, float] = field(default_factory=dict)  # the new ones, once taking traffic
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # reported in the table, not lost with the thread
+            self.notes.append(f"The restart failed: {exc!r}")
+            raise
+        finally:
+            self.done.set()
+
+    def say(self, what: str) -> None:
+        print(f"  {time.monotonic() - self.t0:6.0f} s  {what}", flush=True)
+
+    def run(self) -> None:
+        victim = self.replica
+        while time.monotonic() < self.at:
+            time.sleep(0.2)
+        before = gateway_replica_requests(self.gateway_url).get(victim.grpc_url, 0)
+        self.rss_before = processes_rss(victim.processes())
+        t_kill = time.monotonic()
+        gone_s, left = victim.kill()
+        self.say(f"kill -9 of {victim.label}'s supervisor; its processes gone in {gone_s:.1f} s"
+                 + (f"; still alive, then killed: {', '.join(left)}" if left else ""))  # fmt: skip
+        victim.start()
+        victim.wait_ready()
+        t_ready = time.monotonic()
+        self.say(f"{victim.label}: ready")
+        while gateway_replica_requests(self.gateway_url).get(victim.grpc_url, 0) <= before:
+            if time.monotonic() - t_ready > 60:
+                self.notes.append("The restarted replica took no traffic within 60 s of being ready.")
+                break
+            time.sleep(0.1)
+        t_back = time.monotonic()
+        self.rss_after = processes_rss(victim.processes())
+        note = (
+            f"Replica {victim.index} killed (kill -9 of its supervisor) at {t_kill - self.t0:.0f} s; its"
+            f" tritonserver and stubs were gone {gone_s:.1f} s later"
+            + (f" except {', '.join(left)} (killed after {gone_s:.0f} s)" if left else "")
+            + f"; started again, ready {t_ready - t_kill:.1f} s after the kill, and taking traffic from the"
+            f" gateway {t_back - t_ready:.1f} s after it was ready."
+        )
+        self.notes.append(note)
+        self.say(note)
+
+
 def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int | None = None) -> list[dict]:
     """One row per ``bucket_s`` by when requests ended; those after row ``last`` count in it."""
     rows: dict[int, list[Outcome]] = {}
@@ -199,9 +266,10 @@ def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int |
         got = rows[k]
         span = bucket_s if last is not None else min(bucket_s, max(o.end for o in got) - t0 - k * bucket_s)
         lat = np.array([o.seconds for o in got]) * 1000
+        end = round((k + 1) * bucket_s)
         table.append(
             {
-                "minute": k + 1,
+                "until": f"{end // 60}:{end % 60:02d}",
                 "requests": len(got),
                 "errors": sum(o.error is not None for o in got),
                 "rerank": sum(o.route == "rerank" for o in got),
@@ -213,14 +281,19 @@ def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int |
     return table
 
 
-def snapshot(gateway: subprocess.Popen, replicas: list[Replica]) -> dict[str, float]:
-    rss = {}
-    for role, pid in [("gateway (python)", gateway.pid), *(p for r in replicas for p in r.processes())]:
+def processes_rss(processes: Iterable[tuple[str, int]]) -> dict[str, float]:
+    rss: dict[str, float] = {}
+    for role, pid in processes:
         mib = rss_mib(pid)
         if mib is not None:
-            # Two stubs of one model (instances) get their pid appended to stay apart.
-            rss[role if role not in rss else f"{role} [{pid}]"] = mib
+            # Several stubs of one model (instances) are numbered to stay apart.
+            n = sum(k == role or k.startswith(f"{role} #") for k in rss)
+            rss[role if n == 0 else f"{role} #{n + 1}"] = mib
     return rss
+
+
+def snapshot(gateway: subprocess.Popen, replicas: list[Replica]) -> dict[str, float]:
+    return processes_rss([("gateway (python)", gateway.pid), *(p for r in replicas for p in r.processes())])
 
 
 def gateway_replica_requests(url: str) -> dict[str, float]:
@@ -232,10 +305,10 @@ def gateway_replica_requests(url: str) -> dict[str, float]:
 
 
 def markdown(rows: list[dict], start: dict[str, float], end: dict[str, float], notes: list[str]) -> str:
-    out = ["| minute | requests | errors | rerank | req/s | P50 ms | P99 ms |", "|--:|--:|--:|--:|--:|--:|--:|"]
+    out = ["| until | requests | errors | rerank | req/s | P50 ms | P99 ms |", "|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         out.append(
-            f"| {r['minute']} | {r['requests']} | {r['errors']} | {r['rerank']} | {r['req_s']:.1f}"
+            f"| {r['until']} | {r['requests']} | {r['errors']} | {r['rerank']} | {r['req_s']:.1f}"
             f" | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |"
         )
     total = sum(r["requests"] for r in rows)
@@ -301,41 +374,23 @@ def main(argv: list[str] | None = None) -> int:
         for th in threads:
             th.start()
         duration = args.minutes * 60
-        kill_at, notes, printed = t0 + duration * args.restart_at, [], 0
-        killed = False
+        restart = Restart(replicas[0], gateway, gw_url, t0 + duration * args.restart_at, t0)
+        chaos = threading.Thread(target=restart, daemon=True)
+        chaos.start()
+        printed = 0
         while (now := time.monotonic()) < t0 + duration:
-            if not killed and now >= kill_at:
-                killed = True
-                victim = replicas[0]
-                before = gateway_replica_requests(gw_url).get(victim.grpc_url, 0)
-                gone = victim.kill()
-                t_kill = time.monotonic()
-                print(f"  {t_kill - t0:6.0f} s  kill -9 of replica 0's supervisor; its processes gone in {gone:.1f} s",
-                      flush=True)  # fmt: skip
-                victim.start()
-                victim.wait_ready()
-                t_ready = time.monotonic()
-                while gateway_replica_requests(gw_url).get(victim.grpc_url, 0) <= before:
-                    if time.monotonic() - t_ready > 60:
-                        break
-                    time.sleep(0.1)
-                t_back = time.monotonic()
-                note = (
-                    f"Replica 0 killed (kill -9 of its supervisor) at {t_kill - t0:.0f} s and started again: ready"
-                    f" {t_ready - t_kill:.1f} s later, taking traffic from the gateway {t_back - t_ready:.1f} s"
-                    " after it was ready."
-                )
-                notes.append(note)
-                print(f"  {t_back - t0:6.0f} s  {note}", flush=True)
             done = int((now - t0) // args.bucket)
             if done > printed:
                 rows = minute_rows([o for o in load.outcomes if o.end < t0 + done * args.bucket], t0, args.bucket)
                 for r in rows[printed:]:
-                    print(f"  minute {r['minute']:>3}: {r['requests']:6d} requests, {r['errors']} errors,"
+                    print(f"  until {r['until']:>6}: {r['requests']:6d} requests, {r['errors']} errors,"
                           f" {r['req_s']:6.1f} req/s, P50 {r['p50_ms']:5.0f} ms, P99 {r['p99_ms']:6.0f} ms",
                           flush=True)  # fmt: skip
                 printed = done
             time.sleep(0.2)
+        if not restart.done.is_set():
+            print("  waiting for the restart to finish", flush=True)
+            restart.done.wait(300)
         rss_end = snapshot(gateway, replicas)
         load.stop.set()
         for th in threads:
@@ -343,11 +398,18 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = list(load.outcomes)
         rows = minute_rows(outcomes, t0, args.bucket, last=max(1, round(duration / args.bucket)) - 1)
         errors = [o for o in outcomes if o.error]
-        notes.append(
+        # The killed replica's processes: from the start to just before the kill; the restarted ones:
+        # from when they took traffic to the end.
+        killed = replicas[0].label.replace(", restarted", "")
+        rss_end.update({k.replace(killed, f"{killed} (killed)"): v for k, v in restart.rss_before.items()})
+        rss_start = {k.replace(killed + ":", f"{killed} (killed):"): v for k, v in rss_start.items()}
+        rss_start.update(restart.rss_after)
+        notes = restart.notes + [
             f"{len(outcomes)} requests, {len(errors)} failed; {args.workers} workers through the gateway (openai"
-            f" client, no retries) for {args.minutes:g} min. Requests still running at the end are counted in the"
-            " last row. A restarted replica's processes are new: its start and end RSS belong to different processes."
-        )
+            f" client, no retries) for {args.minutes:g} min; requests still running at the end count in the last"
+            f" row. RSS: the killed replica's processes from the start to just before the kill, the restarted"
+            f" ones from when they took traffic to the end."
+        ]
         text = markdown(rows, rss_start, rss_end, notes)
         print("\n" + text, flush=True)
         for o in errors[:10]:

@@ -115,6 +115,7 @@ class TritonServer:
     events: list[tuple[float, str]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
     _supervisor: Supervisor | None = None
+    _watchdog: subprocess.Popen | None = None
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, **kw) -> TritonServer:
@@ -181,6 +182,34 @@ class TritonServer:
         )
         if out is not None:
             out.close()
+        self._watch_group()
+
+    def _watch_group(self) -> None:
+        """A watchdog that kills Triton's whole process group once this process is gone, however it went.
+
+        PR_SET_PDEATHSIG takes tritonserver down with this process, but not its stubs: a stub busy when
+        its server died outlived it for good (the encoder's, 650 MiB, asleep under PID 1, after a kill -9
+        of this launcher under load; idle stubs exit by themselves). The watchdog is a shell outside the
+        group that waits for the end of its stdin, whose other end only this process holds (pipes are
+        not inherited by the processes it starts), and then kills the group."""
+        self._stop_watchdog()
+        assert self.proc is not None
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", 'read -r _; kill -s KILL -- "-$0" 2>/dev/null', str(self.proc.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the terminal's group does not reach it
+        )
+
+    def _stop_watchdog(self) -> None:
+        """Done with the group it watches (removed by now): it kills what may be left of it, and exits."""
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError):
+                self._watchdog.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(5)
+            self._watchdog = None
 
     def start(self, timeout: float = 180.0) -> TritonServer:
         if self.admin_key is None:
@@ -328,6 +357,7 @@ class TritonServer:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
+        self._stop_watchdog()
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain and stop: Triton finishes in-flight requests (up to ``exit_timeout_s``), then exits;

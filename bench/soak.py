@@ -56,6 +56,13 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -106,9 +113,12 @@ class Replica:
         yield f"{name}: supervisor (python)", self.proc.pid
         from tembed_serving.server import python_stubs
 
-        for triton in children(self.proc.pid):
-            yield f"{name}: tritonserver", triton
-            for pid, model in sorted(python_stubs(triton).items(), key=lambda x: x[1]):
+        for child in children(self.proc.pid):
+            if not command(child).endswith("tritonserver"):
+                yield f"{name}: watchdog ({Path(command(child)).name})", child
+                continue
+            yield f"{name}: tritonserver", child
+            for pid, model in sorted(python_stubs(child).items(), key=lambda x: x[1]):
                 yield f"{name}: stub {model}", pid
 
     def kill(self, wait_s: float = 10.0) -> tuple[float, list[str]]:

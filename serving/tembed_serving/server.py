@@ -293,7 +293,7 @@ class TritonServer:
         return json.loads(body) if body else None
 
     def ensembles(self, states: tuple[str, ...] = ("READY",)) -> list[str]:
-        """The served models (their ensembles) in one of ``states``: names whose tokenizer is loaded too."""
+        """The served models (their ensembles) in one of ``states``: names with a tokenizer model next to them."""
         index = self._admin("/v2/repository/index")
         state = {m["name"]: m.get("state") for m in index if isinstance(m, dict)}  # type: ignore[union-attr]
         return sorted(n for n, st in state.items() if st in states and model_names(n)["tokenizer"] in state)

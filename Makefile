@@ -14,8 +14,9 @@ EVAL_REPO   ?= .cache/eval_repository
 EVAL_MODELS ?= multilingual-e5-small,all-minilm-l6-v2,qwen3-embedding-tiny:100
 EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
+SOAK_MINUTES ?= 10
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval eval-compact rerank-demo bench-rerank
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval eval-compact rerank-demo bench-rerank soak
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +86,9 @@ bench-rerank: setup  ## MiniLM cross-encoder on CPU, 1 query x 100 passages: our
 
 bench-gateway: export  ## added latency of the OpenAI-compatible gateway over direct gRPC
 	$(BIN)/python bench/gateway_overhead.py --model-repository $(REPO)
+
+soak: export  ## 2 Triton replicas + the gateway (separate processes) saturated for SOAK_MINUTES (10), one replica kill -9ed and restarted midway: per-minute table + RSS -> .cache/soak.md; fails on any failed request
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --repo $(REPO) --model $(MODEL)
 
 lint: setup
 	$(BIN)/ruff check export serving tests client gateway evaluation bench

@@ -138,3 +138,23 @@ def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("rerank-triton") / "tritonserver.log"
     with TritonServer.on_free_ports(repo, log_file=log) as srv:
         yield srv
+
+
+@pytest.fixture
+def replicas(model_repository, tmp_path):
+    """Two unsupervised tritonservers (a killed one stays down) serving e5 (EMBEDDER), each on its own copy."""
+    from tembed_serving.contract import model_names
+    from tembed_serving.server import TritonServer
+
+    servers = []
+    try:
+        for i in range(2):
+            repo = tmp_path / f"repo{i}"
+            for name in model_names(EMBEDDER).values():
+                shutil.copytree(model_repository / name, repo / name)
+            log = tmp_path / f"tritonserver{i}.log"
+            servers.append(TritonServer.on_free_ports(repo, supervise=False, log_file=log).start())
+        yield servers
+    finally:
+        for srv in servers:
+            srv.stop()

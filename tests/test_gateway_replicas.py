@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,26 +21,6 @@ from .conftest import TEXTS
 
 pytestmark = pytest.mark.slow
 E5 = "multilingual-e5-small"
-
-
-@pytest.fixture
-def replicas(model_repository, tmp_path):
-    """Two unsupervised tritonservers (a killed one stays down) serving e5, each on its own copy."""
-    from tembed_serving.contract import model_names
-    from tembed_serving.server import TritonServer
-
-    servers = []
-    try:
-        for i in range(2):
-            repo = tmp_path / f"repo{i}"
-            for name in model_names(E5).values():
-                shutil.copytree(model_repository / name, repo / name)
-            log = tmp_path / f"tritonserver{i}.log"
-            servers.append(TritonServer.on_free_ports(repo, supervise=False, log_file=log).start())
-        yield servers
-    finally:
-        for srv in servers:
-            srv.stop()
 
 
 class Metrics(dict):
@@ -156,3 +138,95 @@ def test_metrics_need_no_key_and_count_refusals(replicas):
         assert m("tembed_gateway_requests_total", route="/v1/embeddings", model="", status="401") == 1
         assert m("tembed_gateway_overloaded_total") == 0
         assert m("tembed_gateway_triton_replica_up", replica=a.grpc_url) == 1.0
+
+
+def start_replica(repo, log) -> tuple[subprocess.Popen, str]:
+    """``python -m tembed_serving.server`` (the supervised launcher) on free ports; its gRPC address."""
+    from tembed_serving.server import free_port
+
+    grpc, http, metrics = free_port(), free_port(), free_port()
+    cmd = [sys.executable, "-m", "tembed_serving.server", "--model-repository", str(repo), "--log-file", str(log)]
+    cmd += ["--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), f"127.0.0.1:{grpc}"
+
+
+def wait_serving(proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline, out = time.monotonic() + timeout, ""
+    while "tritonserver ready" not in out and time.monotonic() < deadline and proc.poll() is None:
+        out += proc.stdout.readline()
+    assert "tritonserver ready" in out, out
+
+
+def test_sigterm_to_a_replica_under_load_loses_no_request(model_repository, tmp_path):
+    """Two supervised replicas under steady load through the gateway and through a client over both;
+    SIGTERM to one supervisor: it refuses new requests (they go to the other), finishes the ones it has,
+    exits 0 and leaves no process; every request of both paths succeeds."""
+    from tembed_client import EmbeddingClient, EmbeddingError
+    from tembed_gateway import GatewaySettings, GatewayThread
+    from tembed_serving.contract import model_names
+
+    procs, urls = [], []
+    try:
+        for i in range(2):
+            repo = tmp_path / f"repo{i}"
+            for name in model_names(E5).values():
+                shutil.copytree(model_repository / name, repo / name)
+            proc, url = start_replica(repo, tmp_path / f"tritonserver{i}.log")
+            procs.append(proc)
+            urls.append(url)
+        for proc in procs:
+            wait_serving(proc)
+        a, _ = procs
+        results: list[tuple[float, str, int | str]] = []  # (when, path, 200 or the error)
+        stop = threading.Event()
+        settings = GatewaySettings(triton_urls=tuple(urls), timeout_s=30)
+        with GatewayThread(settings) as gw, EmbeddingClient(urls, E5, timeout=30) as client:
+
+            def via_gateway(worker: int) -> None:
+                with httpx.Client(timeout=60) as http:
+                    while not stop.is_set():
+                        body = {"model": E5, "input": TEXTS[worker:] + TEXTS[:worker]}
+                        status = http.post(f"{gw.url}/v1/embeddings", json=body).status_code
+                        results.append((time.monotonic(), "gateway", status))
+
+            def via_client(worker: int) -> None:
+                while not stop.is_set():
+                    try:
+                        client.embed(TEXTS[worker:] + TEXTS[:worker])
+                        results.append((time.monotonic(), "client", 200))
+                    except EmbeddingError as exc:
+                        results.append((time.monotonic(), "client", str(exc)))
+
+            with ThreadPoolExecutor(4) as pool:
+                futures = [pool.submit(via_gateway, 0), pool.submit(via_gateway, 1)]
+                futures += [pool.submit(via_client, 2), pool.submit(via_client, 3)]
+                time.sleep(3)
+                sent = time.monotonic()
+                a.send_signal(signal.SIGTERM)
+                code = a.wait(90)
+                drained_s = time.monotonic() - sent
+                time.sleep(2)  # the other replica alone
+                stop.set()
+                for f in futures:
+                    f.result(timeout=120)
+        failed = [r for r in results if r[2] != 200]
+        after = [r for r in results if r[0] > sent]
+        print(f"\nSIGTERM to one of two replicas under 4 workers: {len(failed)} of {len(results)} requests failed"
+              f" ({len(after)} after the signal); the replica drained and exited in {drained_s:.1f} s;"
+              f" gateway failovers {gw.gateway.registry.failovers}, client failovers"
+              f" {client._triton.set.failovers}")  # fmt: skip
+        assert failed == [], failed[:5]
+        # Not the supervisor's grace (30 s), which a replica still taking requests under load waits out.
+        assert code == 0 and drained_s < 30, (code, drained_s)
+        assert {p for _, p, _ in after} == {"gateway", "client"}
+        assert "refusing new requests" in (tmp_path / "tritonserver0.log").read_text(errors="replace")
+        left = subprocess.run(["pgrep", "-f", str(tmp_path / "repo0")], capture_output=True, text=True).stdout.split()
+        assert left == [], f"processes left behind: {left}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

@@ -311,3 +311,53 @@ def test_gateway_cancels_the_work_of_a_caller_that_left(server):
             time.sleep(0.05)
         assert gw.gateway.in_flight == 0 and gw.gateway.abandoned == 1
         assert httpx.post(f"{gw.url}/v1/embeddings", json={"model": E5, "input": "ok"}, timeout=60).status_code == 200
+
+
+def test_killed_launcher_leaves_no_process_even_under_load(model_repository, tmp_path):
+    """kill -9 of ``python -m tembed_serving.server`` while its encoder is busy: tritonserver dies with it
+    (PR_SET_PDEATHSIG) and the launcher's watchdog kills the stubs, a busy one of which used to outlive
+    it for good (asleep under PID 1, 650 MiB)."""
+    from tembed_client import EmbeddingClient, EmbeddingError
+    from tembed_serving.contract import model_names
+
+    from .test_gateway_replicas import start_replica, wait_serving
+
+    repo = tmp_path / "repo"
+    for name in model_names(E5).values():
+        shutil.copytree(model_repository / name, repo / name)
+    proc, url = start_replica(repo, tmp_path / "tritonserver.log")
+    stop = threading.Event()
+    served = []
+
+    def load() -> None:
+        with EmbeddingClient(url, E5, timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    served.append(client.embed([LONG] * 4).shape)
+                except EmbeddingError:
+                    time.sleep(0.1)
+
+    try:
+        wait_serving(proc)
+        threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+        for th in threads:
+            th.start()
+        deadline = time.monotonic() + 60
+        while len(served) < 3 and time.monotonic() < deadline:  # the encoder is busy from now on
+            time.sleep(0.1)
+        assert served, "no request was served"
+        killed = time.monotonic()
+        proc.kill()
+        proc.wait()
+        deadline, left = killed + 15, ["?"]
+        while left and time.monotonic() < deadline:
+            left = subprocess.run(["pgrep", "-f", str(repo)], capture_output=True, text=True).stdout.split()
+            time.sleep(0.1)
+        assert left == [], f"processes left behind 15 s after kill -9 of the launcher: {left}"
+        print(f"\nkill -9 of the launcher under load: no process left after {time.monotonic() - killed:.1f} s")
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        for pid in subprocess.run(["pgrep", "-f", str(repo)], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)

@@ -13,6 +13,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from . import contract as c
+from . import replicas
 from .contract import (
     DIMENSIONS,
     DOCUMENTS,
@@ -539,7 +540,7 @@ class ClientBase:
 
     def __init__(
         self,
-        url: str = "localhost:8001",
+        url: str | Sequence[str] = "localhost:8001",
         model: str | None = None,
         *,
         timeout: float | None = 60.0,
@@ -552,10 +553,13 @@ class ClientBase:
     ) -> None:
         """``triton``: an open ``tritonclient`` InferenceServerClient to share (its owner closes it;
         ``close()`` then leaves it open). ``info``: the model's config, when the caller has read it.
-        ``retry``: how requests refused as UNAVAILABLE / RESOURCE_EXHAUSTED are retried."""
+        ``retry``: how requests refused as UNAVAILABLE / RESOURCE_EXHAUSTED are retried.
+        ``url``: one address, or several replicas serving the same models (``"a:8001,b:8001"``, a list,
+        or ``"dns:///NAME:8001"``): each call goes to the least busy one and fails over once to another
+        if its replica is gone (:mod:`tembed_client.replicas`)."""
         if compression not in COMPRESSIONS:
             raise invalid(f"compression must be gzip, deflate or None, not {compression!r}")
-        self.url = url
+        self.url = url if isinstance(url, str) else ",".join(url)
         self._model = model if info is None else info.name
         self._info: ModelInfo | None = info
         # Passed to every RPC; inference calls also get the compression.
@@ -563,7 +567,7 @@ class ClientBase:
         self._infer_kw: dict[str, Any] = {**self._rpc_kw, "compression_algorithm": compression}
         self.retry = retry or RetryPolicy()
         self._owns_triton = triton is None
-        self._triton = self._triton_class(url, verbose=verbose) if triton is None else triton
+        self._triton = replicas.connect(url, self._triton_class, verbose) if triton is None else triton
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r}, model={self._model!r})"

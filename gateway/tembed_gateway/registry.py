@@ -5,7 +5,11 @@ the fewest requests in flight; a request that fails there with UNAVAILABLE (the 
 connection is gone, not a full queue) is sent once more to another replica (every request is
 idempotent), and the replica is marked down until its readiness answers again (checked every
 ``HEALTH_INTERVAL_S``). One ``dns:///NAME:8001`` replica whose name resolves to several addresses
-needs none of this: its channel balances per request (``channel_args``)."""
+needs none of this: its channel balances per request (``channel_args``).
+
+What counts as a failed replica (``replica_failed``: gone, or draining), the order of choice
+(``least_busy``) and the channel arguments are the client's (``tembed_client.replicas``): the gateway
+and an ``EmbeddingClient`` over several replicas behave alike."""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ from typing import Any
 
 import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
-from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 
 from tembed_client import (
     AsyncEmbeddingClient,
@@ -33,6 +36,7 @@ from tembed_client import (
     loaded_models,
     triton_errors,
 )
+from tembed_client.replicas import channel_args, least_busy, replica_failed
 from tembed_serving.contract import Layout
 
 from .settings import GatewaySettings
@@ -43,26 +47,6 @@ REFRESH_INTERVAL_S = 1.0
 HEALTH_INTERVAL_S = 1.0
 
 log = logging.getLogger("tembed_gateway")
-
-
-def channel_args() -> list[tuple[str, int | str]]:
-    """tritonclient's own channel defaults, plus round-robin: with a name that resolves to several
-    Triton pods (``dns:///tembed-triton-headless:8001``), requests spread over all of them instead of
-    gRPC's default of sending everything to the first address."""
-    ka = KeepAliveOptions()
-    return [
-        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-        ("grpc.keepalive_time_ms", ka.keepalive_time_ms),
-        ("grpc.keepalive_timeout_ms", ka.keepalive_timeout_ms),
-        ("grpc.keepalive_permit_without_calls", ka.keepalive_permit_without_calls),
-        ("grpc.http2.max_pings_without_data", ka.http2_max_pings_without_data),
-        ("grpc.lb_policy_name", "round_robin"),
-        # Reconnect to a Triton that was down within a second of its return, not after gRPC's
-        # default backoff (up to 120 s): a restarted replica gets traffic again at once.
-        ("grpc.initial_reconnect_backoff_ms", 250),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
 
 
 @dataclass(frozen=True)
@@ -96,13 +80,6 @@ class ModelClient(AsyncEmbeddingClient):
     def info(self) -> ModelInfo:
         assert self._info is not None
         return self._info
-
-
-def replica_failed(exc: EmbeddingError) -> bool:
-    """The replica (or the connection to it) is gone, rather than busy or refusing this request:
-    UNAVAILABLE, but not Triton's full queue or queue timeout (another replica is as busy)."""
-    message = exc.message.lower()
-    return exc.code == "UNAVAILABLE" and "queue" not in message and "timeout expired" not in message
 
 
 class Replica:
@@ -251,9 +228,7 @@ class ModelRegistry:
         """The ready replica serving ``name`` with the fewest requests in flight (the least recently
         chosen, among equals: round robin when idle). With none marked ready, any that serves it: readiness may be out of date, and
         a replica that is really down answers UNAVAILABLE at once."""
-        serving = [r for r in self.replicas if name in r.clients and r not in (exclude or ())]
-        up = [r for r in serving if r.up] or serving
-        return min(up, key=lambda r: (r.in_flight, r.last_pick), default=None)
+        return least_busy(r for r in self.replicas if name in r.clients and r not in (exclude or ()))
 
     async def refresh(self, min_interval: float = 0.0) -> None:
         """Re-read every replica's READY text-embedding ensembles; raises EmbeddingError if no

@@ -115,6 +115,7 @@ class TritonServer:
     events: list[tuple[float, str]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
     _supervisor: Supervisor | None = None
+    _watchdog: subprocess.Popen | None = None
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, **kw) -> TritonServer:
@@ -181,6 +182,34 @@ class TritonServer:
         )
         if out is not None:
             out.close()
+        self._watch_group()
+
+    def _watch_group(self) -> None:
+        """A watchdog that kills Triton's whole process group once this process is gone, however it went.
+
+        PR_SET_PDEATHSIG takes tritonserver down with this process, but not its stubs: a stub busy when
+        its server died outlived it for good (the encoder's, 650 MiB, asleep under PID 1, after a kill -9
+        of this launcher under load; idle stubs exit by themselves). The watchdog is a shell outside the
+        group that waits for the end of its stdin, whose other end only this process holds (pipes are
+        not inherited by the processes it starts), and then kills the group."""
+        self._stop_watchdog()
+        assert self.proc is not None
+        self._watchdog = subprocess.Popen(
+            ["sh", "-c", 'read -r _; kill -s KILL -- "-$0" 2>/dev/null', str(self.proc.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the terminal's group does not reach it
+        )
+
+    def _stop_watchdog(self) -> None:
+        """Done with the group it watches (removed by now): it kills what may be left of it, and exits."""
+        if self._watchdog is not None:
+            with contextlib.suppress(OSError):
+                self._watchdog.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(5)
+            self._watchdog = None
 
     def start(self, timeout: float = 180.0) -> TritonServer:
         if self.admin_key is None:
@@ -256,8 +285,42 @@ class TritonServer:
         tokenizers = {model_names(n)["tokenizer"]: n for n in done}
         return sum(max(0, done[tok] - done[n]) for tok, n in tokenizers.items() if tok in done)
 
-    def drain(self, grace_s: float) -> int:
-        """Wait (up to ``grace_s``) until no ensemble request is in flight; returns how many still were."""
+    def _admin(self, path: str) -> object:
+        """POST ``path`` of Triton's restricted repository API (with the admin key); its JSON answer."""
+        req = urllib.request.Request(f"{self.http_url}{path}", data=b"{}", headers=self.admin_headers, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def ensembles(self, states: tuple[str, ...] = ("READY",)) -> list[str]:
+        """The served models (their ensembles) in one of ``states``: names with a tokenizer model next to them."""
+        index = self._admin("/v2/repository/index")
+        state = {m["name"]: m.get("state") for m in index if isinstance(m, dict)}  # type: ignore[union-attr]
+        return sorted(n for n, st in state.items() if st in states and model_names(n)["tokenizer"] in state)
+
+    def refuse_new(self) -> list[str]:
+        """Stop taking new requests, and say so: unload every served ensemble (not the models it calls).
+
+        Triton refuses new requests for an unloading model at once (NOT_FOUND "... has no available
+        versions", which a client over several replicas and the gateway send to another replica), reports
+        not ready meanwhile (``--strict-readiness``), and unloads the ensemble only once the requests
+        already in it have finished: their next steps still find the tokenizer, encoder and postprocess
+        loaded. Returns the ensembles being unloaded."""
+        names = self.ensembles()
+        for name in names:
+            self._admin(f"/v2/repository/models/{name}/unload")
+        self.event(f"refusing new requests: unloading {', '.join(names) or 'nothing'}")
+        return names
+
+    def drain(self, grace_s: float, refuse_new: bool = False) -> int:
+        """Wait (up to ``grace_s``) until no ensemble request is in flight; returns how many still were.
+
+        ``refuse_new``: first stop taking new requests (:meth:`refuse_new`), for a replica whose callers
+        can go elsewhere; then returns how many ensembles were still unloading (still had requests).
+        Without it (one server behind its own gateway, which drains first) requests keep being taken:
+        a call sent in chunks one after another gets its next chunk served."""
+        if refuse_new:
+            return self._drain_refusing(grace_s)
         deadline, quiet = time.monotonic() + grace_s, 0
         left = 0
         while time.monotonic() < deadline:
@@ -271,6 +334,18 @@ class TritonServer:
             time.sleep(0.1)
         return left
 
+    def _drain_refusing(self, grace_s: float) -> int:
+        deadline = time.monotonic() + grace_s
+        try:
+            self.refuse_new()
+            while True:
+                busy = self.ensembles(("READY", "UNLOADING"))
+                if not busy or time.monotonic() >= deadline:
+                    return len(busy)
+                time.sleep(0.1)
+        except (OSError, ValueError):
+            return 0  # Triton is gone: nothing left to wait for
+
     def _log_tail(self, n: int = 40) -> str:
         if not self.log_file or not Path(self.log_file).exists():
             return ""
@@ -282,6 +357,7 @@ class TritonServer:
         if self.proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
+        self._stop_watchdog()
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain and stop: Triton finishes in-flight requests (up to ``exit_timeout_s``), then exits;
@@ -416,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
             pass
     finally:
         if srv.proc is not None:
-            srv.drain(srv.exit_timeout_s)
+            # A replica: new requests go elsewhere at once, those in flight finish, then Triton stops.
+            left = srv.drain(srv.exit_timeout_s, refuse_new=True)
+            if left:
+                print(f"{left} models still had requests after {srv.exit_timeout_s}s", flush=True)
         srv.stop()
     return 0
 

@@ -148,8 +148,9 @@ def test_bad_long_text_value(short_e5):
 
 
 def test_caps_and_the_encoder_admit_every_chunked_request(profiles):
-    assert chunk_defaults(512, 64) == (64, 128, 32)
-    assert chunk_defaults(8192, 64) == (4, 64, 512)  # never fewer rows than texts
+    assert chunk_defaults(512, 64) == (64, 64, 32)
+    assert chunk_defaults(256, 8) == (128, 128, 16)  # a request holds one text of max_windows
+    assert chunk_defaults(8192, 64) == (4, 64, 512)  # or max_texts texts, whichever is more
     p = profiles[E5]
     assert p.max_rows >= p.max_texts and p.max_windows <= p.max_rows
     for backend in ("python-onnx", "onnxruntime", "tensorrt"):
@@ -176,10 +177,10 @@ TOPICS = ("cats sleeping in the sun", "rockets leaving the launch pad", "bread r
 # 1226 text tokens, three topics in turn: 3 windows of e5's 512 tokens, each about something else.
 THREE = " ".join(f"Sentence {i} of this story is about {TOPICS[i * 3 // 80]}." for i in range(80))
 # Many bytes, few tokens ("▁understanding" is one token): 2 windows each, but the client, which
-# counts bytes, expects up to 39 and puts at most 3 such texts in a request of 128 windows.
-WIDE = ["understanding " * 700, "communication " * 700]
+# counts bytes, expects up to 29 and puts at most 2 such texts in a request of 64 windows.
+WIDE = ["understanding " * 520, "communication " * 520]
 OVER_WINDOWS = "word " * 30_900  # 65 windows of 512: over e5's 64 per text
-FIFTY = "word " * 23_800  # 50 windows: three of them are over the 128 per request
+FIFTY = "word " * 23_800  # 50 windows: two of them are over the 64 per request
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -265,22 +266,23 @@ def test_window_caps_refuse_one_request_and_leave_the_others(e5, grpc):
     short = e5.embed(TEXTS)
 
     def over_per_request():
-        inputs = [bytes_input("text", [FIFTY, FIFTY, FIFTY]), bytes_input("long_text", ["chunk"])]
+        inputs = [bytes_input("text", ["ok", FIFTY, FIFTY]), bytes_input("long_text", ["chunk"])]
         return grpc.infer(E5, inputs)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         bad_text = [pool.submit(e5.embed, ["ok", OVER_WINDOWS], truncate=t, long_text="chunk") for t in ("END", "NONE")]
         bad_request = pool.submit(over_per_request)
         good = [pool.submit(e5.embed, THREE, long_text="chunk"), pool.submit(e5.embed, TEXTS)]
+        # The client sends the long text in a request of its own (1 + 64 expected windows > 64) and
+        # says where that request lies in the list.
+        message = r"text\[0\] is 30904 tokens, 65 windows of 512; the limit is 64 .*\(request for texts\[1:2\]\)"
         for future in bad_text:
-            with pytest.raises(
-                EmbeddingError, match=r"text\[1\] is 30904 tokens, 65 windows of 512; the limit is 64"
-            ) as exc:
+            with pytest.raises(EmbeddingError, match=message) as exc:
                 future.result()
             assert exc.value.code == "INVALID_ARGUMENT"
         with pytest.raises(
             InferenceServerException,
-            match=r"text\[2\] \(50 windows\) brings the request to 150 windows; the limit is 128",
+            match=r"text\[2\] \(50 windows\) brings the request to 101 windows; the limit is 64",
         ):
             bad_request.result()
         np.testing.assert_allclose(good[0].result(), three, atol=1e-6)
@@ -301,8 +303,8 @@ def test_bad_long_text_values(e5, grpc):
 @slow
 def test_clients_split_a_list_by_windows(e5, server):
     texts = WIDE * 3
-    # The server's caps reach the client: 3 texts of up to 39 windows per request of 128.
-    assert [len(c) for c in Call.prepare(e5.model_info(), texts, long_text="chunk").chunks()] == [3, 3]
+    # The server's caps reach the client: 2 texts of up to 29 windows per request of 64.
+    assert [len(c) for c in Call.prepare(e5.model_info(), texts, long_text="chunk").chunks()] == [2, 2, 2]
     alone = e5.embed(WIDE, long_text="chunk")
     np.testing.assert_allclose(e5.embed(texts, long_text="chunk"), np.tile(alone, (3, 1)), atol=1e-6)
 

@@ -157,21 +157,22 @@ class ModelProfile:
 
 
 # long_text chunk's reach: about the 32k-token inputs of the long-context models (Qwen3-Embedding,
-# bge-m3 at 8k x 4) for every model, at most as many tokens per request as a TensorRT profile holds
-# (trt_profiles.DEFAULT_MAX_BATCH_TOKENS), so the engine admits every chunked request.
+# bge-m3 at 8k x 4), whatever the model's own max length.
 CHUNK_TEXT_TOKENS = 32768
-CHUNK_REQUEST_TOKENS = 65536
 
 
 def chunk_defaults(max_length: int, max_texts: int) -> tuple[int, int, int]:
     """(max_windows, max_rows, chunk_overlap) written at export when not given.
 
-    e5-small (512 tokens): 64 windows per text (~30k text tokens), 128 rows per request, 32 tokens of
-    overlap. The overlap is a sixteenth of a window: a sentence (20-30 tokens) cut by one window's
-    edge is whole in its neighbour, for ~7 % more encoder work. More buys nothing measurable: on
-    the eval's 20k-character document, 0 to 256 tokens of overlap moved cos(paragraph, document)
-    by under 0.0005 while the windows grew from 30 to 59 (docs/QUALITY.md)."""
-    return max(1, CHUNK_TEXT_TOKENS // max_length), max(max_texts, CHUNK_REQUEST_TOKENS // max_length), max_length // 16
+    e5-small (512 tokens): 64 windows per text (~30k text tokens), 64 rows per request, 32 tokens of
+    overlap. A request holds max_texts rows or one text of max_windows windows, whichever is more:
+    at 64 texts of 512 tokens the encoder's max_batch_size, so the dynamic batcher and the TensorRT
+    profiles stay as they were. The overlap is a sixteenth of a window: a sentence (20-30 tokens)
+    cut by one window's edge is whole in its neighbour, for ~7 % more encoder work. More buys
+    nothing measurable: on the eval's 20k-character document, 0 to 256 tokens of overlap moved
+    cos(paragraph, document) by under 0.0005 while the windows grew from 30 to 59 (docs/QUALITY.md)."""
+    windows = max(1, CHUNK_TEXT_TOKENS // max_length)
+    return windows, max(max_texts, windows), max_length // 16
 
 
 def default_buckets(max_length: int) -> list[int]:

@@ -230,3 +230,43 @@ def test_sigterm_to_a_replica_under_load_loses_no_request(model_repository, tmp_
                     proc.wait(60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def test_a_dns_name_is_resolved_again_pods_come_and_go(replicas):
+    """``--triton dns:///NAME:PORT`` (a headless Service): one replica per address, followed as the
+    name's addresses change. The lookup is the registry's resolver seam; the servers are real."""
+    import asyncio
+    import socket
+
+    from tembed_gateway import GatewaySettings
+    from tembed_gateway.registry import ModelRegistry
+
+    a, b = replicas
+    answer = [a.grpc_url]  # what the name resolves to now
+
+    async def main() -> None:
+        settings = GatewaySettings(triton_urls=("dns:///triton-headless:8001",), timeout_s=10)
+        registry = ModelRegistry(settings, resolver=lambda names: list(answer))
+        try:
+            await registry.refresh()
+            assert [r.url for r in registry.replicas] == [a.grpc_url]
+            answer.append(b.grpc_url)  # scale-up: a second pod
+            await registry.resolve_addresses()
+            assert [r.url for r in registry.replicas] == [a.grpc_url, b.grpc_url]
+            model = await registry.resolve(E5)
+            for i in range(6):
+                await model.embed([TEXTS[i % len(TEXTS)]])
+            assert all(r.requests > 0 for r in registry.replicas), registry.replicas
+            answer.remove(a.grpc_url)  # scale-down: the first pod goes
+            await registry.resolve_addresses()
+            assert [r.url for r in registry.replicas] == [b.grpc_url]
+            before = registry.replicas[0].requests
+            await model.embed([TEXTS[0]])
+            assert registry.replicas[0].requests == before + 1
+            registry._resolver = lambda names: socket.getaddrinfo("no-such-host.invalid", 1)  # a failed lookup
+            await registry.resolve_addresses()
+            assert [r.url for r in registry.replicas] == [b.grpc_url]  # keeps what there is
+        finally:
+            await registry.close()
+
+    asyncio.run(main())

@@ -305,8 +305,9 @@ def test_gateway_probes_are_routes_of_the_app_on_its_port(overlay):
 def test_gateway_reaches_every_triton_replica_through_the_headless_service(overlay):
     objs = render(overlay)
     args = gateway_args(container(get(objs, "Deployment", "tembed-gateway")))
-    (target,) = args.triton  # one --triton: the headless Service's name balances over the pods
-    host, port = target.rsplit(":", 1)
+    (target,) = args.triton  # one --triton: dns:/// of the headless Service, one replica per pod
+    assert target.startswith("dns:///"), target
+    host, port = target.removeprefix("dns:///").rsplit(":", 1)
     headless = get(objs, "Service", host)
     assert headless["spec"]["clusterIP"] == "None"
     (p,) = [p for p in headless["spec"]["ports"] if p["port"] == int(port)]

@@ -4,8 +4,10 @@ With several replicas (``--triton`` given more than once) each request goes to t
 the fewest requests in flight; a request that fails there with UNAVAILABLE (the server or the
 connection is gone, not a full queue) is sent once more to another replica (every request is
 idempotent), and the replica is marked down until its readiness answers again (checked every
-``HEALTH_INTERVAL_S``). One ``dns:///NAME:8001`` replica whose name resolves to several addresses
-needs none of this: its channel balances per request (``channel_args``).
+``HEALTH_INTERVAL_S``). A ``dns:///NAME:8001`` replica (a Kubernetes headless Service) is one replica per
+address the name resolves to, resolved again every ``RESOLVE_INTERVAL_S``: pods that appear get
+traffic, pods that vanish are dropped once their requests are done (gRPC's own resolver looks a name
+up again only when a connection breaks, grpc/grpc#12295, so a scale-up would go unseen).
 
 What counts as a failed replica (``replica_failed``: gone, or draining), the order of choice
 (``least_busy``) and the channel arguments are the client's (``tembed_client.replicas``): the gateway
@@ -36,7 +38,15 @@ from tembed_client import (
     loaded_models,
     triton_errors,
 )
-from tembed_client.replicas import channel_args, least_busy, replica_failed
+from tembed_client.replicas import (
+    RESOLVE_INTERVAL_S,
+    DnsName,
+    channel_args,
+    least_busy,
+    parse_targets,
+    replica_failed,
+)
+from tembed_client.replicas import resolve as resolve_names
 from tembed_serving.contract import Layout
 
 from .settings import GatewaySettings
@@ -174,9 +184,18 @@ class ReplicatedModel:
 class ModelRegistry:
     """Created in the server's event loop: grpc.aio channels belong to the loop that made them."""
 
-    def __init__(self, settings: GatewaySettings, on_retry: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        on_retry: Callable[[], None] | None = None,
+        resolver: Callable[[list[DnsName]], list[str]] = resolve_names,
+    ) -> None:
         self.settings = settings
-        self.replicas = [Replica(url, settings, on_retry) for url in settings.replica_urls]
+        self._on_retry = on_retry
+        self._static, self._names = parse_targets(list(settings.replica_urls))
+        self._resolver = resolver  # the names' addresses now (blocking; run in a thread)
+        self._retired: list[Replica] = []  # resolved no more: closed once their requests are done
+        self.replicas = [Replica(url, settings, on_retry) for url in self._static]
         self.clients: dict[str, ReplicatedModel] = {}
         self.failovers = 0  # requests sent again to another replica
         self.picks = 0
@@ -184,6 +203,11 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         self._refreshed_at = -math.inf
         self._watch: asyncio.Task[None] | None = None
+        if self._names:
+            try:
+                self._update_addresses(resolver(self._names))
+            except OSError as exc:  # not resolvable yet (pods not up): the watcher tries again
+                log.warning("cannot resolve %s yet: %s", ", ".join(map(str, self._names)), exc)
 
     def start(self) -> None:
         """Check every replica's readiness every HEALTH_INTERVAL_S in the background."""
@@ -194,14 +218,49 @@ class ModelRegistry:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        for replica in self.replicas:
+        for replica in [*self.replicas, *self._retired]:
             await replica.triton.close()
 
     async def _watch_replicas(self) -> None:
+        resolve_at = time.monotonic() + RESOLVE_INTERVAL_S
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
+            if self._names and time.monotonic() >= resolve_at:
+                resolve_at = time.monotonic() + RESOLVE_INTERVAL_S
+                with contextlib.suppress(Exception):
+                    await self.resolve_addresses()
             with contextlib.suppress(Exception):
                 await self.ready()
+            for replica in [r for r in self._retired if r.in_flight == 0]:
+                self._retired.remove(replica)
+                with contextlib.suppress(Exception):
+                    await replica.triton.close()
+
+    async def resolve_addresses(self) -> None:
+        """Resolve the ``dns:///`` names again: a new address becomes a replica (once it says what
+        it serves), a vanished one stops getting requests. A failed lookup changes nothing."""
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, self._resolver, self._names)
+        except OSError as exc:
+            log.warning("cannot resolve %s: %s; keeping %d replicas", self._names, exc, len(self.replicas))
+            return
+        added = self._update_addresses(found)
+        for replica in added:
+            await self._refresh_one(replica)
+        if added:
+            self._merge()
+
+    def _update_addresses(self, resolved: list[str]) -> list[Replica]:
+        """The replicas for the static addresses plus ``resolved``; returns the new ones."""
+        wanted = list(dict.fromkeys([*self._static, *resolved]))
+        have = {r.url: r for r in self.replicas}
+        for url in set(have) - set(wanted):
+            log.warning("Triton replica %s no longer resolves; dropped", url)
+            self._retired.append(have[url])
+        added = [Replica(url, self.settings, self._on_retry) for url in wanted if url not in have]
+        self.replicas = [have.get(url) or next(r for r in added if r.url == url) for url in wanted]
+        self._merge()
+        return added
 
     def mark_down(self, replica: Replica, exc: EmbeddingError) -> None:
         replica.failures += 1

@@ -179,11 +179,13 @@ def markdown(rows: list[dict], plan: Plan, notes: list[str]) -> str:
     )
 
 
-def write_doc(path: Path, section: str) -> None:
+def write_doc(path: Path, section: str, start: str = START, end: str = END) -> None:
+    """``section`` (which begins with ``start`` and ends with ``end``) in place of the one between those
+    markers in ``path``, or appended: reruns update their own section and leave the rest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text, encoding="utf-8")

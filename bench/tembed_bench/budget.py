@@ -1,0 +1,918 @@
+"""Where each millisecond of a request goes: a latency budget of the default model's ensemble, from
+Triton's own per-model statistics, the client's clock and the same encoder run in-process.
+
+    python -m tembed_bench.budget            # ~3-4 min on 2 cores
+    python -m tembed_bench.budget --quick    # well under a minute: checks that it works
+
+For (a) single short queries, one at a time, and (b) the mixed load of ``tembed_bench.compare`` (requests
+of 16 texts, 8 in flight), it reads ``get_inference_statistics`` for the ensemble and each composing
+model before and after the run, times the client's own request path in its pieces (``TimedClient``),
+runs our tokenizer and ONNX Runtime encoder in-process on the same inputs, and reads the CPU seconds of
+every process (client, tritonserver, each Python stub, the gateway). Then the gateway's added time for
+the same single queries. Writes docs/BENCHMARKS.md (between the budget markers) and docs/budget.png,
+prints the tables and, last, one JSON line.
+
+How Triton accounts a Python-backend step (python_backend ``ProcessRequests``, tritonserver 2.51):
+``queue`` is the wait in the model's scheduler; ``compute_input`` builds the responses and copies the
+input tensors into the stub's shared memory; ``compute_infer`` runs from handing the batch to the stub
+(message queue) until the stub's answer is back, so it holds the IPC both ways, the stub's unpacking
+into ``pb_utils`` objects, ``model.py``'s ``execute`` and the copy of the outputs into shared memory;
+``compute_output`` copies the outputs into Triton's response and sends it (for the last step, into the
+gRPC front end's protobuf). The ensemble reports its own ``queue`` and ``success`` (the whole request
+inside Triton); its ``compute_*`` are the sums of its steps'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import data, systems
+from .compare import token_counts, write_doc
+from .data import Item
+
+START, END = "<!-- budget:start -->", "<!-- budget:end -->"
+FIELDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+# ---------------------------------------------------------------------------------------------- Triton's numbers
+@dataclass
+class ModelStats:
+    """One model's cumulative counters (``get_inference_statistics``), or the difference of two."""
+
+    count: int = 0  # successful requests
+    ns: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FIELDS, 0))
+    executions: int = 0
+    busy_ns: int = 0  # sum over executions (batches) of compute_infer: how long the model was busy
+
+    def combine(self, other: ModelStats, sign: int) -> ModelStats:
+        return ModelStats(
+            self.count + sign * other.count,
+            {k: self.ns[k] + sign * other.ns[k] for k in FIELDS},
+            self.executions + sign * other.executions,
+            self.busy_ns + sign * other.busy_ns,
+        )
+
+    def __sub__(self, other: ModelStats) -> ModelStats:
+        return self.combine(other, -1)
+
+    def __add__(self, other: ModelStats) -> ModelStats:
+        return self.combine(other, 1)
+
+    def ms(self, what: str, per: int) -> float:
+        """Mean milliseconds of ``what`` over ``per`` requests."""
+        return self.ns[what] / 1e6 / max(per, 1)
+
+
+def parse_stats(stats: dict) -> dict[str, ModelStats]:
+    """``get_inference_statistics(as_json=True)``: numbers come as strings, absent fields are {}."""
+    out = {}
+    for m in stats.get("model_stats", []):
+        inf = m.get("inference_stats", {})
+        out[m["name"]] = ModelStats(
+            count=int(inf.get("success", {}).get("count", 0)),
+            ns={k: int(inf.get(k, {}).get("ns", 0)) for k in FIELDS},
+            executions=int(m.get("execution_count", 0)),
+            busy_ns=sum(int(b.get("compute_infer", {}).get("ns", 0)) for b in m.get("batch_stats", [])),
+        )
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 when it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_processes(server_pid: int) -> dict[int, str]:
+    """tritonserver and its Python stubs, labelled ``tritonserver`` or by the stub's model folder."""
+    out = {server_pid: "tritonserver"}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != server_pid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            # triton_python_backend_stub <repository>/<model>/<version>/model.py <shm region> ...
+            out[int(entry.name)] = Path(argv[1].decode()).parts[-3] if len(argv) > 1 else "?"
+    return out
+
+
+@dataclass
+class Snapshot:
+    """Triton's statistics and the CPU seconds of each process, at one moment or over a span."""
+
+    stats: dict[str, ModelStats]
+    cpu: dict[str, float]
+
+    def __sub__(self, other: Snapshot) -> Snapshot:
+        stats = {k: v - other.stats.get(k, ModelStats()) for k, v in self.stats.items()}
+        return Snapshot(stats, {k: v - other.cpu.get(k, 0.0) for k, v in self.cpu.items()})
+
+    def __add__(self, other: Snapshot) -> Snapshot:
+        zero = ModelStats()
+        stats = {k: self.stats.get(k, zero) + other.stats.get(k, zero) for k in {*self.stats, *other.stats}}
+        return Snapshot(stats, {k: self.cpu.get(k, 0.0) + other.cpu.get(k, 0.0) for k in {*self.cpu, *other.cpu}})
+
+
+class Counters:
+    """Reads a :class:`Snapshot`: the server's statistics and the CPU seconds of this process,
+    tritonserver and its stubs (found once: a stub restarted meanwhile would be missed)."""
+
+    def __init__(self, stats_client, server_pid: int) -> None:
+        self.client, self.pids = stats_client, server_processes(server_pid)
+
+    def read(self, since: Snapshot | None = None, requests: int = 0) -> Snapshot:
+        """A span's start (``since`` None) reads the statistics first and this process's clock last;
+        its end the other way round, so the reading's own work (a stats RPC, /proc) stays outside the
+        span. Triton counts a request after its response has left, so the end waits (up to 2 s) until
+        every model of ``since`` has counted ``requests`` more."""
+        stats = self.stats() if since is None else None
+        own = time.process_time()
+        cpu: dict[str, float] = {}
+        for pid, label in self.pids.items():
+            cpu[label] = cpu.get(label, 0.0) + cpu_seconds(pid)
+        cpu["client (this process)"] = own if since is not None else time.process_time()
+        if stats is None:
+            assert since is not None
+            deadline = time.monotonic() + 2.0
+            while True:
+                stats = self.stats()
+                behind = [k for k, v in since.stats.items() if stats[k].count < v.count + requests]
+                if not behind or time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+        return Snapshot(stats, cpu)
+
+    def stats(self) -> dict[str, ModelStats]:
+        return parse_stats(self.client.get_inference_statistics(as_json=True))
+
+
+# ---------------------------------------------------------------------------------------------- the client, timed
+PIECES = ("build", "serialise", "rpc", "parse")
+
+
+class TimedClient:
+    """``EmbeddingClient.encode``'s own path (``Call`` from tembed_client, then what tritonclient's
+    ``InferenceServerClient.infer`` does), cut at its seams: build the request (validation, numpy,
+    ``InferInput``), build and serialise the protobuf, the RPC on a bytes-in/bytes-out channel (so
+    gRPC's (de)serialisation is not inside it), parse the response (protobuf, ``InferResult``,
+    ``Call.finish``). One chunk per call (requests here are within ``max_texts``). Times on
+    ``time.monotonic_ns`` (CLOCK_MONOTONIC), the clock of Triton's trace timestamps (steady_clock)."""
+
+    def __init__(self, url: str, info) -> None:
+        import grpc
+
+        self.info = info
+        size = 2**31 - 1  # tritonclient's MAX_GRPC_MESSAGE_SIZE
+        opts = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+        self.channel = grpc.insecure_channel(url, options=opts)
+        self.rpc = self.channel.unary_unary(MODEL_INFER)  # no serializers: bytes in, bytes out
+
+    def embed(self, items: list[Item]) -> tuple[np.ndarray, dict[str, float]]:
+        from tritonclient.grpc import InferResult, service_pb2
+        from tritonclient.grpc._utils import _get_inference_request
+
+        from tembed_client._common import Call
+
+        t0 = time.monotonic_ns()
+        call = Call.prepare(self.info, [i.text for i in items], input_type=items[0].input_type)
+        ((_, kw),) = call.requests()
+        t1 = time.monotonic_ns()
+        request = _get_inference_request(
+            model_name=kw["model_name"],
+            inputs=kw["inputs"],
+            model_version="",
+            request_id="",
+            outputs=kw["outputs"],
+            sequence_id=0,
+            sequence_start=False,
+            sequence_end=False,
+            priority=0,
+            timeout=None,
+            parameters=None,
+        )
+        payload = request.SerializeToString()
+        t2 = time.monotonic_ns()
+        raw = self.rpc(payload, timeout=300)
+        t3 = time.monotonic_ns()
+        result = call.finish([InferResult(service_pb2.ModelInferResponse.FromString(raw))])
+        t4 = time.monotonic_ns()
+        self.last = (t0, t2, t3, t4)  # start, RPC sent, RPC answered, done: to match Triton's traces
+        return result.embeddings, dict(
+            zip(PIECES, ((t1 - t0) / 1e9, (t2 - t1) / 1e9, (t3 - t2) / 1e9, (t4 - t3) / 1e9))
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class InProcess:
+    """Our tokenizer and ONNX Runtime encoder in this process (``systems.Raw``), each timed."""
+
+    def __init__(self, repo: Path, threads: int) -> None:
+        self.raw = systems.Raw(repo, threads=threads)
+
+    def embed(self, items: list[Item]) -> tuple[np.ndarray, dict[str, float]]:
+        t0 = time.perf_counter()
+        b = self.raw.tok([i.text for i in items], items[0].input_type)
+        t1 = time.perf_counter()
+        (emb,) = self.raw.enc([b.input_ids], [b.attention_mask])
+        t2 = time.perf_counter()
+        return emb, {"tokenize": t1 - t0, "ort": t2 - t1}
+
+
+# ---------------------------------------------------------------------------------------------- the budget
+@dataclass
+class Part:
+    group: str  # client, gRPC, ensemble, or a step (tokenizer, encoder, postprocess)
+    name: str
+    ms: float
+
+
+def step_label(ensemble: str, model: str) -> str:
+    return model[len(ensemble) + 1 :] if model.startswith(ensemble + "-") else model
+
+
+def budget_parts(
+    client_ms: dict[str, float],
+    stats: dict[str, ModelStats],
+    ensemble: str,
+    steps: list[str],
+    inproc_ms: dict[str, tuple[str, float]] | None = None,
+) -> list[Part]:
+    """One request's mean milliseconds, in the order they are spent; they add up to the client's
+    mean wall time by construction (two parts are differences: gRPC + front end, ensemble scheduling).
+
+    ``client_ms``: mean of each of ``PIECES``; ``stats``: deltas over the run; ``inproc_ms``: per
+    step label, (what, ms) of the same work run in-process, which splits the step's compute_infer."""
+    ens = stats[ensemble]
+    n = ens.count
+    total = ens.ms("success", n)
+    step_sum = sum(stats[s].ms(k, n) for s in steps for k in FIELDS[1:])
+    parts = [
+        Part("client", "build request (validate, numpy, InferInput)", client_ms["build"]),
+        Part("client", "protobuf: build + serialise", client_ms["serialise"]),
+        Part("gRPC", "gRPC both ways + Triton's front end", client_ms["rpc"] - total),
+        Part("ensemble", "ensemble queue", ens.ms("queue", n)),
+        Part("ensemble", "ensemble scheduling between steps", total - ens.ms("queue", n) - step_sum),
+    ]
+    for s in steps:
+        st, label = stats[s], step_label(ensemble, s)
+        parts += [
+            Part(label, f"{label}: queue", st.ms("queue", n)),
+            Part(label, f"{label}: inputs to the stub (compute_input)", st.ms("compute_input", n)),
+        ]
+        infer = st.ms("compute_infer", n)
+        if inproc_ms and label in inproc_ms:
+            what, ms = inproc_ms[label]
+            parts += [
+                Part(label, f"{label}: {what} (same inputs, in-process)", ms),
+                Part(label, f"{label}: stub (IPC, pb_utils, model.py)", infer - ms),
+            ]
+        else:
+            parts.append(Part(label, f"{label}: stub (compute_infer)", infer))
+        parts.append(Part(label, f"{label}: outputs back (compute_output)", st.ms("compute_output", n)))
+    parts.append(Part("client", "response: parse protobuf, as_numpy", client_ms["parse"]))
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------- Triton's traces
+def read_traces(path: Path) -> list[dict]:
+    """Triton's trace file (``--trace-config triton,file=``, level TIMESTAMPS): per top-level request,
+    its timestamps and its children's (the ensemble's steps), each ``{"model", "ts": {name: ns}}``."""
+    by_id: dict[int, dict] = {}
+    for f in sorted(path.parent.glob(path.name + "*")):  # one file, or .0, .1, ... with log_frequency
+        for e in json.loads(f.read_text() or "[]"):
+            t = by_id.setdefault(e["id"], {"model": None, "parent": None, "ts": {}, "children": []})
+            if "model_name" in e:
+                t["model"], t["parent"] = e["model_name"], e.get("parent_id")
+            for stamp in e.get("timestamps", []):
+                t["ts"][stamp["name"]] = int(stamp["ns"])
+    for t in by_id.values():
+        if t["parent"] in by_id:
+            by_id[t["parent"]]["children"].append(t)
+    tops = [t for t in by_id.values() if t["parent"] is None and "GRPC_WAITREAD_END" in t["ts"]]
+    for t in tops:
+        t["children"].sort(key=lambda c: c["ts"]["REQUEST_START"])
+    return sorted(tops, key=lambda t: t["ts"]["GRPC_WAITREAD_END"])
+
+
+def timeline(trace: dict, client: tuple[int, int, int, int], ensemble: str) -> list[Part]:
+    """One request along its own clock: the client's stamps (start, RPC sent, RPC answered, done) and
+    Triton's, consecutive, so the parts add up to the client's wall time exactly. A step's
+    ``compute_output`` sends its response on, and the ensemble starts the next step from inside that
+    call: the hand-off row holds both."""
+    t0, sent, answered, done = client
+    ts = trace["ts"]
+    parts = [
+        Part("client", "client: build + serialise the request", sent - t0),
+        Part("gRPC", "gRPC in: client send → server has read it", ts["GRPC_WAITREAD_END"] - sent),
+        Part("gRPC", "front end: request → ensemble", ts["REQUEST_START"] - ts["GRPC_WAITREAD_END"]),
+    ]
+    prev, prev_label = ts["REQUEST_START"], None
+    for step in trace["children"]:
+        c, label = step["ts"], step_label(ensemble, step["model"])
+        what = (
+            f"{prev_label} outputs → {label} (compute_output + ensemble hand-off)"
+            if prev_label
+            else f"ensemble → {label}"
+        )
+        parts += [
+            Part(prev_label or "ensemble", what, c["REQUEST_START"] - prev),
+            Part(label, f"{label}: queue", c["COMPUTE_START"] - c["REQUEST_START"]),
+            Part(label, f"{label}: inputs to the stub", c["COMPUTE_INPUT_END"] - c["COMPUTE_START"]),
+            Part(label, f"{label}: stub (compute_infer)", c["COMPUTE_OUTPUT_START"] - c["COMPUTE_INPUT_END"]),
+        ]
+        prev, prev_label = c["COMPUTE_OUTPUT_START"], label
+    parts += [
+        Part(
+            prev_label or "ensemble",
+            f"{prev_label} outputs → response to the front end",
+            ts["INFER_RESPONSE_COMPLETE"] - prev,
+        ),
+        Part("gRPC", "front end: response protobuf", ts["GRPC_SEND_START"] - ts["INFER_RESPONSE_COMPLETE"]),
+        Part("gRPC", "gRPC out: server send → client has it", answered - ts["GRPC_SEND_START"]),
+        Part("client", "client: parse the response", done - answered),
+    ]
+    return [Part(p.group, p.name, p.ms / 1e6) for p in parts]  # ns -> ms
+
+
+def match_traces(traces: list[dict], stamps: list[tuple[int, int, int, int]]) -> list[tuple[dict, tuple]]:
+    """Each client call with the trace whose request the server read while that call's RPC was out."""
+    out = []
+    for s in stamps:
+        t = next((t for t in traces if s[1] <= t["ts"]["GRPC_WAITREAD_END"] <= s[2]), None)
+        if t is not None and "INFER_RESPONSE_COMPLETE" in t["ts"] and "GRPC_SEND_START" in t["ts"]:
+            out.append((t, s))
+    return out
+
+
+def mean_parts(runs: list[list[Part]]) -> tuple[list[Part], dict[str, float]]:
+    """Per part name: the mean over runs (a Part) and the median (by name)."""
+    names = list(dict.fromkeys(p.name for r in runs for p in r))
+    groups = {p.name: p.group for r in runs for p in r}
+    vals = {n: [next((p.ms for p in r if p.name == n), 0.0) for r in runs] for n in names}
+    return [Part(groups[n], n, float(np.mean(vals[n]))) for n in names], {n: float(np.median(vals[n])) for n in names}
+
+
+def ensemble_steps(stats_client, ensemble: str) -> list[str]:
+    cfg = stats_client.get_model_config(ensemble, as_json=True)["config"]
+    return [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values) * 1e3
+    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1), b.reshape(-1)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ---------------------------------------------------------------------------------------------- the runs
+def single_queries(
+    timed: TimedClient, plain, inproc: InProcess, counters: Counters, queries: list[list[Item]], warm: int
+) -> dict:
+    """Each query three ways, interleaved and in rotating order (timed path, ``EmbeddingClient.encode``,
+    in-process), so a busy moment on the machine hits all three alike. Triton's statistics and the CPU
+    counters are read just before and after each timed call: the server parts are those calls' own."""
+    text = lambda q: [i.text for i in q]  # noqa: E731
+    for q in queries[:warm]:
+        timed.embed(q)
+        plain.encode(text(q), input_type=q[0].input_type)
+        inproc.embed(q)
+    pieces: dict[str, list[float]] = {k: [] for k in PIECES}
+    plain_wall, tok, ort, cos = [], [], [], []
+    spans: Snapshot | None = None
+    for n, q in enumerate(tqdm(queries, desc="single queries (timed, EmbeddingClient, in-process)", leave=False)):
+        got: dict = {}
+
+        def via_timed(q: list[Item] = q, got: dict = got) -> None:
+            before = counters.read()
+            got["emb"], got["pieces"] = timed.embed(q)
+            got["span"] = counters.read(before, requests=1) - before
+
+        def via_client(q: list[Item] = q) -> None:
+            t = time.perf_counter()
+            plain.encode(text(q), input_type=q[0].input_type)
+            plain_wall.append(time.perf_counter() - t)
+
+        def via_inproc(q: list[Item] = q, got: dict = got) -> None:
+            got["ref"], r = inproc.embed(q)
+            tok.append(r["tokenize"])
+            ort.append(r["ort"])
+
+        order = [via_timed, via_client, via_inproc]
+        for f in order[n % 3 :] + order[: n % 3]:
+            f()
+        for k, v in got["pieces"].items():
+            pieces[k].append(v)
+        spans = got["span"] if spans is None else spans + got["span"]
+        cos.append(cosine(got["emb"], got["ref"]))
+    assert spans is not None
+    n_server = spans.stats[timed.info.name].count
+    return {
+        "requests": len(queries),
+        "server_requests": n_server,
+        "stats": spans.stats,
+        "client_ms": {k: float(np.mean(v)) * 1e3 for k, v in pieces.items()},
+        "wall": summary([sum(p) for p in zip(*pieces.values())]),
+        "encode_wall": summary(plain_wall),
+        "inproc": {"tokenize": summary(tok), "ort": summary(ort), "total": summary([a + b for a, b in zip(tok, ort)])},
+        # The client's CPU over the timed calls' spans only (the reads of the counters are outside them).
+        "cpu_ms_per_request": {k: v * 1e3 / max(n_server, 1) for k, v in spans.cpu.items()},
+        "min_cosine": min(cos),
+    }
+
+
+@contextlib.contextmanager
+def tracing(stats_client, admin_key: str) -> Iterator[None]:
+    """Triton's TIMESTAMPS traces on for every request while the block runs (the trace protocol is
+    one of the server's admin protocols: the admin key opens it)."""
+    from tembed_serving.server import ADMIN_HEADER
+
+    headers = {f"triton-grpc-protocol-{ADMIN_HEADER}": admin_key}
+    on = {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_count": "-1", "log_frequency": "0"}
+    stats_client.update_trace_settings(settings=on, headers=headers)
+    try:
+        yield
+    finally:
+        stats_client.update_trace_settings(settings={"trace_level": ["OFF"]}, headers=headers)
+
+
+def traced_queries(timed: TimedClient, stats_client, admin_key: str, queries: list[list[Item]]) -> list:
+    """The queries again, one at a time, with Triton tracing each: the client's stamps per call (the
+    traces themselves are written when the server stops)."""
+    stamps = []
+    with tracing(stats_client, admin_key):
+        for q in tqdm(queries, desc="single queries, traced", leave=False):
+            timed.embed(q)
+            stamps.append(timed.last)
+    return stamps
+
+
+def mixed_load(
+    timed: TimedClient,
+    inproc: InProcess,
+    counters: Counters,
+    reqs: list[list[Item]],
+    tokens: dict[str, int],
+    concurrency: int,
+) -> dict:
+    """compare.py's load through the timed client, ``concurrency`` in flight; then the same requests
+    in-process, one at a time (the ceiling)."""
+    pieces: dict[str, list[float]] = {k: [] for k in PIECES}
+    lock = threading.Lock()
+
+    def one(req: list[Item]) -> None:
+        _, p = timed.embed(req)
+        with lock:
+            for k, v in p.items():
+                pieces[k].append(v)
+
+    before = counters.read()
+    with tqdm(total=len(reqs), desc=f"mixed load x{concurrency}", leave=False) as bar:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            for _ in pool.map(one, reqs):
+                bar.update()
+        seconds = time.perf_counter() - t0
+    span = counters.read(before, requests=len(reqs)) - before
+    tok, ort = [], []
+    for req in tqdm(reqs, desc="mixed load in-process", leave=False):
+        _, r = inproc.embed(req)
+        tok.append(r["tokenize"])
+        ort.append(r["ort"])
+    return {
+        "requests": len(reqs),
+        "texts": sum(len(r) for r in reqs),
+        "tokens": sum(tokens[i.text] for r in reqs for i in r),
+        "seconds": seconds,
+        "stats": span.stats,
+        "client_ms": {k: float(np.mean(v)) * 1e3 for k, v in pieces.items()},
+        "wall": summary([sum(p) for p in zip(*pieces.values())]),
+        "inproc_seconds": {"tokenize": float(sum(tok)), "ort": float(sum(ort))},
+        "cpu_s": span.cpu,
+    }
+
+
+def gateway_run(
+    triton_url: str, model: str, queries: list[list[Item]], warm: int, profile: Path | None, profile_rounds: int = 3
+) -> dict:
+    """The same single queries direct (``AsyncEmbeddingClient``) and through the gateway (httpx, what
+    the ``openai`` package uses), alternated query by query; the gateway's CPU per request."""
+    import httpx
+
+    from tembed_client import AsyncEmbeddingClient
+    from tembed_serving.server import free_port
+
+    from .gateway import gateway_process
+    from .pyspy import record
+
+    async def run(url: str, pid: int) -> dict:
+        direct, via = [], []
+        async with (
+            AsyncEmbeddingClient(triton_url, model) as client,
+            httpx.AsyncClient(base_url=url, timeout=60) as http,
+        ):
+
+            async def grpc_call(q: list[Item]) -> None:
+                await client.encode([i.text for i in q], input_type=q[0].input_type)
+
+            async def http_call(q: list[Item]) -> None:
+                body = {"model": model, "input": [i.text for i in q], "input_type": q[0].input_type}
+                r = await http.post("/v1/embeddings", json={**body, "encoding_format": "base64"})
+                r.raise_for_status()
+
+            for q in queries[:warm]:
+                await grpc_call(q)
+                await http_call(q)
+            cpu = 0.0
+            for q in tqdm(queries, desc="gateway vs direct", leave=False):
+                t = time.perf_counter()
+                await grpc_call(q)
+                direct.append(time.perf_counter() - t)
+                c0 = cpu_seconds(pid)
+                t = time.perf_counter()
+                await http_call(q)
+                via.append(time.perf_counter() - t)
+                cpu += cpu_seconds(pid) - c0
+            if profile is not None:  # a pass of its own: the sampler's CPU would slow the one above
+                with record(pid, profile):
+                    for _ in range(profile_rounds):
+                        for q in tqdm(queries, desc="gateway under py-spy", leave=False):
+                            await http_call(q)
+        d, g = summary(direct), summary(via)
+        return {
+            "direct": d,
+            "gateway": g,
+            "added": {k: g[k] - d[k] for k in d},
+            "gateway_cpu_ms_per_request": cpu * 1e3 / len(queries),
+        }
+
+    with gateway_process(triton_url, free_port()) as (url, pid):
+        return asyncio.run(run(url, pid))
+
+
+# ---------------------------------------------------------------------------------------------- output
+def table(parts_by_run: dict[str, list[Part]], walls: dict[str, float]) -> str:
+    """Markdown: one row per part, one column per run (mean ms and share of that run's wall)."""
+    runs = list(parts_by_run)
+    names = list(dict.fromkeys(p.name for ps in parts_by_run.values() for p in ps))
+    head = "| where the time goes | " + " | ".join(f"{r}: ms | %" for r in runs) + " |\n"
+    head += "|---|" + "---:|---:|" * len(runs) + "\n"
+    rows = ""
+    for name in names:
+        cells = []
+        for r in runs:
+            p = next((p for p in parts_by_run[r] if p.name == name), None)
+            cells.append(f"{p.ms:.2f} | {100 * p.ms / walls[r]:.0f}" if p else " | ")
+        rows += f"| {name} | " + " | ".join(cells) + " |\n"
+    total = " | ".join(f"**{sum(p.ms for p in parts_by_run[r]):.2f}** | 100" for r in runs)
+    return head + rows + f"| **client wall time (mean)** | {total} |\n"
+
+
+def timeline_table(parts: list[Part], medians: dict[str, float]) -> str:
+    rows = "| along the request's own clock | mean ms | P50 ms |\n|---|---:|---:|\n"
+    rows += "".join(f"| {p.name} | {p.ms:.2f} | {medians[p.name]:.2f} |\n" for p in parts)
+    return rows + f"| **client wall time** | **{sum(p.ms for p in parts):.2f}** | |\n"
+
+
+GROUP_COLORS = {
+    "client": "tab:gray",
+    "gRPC": "tab:purple",
+    "ensemble": "tab:olive",
+    "tokenizer": "tab:blue",
+    "encoder": "tab:orange",
+    "postprocess": "tab:green",
+    "gateway": "tab:red",
+}
+
+
+def plot(panels: list[tuple[str, dict[str, list[Part]]]], path: Path) -> None:
+    """One stacked bar per run, a panel per kind of load; parts in the order they are spent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(14, 6), gridspec_kw={"width_ratios": [len(b) for _, b in panels]})
+    for ax, (title, bars) in zip(np.atleast_1d(axes), panels):
+        seen: set[str] = set()
+        for x, parts in enumerate(bars.values()):
+            total = sum(p.ms for p in parts)
+            bottom = 0.0
+            for p in parts:
+                if p.ms <= 0:  # a negative difference of statistics is shown in the table, not stacked
+                    continue
+                legend = p.group if p.group not in seen else None
+                seen.add(p.group)
+                color = GROUP_COLORS.get(p.group, "tab:cyan")
+                ax.bar(x, p.ms, 0.65, bottom=bottom, color=color, edgecolor="white", linewidth=0.5, label=legend)
+                if p.ms > 0.045 * total:
+                    ax.text(x, bottom + p.ms / 2, p.name.split(": ", 1)[-1][:34], ha="center", va="center", fontsize=6)
+                bottom += p.ms
+            ax.text(x, bottom, f"{total:.1f} ms", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(bars)), list(bars), fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("mean ms per request")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cpu_table(single: dict, load: dict, gateway: dict | None) -> str:
+    c1 = single["cpu_ms_per_request"]
+    n = load["requests"]
+    rows = "| process | c=1 query: CPU ms per request | mixed load: CPU ms per request | mixed load: CPU s |\n"
+    rows += "|---|---:|---:|---:|\n"
+    for label in dict.fromkeys([*c1, *load["cpu_s"]]):
+        s = load["cpu_s"].get(label, 0.0)
+        rows += f"| {label} | {c1.get(label, 0.0):.2f} | {s * 1e3 / n:.1f} | {s:.1f} |\n"
+    if gateway:
+        rows += f"| gateway (its own process) | {gateway['gateway_cpu_ms_per_request']:.2f} | | |\n"
+    cores, total = os.cpu_count() or 1, sum(load["cpu_s"].values())
+    rows += f"| **all** | {sum(c1.values()):.2f} | {total * 1e3 / n:.1f} | **{total:.1f}** of {cores} cores × {load['seconds']:.1f} s |\n"
+    return rows
+
+
+MAPPING = (
+    "How the rows map to Triton's numbers. *Statistics* (per model, cumulative): a Python-backend step's"
+    " `queue` is the wait in its scheduler; `compute_input` builds the responses and copies the inputs into"
+    " the stub's shared memory; `compute_infer` runs from handing the batch to the stub until its answer is"
+    " back (IPC both ways, the stub's `pb_utils` objects, `model.py`'s `execute`, the outputs into shared"
+    " memory), split here into the same work run in-process and the rest, *the stub*; `compute_output` copies"
+    " the outputs into Triton's response and sends it — and the ensemble starts the next step from inside"
+    " that send, so a step's `compute_output` overlaps the next step's start, and *ensemble total − Σ steps*"
+    " (the ensemble's `success` − its `queue` − every step's queue and compute) can come out below zero: the"
+    " hand-offs are inside the steps' `compute_output`. The ensemble's own `compute_*` are the sums of its"
+    " steps'. *gRPC both ways + front end* = the client's RPC time − the ensemble's `success`. *Traces*"
+    " (`--trace-config level=TIMESTAMPS`, one request at a time, the client's stamps on the same"
+    " CLOCK_MONOTONIC): consecutive timestamps, so nothing overlaps and the rows add up to the wall time;"
+    " they split the gRPC part into the way there and the way back. Under the mixed load a step's"
+    " `compute_infer` per request is its whole batch's (the dynamic batcher merges requests), so the"
+    " in-process split is shown for single queries only; the throughput line compares the encoder's busy"
+    " time with the same requests' ONNX Runtime time instead."
+)
+
+
+def markdown(res: dict, args: argparse.Namespace, tables: dict[str, str]) -> str:
+    s, load, gw = res["single"], res["load"], res.get("gateway")
+    inp = s["inproc"]["total"]
+    head = "| one short query at a time | mean ms | P50 ms | P99 ms |\n|---|---:|---:|---:|\n"
+    for label, v in (
+        ("Triton over gRPC: the timed client path (the budget below)", s["wall"]),
+        ("Triton over gRPC: `EmbeddingClient.encode`, the same queries", s["encode_wall"]),
+        ("in-process: our tokenizer + ONNX Runtime, the same queries", inp),
+    ):
+        head += f"| {label} | {v['mean']:.2f} | {v['p50']:.2f} | {v['p99']:.2f} |\n"
+    head += (
+        f"| **added by serving** (timed path − in-process) | **{s['wall']['mean'] - inp['mean']:+.2f}**"
+        f" | **{s['wall']['p50'] - inp['p50']:+.2f}** | |\n"
+    )
+    if gw:
+        head += (
+            "| **added by the gateway** over direct gRPC (httpx → gateway vs `AsyncEmbeddingClient`, alternated)"
+            f" | **{gw['added']['mean']:+.2f}** | **{gw['added']['p50']:+.2f}** | {gw['added']['p99']:+.2f} |\n"
+        )
+    io, ens = load["inproc_seconds"], load["stats"][res["ensemble"]]
+    enc = next(v for k, v in load["stats"].items() if step_label(res["ensemble"], k) == "encoder")
+    served, ceiling = load["tokens"] / load["seconds"], load["tokens"] / (io["tokenize"] + io["ort"])
+    thr = (
+        f"Mixed load: {load['texts']} texts in {load['requests']} requests, {load['tokens']} tokens in"
+        f" {load['seconds']:.1f} s = **{served:.0f} tokens/s** through Triton against **{ceiling:.0f}** in-process"
+        f" (tokenizer {io['tokenize']:.1f} s + ORT {io['ort']:.1f} s, one request at a time): **{served / ceiling:.2f}×**."
+        f" The encoder was busy {enc.busy_ns / 1e9:.1f} s of the {load['seconds']:.1f} s ({enc.executions} executions"
+        f" for {enc.count} requests) against {io['ort']:.1f} s of ORT in-process for the same requests; the"
+        f" ensemble held a request {ens.ms('success', ens.count):.0f} ms on average, the client waited"
+        f" {load['wall']['mean']:.0f} ms (P50 {load['wall']['p50']:.0f})."
+    )
+    traced = ""
+    if "timeline" in tables:
+        traced = (
+            f"### One query along its own clock (Triton's traces, {res['traced']} queries)\n\n"
+            f"{tables['timeline']}\n(The traced pass's wall time includes tracing's own cost; the statistics"
+            " below come from the untraced pass.)\n\n"
+        )
+    notes = "".join(f"- {n}\n" for n in res["notes"])
+    return (
+        f"{START}\n## Latency budget: where each millisecond goes (`make budget`)\n\n"
+        f"`python -m tembed_bench.budget{' --quick' if args.quick else ''}` on {os.cpu_count()} cores"
+        f" ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d %H:%M')}, multilingual-e5-small,"
+        f" ORT threads = {args.threads}, client and server on the same machine. (a) {s['requests']} single short"
+        " queries, each sent through the timed client path, through `EmbeddingClient.encode` and run in-process,"
+        f" interleaved; (b) the mixed load of `tembed_bench.compare` ({load['texts']} texts in requests of"
+        f" {args.batch}, {args.concurrency} in flight). Server parts are Triton's own statistics (read around each"
+        " timed call; over the whole mixed load) and traces; the client's pieces are timed in the client; the"
+        " in-process rows run our tokenizer and ONNX Runtime encoder in the bench process on the same inputs."
+        " Means add up, medians do not: the budget is in means.\n\n"
+        + notes
+        + "\n"
+        + head
+        + "\n![latency budget](budget.png)\n\n"
+        + traced
+        + "### From Triton's per-model statistics\n\n"
+        + tables["stats"]
+        + "\nCPU by process (Linux /proc; c=1: over the timed calls only):\n\n"
+        + tables["cpu"]
+        + "\n"
+        + thr
+        + "\n\n"
+        + MAPPING
+        + "\n"
+        + END
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small counts: checks that it works (well under a minute)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="ORT intra-op threads")
+    ap.add_argument("--queries", type=int, default=200, help="single short queries")
+    ap.add_argument("--traced", type=int, default=100, help="of which sent again with Triton's tracing on (0: none)")
+    ap.add_argument("--load-texts", type=int, default=768, help="texts of the mixed load")
+    ap.add_argument("--batch", type=int, default=16, help="texts per request under load")
+    ap.add_argument("--concurrency", type=int, default=8, help="requests in flight under load")
+    ap.add_argument("--no-gateway", action="store_true", help="skip the gateway's added time")
+    ap.add_argument(
+        "--profile-gateway",
+        action="store_true",
+        help="then the single queries through the gateway again under py-spy; top functions into the doc",
+    )
+    ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
+    ap.add_argument("--doc", type=Path, default=systems.ROOT / "docs" / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.queries, args.traced, args.load_texts = (
+            min(args.queries, 40),
+            min(args.traced, 20),
+            min(args.load_texts, 64),
+        )
+    from tritonclient.grpc import InferenceServerClient
+
+    from tembed_client import EmbeddingClient
+    from tembed_serving.server import TritonServer
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
+    queries = [[q] for q in data.short_queries(args.queries)]
+    load_reqs = data.requests(data.mixed(args.load_texts), args.batch)
+    tokens = token_counts(repo, [i for r in load_reqs for i in r])
+    warm = 3 if args.quick else 10
+    inproc = InProcess(repo, args.threads)
+    trace_file = args.work / "budget-trace.json"
+    for old in trace_file.parent.glob(trace_file.name + "*"):
+        old.unlink()
+    # The trace file is fixed at start (not settable over the network); tracing stays off until asked.
+    trace_args = [f"--trace-config=triton,file={trace_file}", "--trace-config=level=OFF"]
+    res: dict = {"notes": []}
+    stamps: list = []
+    with TritonServer.on_free_ports(repo, log_file=args.work / "tritonserver-budget.log", extra_args=trace_args) as srv:
+        stats = InferenceServerClient(srv.grpc_url)
+        plain = EmbeddingClient(srv.grpc_url)
+        info = plain.model_info()
+        res["ensemble"] = info.name
+        steps = ensemble_steps(stats, info.name)
+        timed = TimedClient(srv.grpc_url, info)
+        counters = Counters(stats, srv.proc.pid)
+        try:
+            res["single"] = single_queries(timed, plain, inproc, counters, queries, warm)
+            if args.traced:
+                stamps = traced_queries(timed, stats, srv.admin_key, queries[: args.traced])
+            for r in load_reqs[:2]:  # warm the long-text shapes too
+                timed.embed(r)
+            res["load"] = mixed_load(timed, inproc, counters, load_reqs, tokens, args.concurrency)
+            if not args.no_gateway:
+                profile = args.work / "gateway-pyspy.txt" if args.profile_gateway else None
+                res["gateway"] = gateway_run(srv.grpc_url, info.name, queries, warm, profile)
+                if profile is not None:
+                    from .pyspy import top
+
+                    res["gateway_profile"] = top(profile, root=systems.ROOT)
+        finally:
+            timed.close()
+            plain.close()
+            stats.close()
+    # Triton writes the traces when it stops (log_frequency 0: no file I/O while measuring).
+
+    s, load = res["single"], res["load"]
+    if s["min_cosine"] < 0.999:
+        res["notes"].append(f"the timed path's vectors differ from in-process: min cosine {s['min_cosine']:.4f}")
+    for run in (s, load):
+        counts = {k: v.count for k, v in run["stats"].items()}
+        if len(set(counts.values())) > 1:
+            res["notes"].append(f"per-model request counts differ (rejected or stray requests?): {counts}")
+    load_avg = os.getloadavg()[0]
+    res["notes"].append(
+        f"**Provisional**: load average {load_avg:.1f} on {os.cpu_count()} cores when done (other work shares"
+        " them); rerun on a quiet machine before quoting a number."
+        if load_avg > 0.5 * (os.cpu_count() or 1)
+        else f"Load average when done: {load_avg:.1f}."
+    )
+    tok_ms, ort_ms = s["inproc"]["tokenize"]["mean"], s["inproc"]["ort"]["mean"]
+    inproc_split = {"tokenizer": ("tokenize", tok_ms), "encoder": ("ONNX Runtime", ort_ms)}
+    c1, mixed = "c=1 query", f"mixed load x{args.concurrency}"
+    stat_parts = {
+        c1: budget_parts(s["client_ms"], s["stats"], info.name, steps, inproc_split),
+        mixed: budget_parts(load["client_ms"], load["stats"], info.name, steps),
+    }
+    tables = {
+        "stats": table(stat_parts, {c1: s["wall"]["mean"], mixed: load["wall"]["mean"]}),
+        "cpu": cpu_table(s, load, res.get("gateway")),
+    }
+    single_bar = stat_parts[c1]
+    matched = match_traces(read_traces(trace_file), stamps) if stamps else []
+    if stamps and len(matched) < len(stamps):
+        res["notes"].append(f"{len(stamps) - len(matched)} of {len(stamps)} traced queries had no usable trace")
+    if matched:
+        runs = [timeline(t, c, info.name) for t, c in matched]
+        mean, medians = mean_parts(runs)
+        res["traced"], res["timeline"] = len(matched), [asdict(p) for p in mean]
+        tables["timeline"] = timeline_table(mean, medians)
+        # The bar: the traced timeline, its encoder stub split with the in-process ORT time.
+        single_bar = []
+        for p in mean:
+            if p.name == "encoder: stub (compute_infer)":
+                single_bar += [Part("encoder", "ONNX Runtime (in-process time)", ort_ms)]
+                p = Part("encoder", "encoder: stub overhead", p.ms - ort_ms)
+            single_bar.append(p)
+    bars = {
+        "in-process\n(tokenizer + ORT)": [
+            Part("tokenizer", "tokenize", tok_ms),
+            Part("encoder", "ONNX Runtime", ort_ms),
+        ],
+        "Triton over gRPC" + ("\n(traced timeline)" if matched else "\n(statistics)"): single_bar,
+    }
+    if "gateway" in res:
+        added = Part("gateway", "gateway + HTTP client (added)", res["gateway"]["added"]["mean"])
+        bars["via the gateway\n(OpenAI HTTP API)"] = [*single_bar, added]
+    n, io = load["requests"], load["inproc_seconds"]
+    load_bars = {
+        "in-process,\none at a time": [
+            Part("tokenizer", "tokenize", io["tokenize"] * 1e3 / n),
+            Part("encoder", "ONNX Runtime", io["ort"] * 1e3 / n),
+        ],
+        f"Triton,\n{args.concurrency} in flight": stat_parts[mixed],
+    }
+    for name, text in tables.items():
+        print(f"\n{name}:\n{text}")
+    write_doc(args.doc, markdown(res, args, tables), START, END)
+    plot(
+        [("one short query at a time", bars), (f"mixed load, {args.concurrency} in flight", load_bars)],
+        args.doc.with_name("budget.png"),
+    )
+    if "gateway_profile" in res:
+        write_doc(args.doc, profile_markdown(res["gateway_profile"], res["gateway"]), PSTART, PEND)
+    out = {k: v for k, v in res.items() if k not in ("single", "load")}
+    for k in ("single", "load"):
+        out[k] = {**res[k], "stats": {m: asdict(v) for m, v in res[k]["stats"].items()}}
+    out["parts"] = {r: [asdict(p) for p in ps] for r, ps in stat_parts.items()}
+    print(json.dumps(out))
+    return 0
+
+
+PSTART, PEND = "<!-- gateway-profile:start -->", "<!-- gateway-profile:end -->"
+
+
+def profile_markdown(prof: dict, gw: dict) -> str:
+    def rows(items: list[tuple[str, int]]) -> str:
+        return "".join(f"| `{name}` | {100 * k / prof['samples']:.1f} |\n" for name, k in items)
+
+    # Frames on (nearly) every sample are the server's own loop: they say nothing about a request.
+    inclusive = [(f, k) for f, k in prof["inclusive"] if k < 0.9 * prof["samples"]]
+    return (
+        f"{PSTART}\n### The gateway's per-request CPU under py-spy (`python -m tembed_bench.budget --profile-gateway`)\n\n"
+        f"{time.strftime('%Y-%m-%d %H:%M')}: the budget's single queries sent through the gateway again, one at a"
+        f" time, with `py-spy record --gil` attached ({prof['samples']} samples of the gateway's thread holding the GIL"
+        f"; it used {gw['gateway_cpu_ms_per_request']:.2f} ms of CPU per request in the measured pass)."
+        " Share of samples:\n\n| on top of the stack (self) | % |\n|---|---:|\n"
+        + rows(prof["self"][:15])
+        + "\n| anywhere in the stack (inclusive) | % |\n|---|---:|\n"
+        + rows(inclusive[:20])
+        + PEND
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

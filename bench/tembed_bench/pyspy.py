@@ -1,0 +1,84 @@
+"""py-spy on a running process: record while a block runs, then the functions that took the samples.
+
+py-spy samples another process's Python stacks from outside (no code change, no tracing overhead in
+the target). ``--gil`` keeps only the samples of the thread holding the GIL: time spent waiting (epoll,
+a gRPC call in flight, a lock) releases it and drops out, so the samples are the Python CPU time of the
+process (native work with the GIL released, e.g. inside grpc's C core, is not in them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+LINE = re.compile(r" \(([^()]*?)(?::\d+)?\)$")
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(found).exists():
+        raise RuntimeError("py-spy is not installed: pip install py-spy (the bench extra pins it)")
+    return found
+
+
+@contextlib.contextmanager
+def record(pid: int, out: Path, rate: int = 997) -> Iterator[Path]:
+    """``py-spy record`` of ``pid`` into ``out`` (collapsed stacks, one ``a;b;c count`` a line) while
+    the block runs."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate), "--gil"]
+    proc = subprocess.Popen([*cmd, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield out
+    finally:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if not out.exists():
+            raise RuntimeError(f"py-spy wrote nothing: {err.decode(errors='replace')[-500:]}")
+
+
+def frame_name(frame: str, root: Path | None = None) -> str:
+    """``func (path/to/file.py:123)`` -> ``file-relative/path.py:func`` (line numbers merged)."""
+    m = LINE.search(frame)
+    if not m:
+        return frame
+    path = m.group(1)
+    for marker in ("site-packages/", "/lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        if root is not None:
+            with contextlib.suppress(ValueError):
+                path = str(Path(path).relative_to(root))
+    return f"{path}:{frame[: m.start()]}"
+
+
+def top(raw: Path, n: int = 40, root: Path | None = None) -> dict:
+    """From a raw py-spy file: total samples, the ``n`` functions with most samples on top of the stack
+    (self) and anywhere in it (inclusive; each counted once per sample)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        frames = [frame_name(f, root) for f in stack.split(";")]
+        total += k
+        own[frames[-1]] += k
+        for f in set(frames):
+            inclusive[f] += k
+    return {"samples": total, "self": own.most_common(n), "inclusive": inclusive.most_common(n)}

@@ -16,7 +16,7 @@ EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 SOAK_MINUTES ?= 10
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway eval eval-compact rerank-demo bench-rerank soak
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway budget eval eval-compact rerank-demo bench-rerank soak
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,8 +78,12 @@ $(VENV)-infinity/.installed: bench/requirements-infinity.txt
 	$(VENV)-infinity/bin/pip install -q -r bench/requirements-infinity.txt
 	touch $@
 
-bench: fixtures $(VENV)-infinity/.installed  ## raw ORT vs Triton vs Infinity vs sentence-transformers -> docs/BENCHMARKS.md
+bench: fixtures $(VENV)-infinity/.installed  ## raw ORT vs Triton vs Infinity (torch, optimum, ctranslate2) vs sentence-transformers (torch, ONNX) -> docs/BENCHMARKS.md
 	$(BIN)/python -m tembed_bench.compare
+
+BUDGET_ARGS ?=
+budget: fixtures  ## where each millisecond of a request goes (Triton statistics + traces, ~4 min; BUDGET_ARGS=--quick: <1 min) -> docs/BENCHMARKS.md, docs/budget.png
+	$(BIN)/python -m tembed_bench.budget $(BUDGET_ARGS)
 
 bench-rerank: setup  ## MiniLM cross-encoder on CPU, 1 query x 100 passages: our server (gRPC score) vs CrossEncoder.predict (~3 min; table for docs/BENCHMARKS.md)
 	$(BIN)/python bench/rerank_bench.py

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from tembed_serving.contract import ATTENTION_MASK, INPUT_IDS, Layout
 
 from .data import Item
@@ -56,6 +58,10 @@ class Raw:
         b = self.tok([i.text for i in items], items[0].input_type)
         self.enc([b.input_ids], [b.attention_mask])
 
+    def vectors(self, items: list[Item]) -> np.ndarray:
+        b = self.tok([i.text for i in items], items[0].input_type)
+        return self.enc([b.input_ids], [b.attention_mask])[0]
+
 
 class SentenceTransformers:
     name = "sentence-transformers (in-process)"
@@ -71,6 +77,9 @@ class SentenceTransformers:
     def embed(self, items: list[Item]) -> None:
         self.st.encode([i.text for i in items], prompt_name=items[0].input_type, batch_size=len(items))
 
+    def vectors(self, items: list[Item]) -> np.ndarray:
+        return self.st.encode([i.text for i in items], prompt_name=items[0].input_type, batch_size=len(items))
+
 
 class Triton:
     name = "tembed Triton (gRPC)"
@@ -83,6 +92,9 @@ class Triton:
 
     def embed(self, items: list[Item]) -> None:
         self.client.embed([i.text for i in items], input_type=items[0].input_type)
+
+    def vectors(self, items: list[Item]) -> np.ndarray:
+        return self.client.embed([i.text for i in items], input_type=items[0].input_type)
 
 
 @contextlib.contextmanager
@@ -104,7 +116,7 @@ class Infinity:
         self.port, self.model_id, self.name = port, model_id, f"Infinity ({engine})"
         self._local = threading.local()
 
-    def embed(self, items: list[Item]) -> None:
+    def _post(self, items: list[Item]) -> bytes:
         body = json.dumps({"model": self.model_id, "input": [self.PROMPTS[i.input_type] + i.text for i in items]})
         for attempt in (0, 1):
             conn = getattr(self._local, "conn", None)
@@ -123,6 +135,14 @@ class Infinity:
                     raise
         if resp.status != 200:
             raise RuntimeError(f"infinity: HTTP {resp.status}: {data[:300]!r}")
+        return data
+
+    def embed(self, items: list[Item]) -> None:
+        self._post(items)
+
+    def vectors(self, items: list[Item]) -> np.ndarray:
+        rows = sorted(json.loads(self._post(items))["data"], key=lambda d: d["index"])
+        return np.array([r["embedding"] for r in rows], dtype=np.float32)
 
 
 INFINITY_BIN = ROOT / ".venv-infinity" / "bin" / "infinity_emb"
@@ -130,9 +150,18 @@ INFINITY_BIN = ROOT / ".venv-infinity" / "bin" / "infinity_emb"
 
 @contextlib.contextmanager
 def infinity_server(
-    engine: str, log_file: Path, model_dir: Path, batch_size: int = 32, timeout: float = 300
+    engine: str,
+    log_file: Path,
+    model_dir: Path,
+    batch_size: int = 32,
+    timeout: float = 600,
+    threads: int = 2,
+    pooling: str = "mean",
 ) -> Iterator[Infinity]:
-    """Infinity in its own venv (it pins torch/transformers/optimum of its own), on a free port."""
+    """Infinity in its own venv (it pins torch/transformers/optimum of its own), on a free port.
+
+    Its optimum engine writes an optimised graph and its ctranslate2 engine a converted model into the
+    Hugging Face cache: pointed at ``.cache/`` beside the log, so nothing lands in the user's cache."""
     from tembed_serving.server import free_port
 
     if not INFINITY_BIN.exists():
@@ -142,9 +171,14 @@ def infinity_server(
         )
     port, model_id = free_port(), str(Path(model_dir).resolve())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    env["HF_HUB_CACHE"] = str(Path(log_file).resolve().parent / "hf-cache")
+    env["OMP_NUM_THREADS"] = str(threads)  # torch's and ctranslate2's pools; ORT's default is the cores
     env.pop("VIRTUAL_ENV", None)
     cmd = [str(INFINITY_BIN), "v2", "--model-id", model_id, "--port", str(port), "--engine", engine]
     cmd += ["--device", "cpu", "--batch-size", str(batch_size), "--no-model-warmup"]
+    # The model's own pooling (1_Pooling: mean): left at "auto", Infinity's optimum engine pools the CLS
+    # token (its code reads "mean if mean else cls"), and its vectors are not e5's (cosine ~0.88).
+    cmd += ["--pooling-method", pooling]
     if engine == "torch":
         cmd.append("--no-bettertransformer")  # BetterTransformer is deprecated; plain SDPA is what runs
     with open(log_file, "wb") as log:
@@ -174,9 +208,72 @@ def infinity_server(
             proc.wait()
 
 
+PEERS_PYTHON = ROOT / ".venv-infinity" / "bin" / "python"
+
+
+class SentenceTransformersWorker:
+    """sentence-transformers with another backend (ONNX), run by the peers' venv (``st_worker.py``):
+    the ONNX backend needs optimum, whose pins clash with this venv's transformers. Latency is the
+    worker's own encode time (in-process, without the pipe)."""
+
+    concurrent = False
+
+    def __init__(self, proc: subprocess.Popen, version: str, backend: str) -> None:
+        self.proc, self.name = proc, f"sentence-transformers {version} {backend.upper()} (in-process)"
+
+    def _ask(self, items: list[Item], vectors: bool) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        req = {"texts": [i.text for i in items], "prompt_name": items[0].input_type, "vectors": vectors}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the sentence-transformers worker exited with code {self.proc.wait()}")
+        return json.loads(line)
+
+    def embed(self, items: list[Item]) -> float:
+        return float(self._ask(items, False)["seconds"])
+
+    def vectors(self, items: list[Item]) -> np.ndarray:
+        import base64
+
+        got = self._ask(items, True)
+        return np.frombuffer(base64.b64decode(got["vectors"]), dtype="<f4").reshape(got["shape"])
+
+
+@contextlib.contextmanager
+def st_worker(
+    folder: Path, log_file: Path, backend: str = "onnx", threads: int = 2
+) -> Iterator[SentenceTransformersWorker]:
+    if not PEERS_PYTHON.exists():
+        raise RuntimeError(f"{PEERS_PYTHON} missing: make .venv-infinity/.installed")
+    cmd = [str(PEERS_PYTHON), str(Path(__file__).with_name("st_worker.py")), str(folder)]
+    cmd += ["--backend", backend, "--threads", str(threads)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+    env.pop("VIRTUAL_ENV", None)
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            tail = "\n".join(Path(log_file).read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeError(f"sentence-transformers worker exited with code {proc.wait()}:\n{tail}")
+        yield SentenceTransformersWorker(proc, json.loads(line)["version"], backend)
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def infinity_model_folder(out: Path, model: str = MODEL) -> Path:
     """The model folder plus ``onnx/model.onnx`` (token states out), which Infinity's optimum engine
-    requires: it does not export a folder that has no ONNX file ("No onnx files found")."""
+    requires (it does not export a folder that has no ONNX file: "No onnx files found") and which
+    sentence-transformers' ONNX backend loads as it is (optimum's layout): exported here, never fetched."""
     onnx_path = out / "onnx" / "model.onnx"
     if onnx_path.exists():
         return out

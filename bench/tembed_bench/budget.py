@@ -1,25 +1,29 @@
 """Where each millisecond of a request goes: a latency budget of the default model's ensemble, from
-Triton's own per-model statistics, the client's clock and the same encoder run in-process.
+Triton's own per-model statistics and traces, the client's clock and the same encoder run in-process.
 
-    python -m tembed_bench.budget            # ~3-4 min on 2 cores
-    python -m tembed_bench.budget --quick    # well under a minute: checks that it works
+    python -m tembed_bench.budget                     # ~4 min on 2 cores
+    python -m tembed_bench.budget --quick             # well under a minute: checks that it works
+    python -m tembed_bench.budget --profile-gateway   # and where the gateway's CPU goes (py-spy)
 
 For (a) single short queries, one at a time, and (b) the mixed load of ``tembed_bench.compare`` (requests
 of 16 texts, 8 in flight), it reads ``get_inference_statistics`` for the ensemble and each composing
-model before and after the run, times the client's own request path in its pieces (``TimedClient``),
-runs our tokenizer and ONNX Runtime encoder in-process on the same inputs, and reads the CPU seconds of
-every process (client, tritonserver, each Python stub, the gateway). Then the gateway's added time for
-the same single queries. Writes docs/BENCHMARKS.md (between the budget markers) and docs/budget.png,
-prints the tables and, last, one JSON line.
+model around each timed call (a) or the whole run (b), times the client's own request path in its
+pieces (``TimedClient``), runs our tokenizer and ONNX Runtime encoder in-process on the same inputs, and
+reads the CPU seconds of every process (client, tritonserver, each Python stub, the gateway). Some of
+the single queries are sent again with Triton's TIMESTAMPS traces on: one timeline per request on the
+client's clock, which splits the gRPC part into the way there and the way back. Then the gateway's added
+time for the same single queries. Writes docs/BENCHMARKS.md (between the budget markers) and
+docs/budget.png, prints the tables and, last, one JSON line.
 
 How Triton accounts a Python-backend step (python_backend ``ProcessRequests``, tritonserver 2.51):
 ``queue`` is the wait in the model's scheduler; ``compute_input`` builds the responses and copies the
 input tensors into the stub's shared memory; ``compute_infer`` runs from handing the batch to the stub
 (message queue) until the stub's answer is back, so it holds the IPC both ways, the stub's unpacking
 into ``pb_utils`` objects, ``model.py``'s ``execute`` and the copy of the outputs into shared memory;
-``compute_output`` copies the outputs into Triton's response and sends it (for the last step, into the
-gRPC front end's protobuf). The ensemble reports its own ``queue`` and ``success`` (the whole request
-inside Triton); its ``compute_*`` are the sums of its steps'.
+``compute_output`` copies the outputs into Triton's response and sends it on — the ensemble starts the
+next step inside that send (after the last step, the response goes to the front end). The ensemble
+reports its own ``queue`` and ``success`` (the whole request inside Triton); its ``compute_*`` are the
+sums of its steps'.
 """
 
 from __future__ import annotations

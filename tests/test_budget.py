@@ -120,3 +120,5 @@ def test_pyspy_top_counts_self_and_inclusive(tmp_path):
     assert got["samples"] == 10
     assert dict(got["self"]) == {"x/r.py:render": 6, "x/h.py:handle": 4}
     assert dict(got["inclusive"])["x/h.py:handle"] == 10  # a recursive frame counts once per sample
+    assert dict(got["packages"]) == {"x": 10}
+    assert pyspy.package("gateway/tembed_gateway/app.py:render") == "tembed_gateway"

@@ -22,6 +22,7 @@ from tembed_serving.contract import Layout
 
 from . import data, systems
 from .compare import drive, token_counts
+from .systems import variant_repo
 
 
 def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -83,28 +84,6 @@ def tokenizer_cost() -> dict:
             "ms_per_1000_single": round(single * 1e3, 1),
         }
     return out
-
-
-def variant_repo(base: Path, dest: Path, encoder: dict[str, str], params: dict[str, str]) -> Path:
-    """A copy of ``base`` (hard links) whose encoder config has other fields/parameters."""
-    from tembed.repository import parse, render
-
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(base, dest, copy_function=os.link)
-    path = Layout(dest, systems.MODEL).model_dir("encoder") / "config.pbtxt"
-    cfg = parse(path.read_text())
-    if "delay_us" in encoder:
-        cfg.dynamic_batching.max_queue_delay_microseconds = int(encoder["delay_us"])
-    if "instances" in encoder:
-        cfg.instance_group[0].count = int(encoder["instances"])
-    if "queue_timeout_us" in encoder:
-        cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds = int(encoder["queue_timeout_us"])
-    for k, v in params.items():
-        cfg.parameters[k].string_value = v
-    path.unlink()  # a hard link: do not write through to the base copy
-    path.write_text(render(cfg))
-    return dest
 
 
 def triton_experiments(repo: Path, work: Path, rounds: int) -> dict:

@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -31,6 +32,28 @@ def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, queue_delay
         serving = ServingOptions(intra_op_threads=threads, max_queue_delay_us=queue_delay_us)
         export_model(ROOT / "fixtures" / model, repo, ExportOptions(ids_dtype="int32", serving=serving, validate=False))
     return repo
+
+
+def variant_repo(base: Path, dest: Path, encoder: dict[str, str], params: dict[str, str]) -> Path:
+    """A copy of ``base`` (hard links) whose encoder config has other fields/parameters."""
+    from tembed.repository import parse, render
+
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(base, dest, copy_function=os.link)
+    path = Layout(dest, MODEL).model_dir("encoder") / "config.pbtxt"
+    cfg = parse(path.read_text())
+    if "delay_us" in encoder:
+        cfg.dynamic_batching.max_queue_delay_microseconds = int(encoder["delay_us"])
+    if "instances" in encoder:
+        cfg.instance_group[0].count = int(encoder["instances"])
+    if "queue_timeout_us" in encoder:
+        cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds = int(encoder["queue_timeout_us"])
+    for k, v in params.items():
+        cfg.parameters[k].string_value = v
+    path.unlink()  # a hard link: do not write through to the base copy
+    path.write_text(render(cfg))
+    return dest
 
 
 class Raw:

@@ -941,24 +941,30 @@ PSTART, PEND = "<!-- gateway-profile:start -->", "<!-- gateway-profile:end -->"
 
 
 def profile_markdown(prof: dict, gw: dict, requests: int) -> str:
-    from .pyspy import RATE
+    from .pyspy import RATE, WAITS
+
+    busy = max(prof["busy"], 1)
 
     def rows(items: list[tuple[str, int]]) -> str:
-        return "".join(f"| `{name}` | {100 * k / prof['samples']:.1f} |\n" for name, k in items)
+        return "".join(f"| `{name}` | {100 * k / busy:.1f} |\n" for name, k in items)
 
     # Frames on (nearly) every sample are the server's own loop: they say nothing about a request.
-    inclusive = [(f, k) for f, k in prof["inclusive"] if k < 0.9 * prof["samples"]]
-    sampled = prof["samples"] / RATE * 1e3 / max(requests, 1)
+    inclusive = [(f, k) for f, k in prof["inclusive"] if k < 0.9 * busy]
+    per_request = prof["busy"] / RATE * 1e3 / max(requests, 1)
+    waits = ", ".join(f"`{w}`" for w in WAITS)
     return (
         f"{PSTART}\n### The gateway's per-request CPU under py-spy (`python -m tembed_bench.budget --profile-gateway`)\n\n"
         f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}: the budget's single queries sent"
         f" through the gateway again, {requests} requests one at a time, with `py-spy record --nonblocking`"
-        f" attached: {prof['samples']} samples = {sampled:.2f} ms per request, against"
-        f" {gw['gateway_cpu_ms_per_request']:.2f} ms of CPU per request measured (/proc) without py-spy. Share of"
-        " samples:\n\n| package (self) | % |\n|---|---:|\n"
+        f" attached. {prof['samples']} samples, of which {prof['idle']} waiting ({waits} on top) are left out;"
+        f" the other {prof['busy']} = {per_request:.2f} ms per request, against {gw['gateway_cpu_ms_per_request']:.2f}"
+        " ms of CPU per request measured (/proc, without py-spy; it also counts native work: grpc's C core,"
+        " httptools, the kernel's socket calls). On a machine busier than its cores, a thread waiting for a core"
+        " is sampled where it was preempted, so the shares below are fair only when the two figures agree."
+        " Share of the busy samples:\n\n| package (self) | % |\n|---|---:|\n"
         + rows(prof["packages"][:12])
         + "\n| function (self) | % |\n|---|---:|\n"
-        + rows(prof["self"][:15])
+        + rows(prof["self"][:20])
         + "\n| function, anywhere in the stack (inclusive) | % |\n|---|---:|\n"
         + rows(inclusive[:20])
         + PEND

@@ -77,13 +77,19 @@ def package(name: str) -> str:
     return first.removesuffix(".py")
 
 
-def top(raw: Path, n: int = 40, root: Path | None = None) -> dict:
-    """From a raw py-spy file: total samples, the ``n`` functions with most samples on top of the stack
-    (self) and anywhere in it (inclusive; each counted once per sample), and self samples by package."""
+# Leaf frames that are a thread waiting, not working: the event loop in epoll_wait, grpc's poller thread
+# in its C core. py-spy's own idle filter misses them when the machine is busier than its cores.
+WAITS = ("selectors.py:EpollSelector.select", "threading.py:Thread.run")
+
+
+def top(raw: Path, n: int = 40, root: Path | None = None, waits: tuple[str, ...] = WAITS) -> dict:
+    """From a raw py-spy file: the samples, those whose leaf is one of ``waits`` (idle), and over the
+    others (busy): the ``n`` functions with most samples on top of the stack (self) and anywhere in it
+    (inclusive; each counted once per sample), and self samples by package."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -91,12 +97,17 @@ def top(raw: Path, n: int = 40, root: Path | None = None) -> dict:
         k = int(count)
         frames = [frame_name(f, root) for f in stack.split(";")]
         total += k
+        if frames[-1] in waits:
+            idle += k
+            continue
         own[frames[-1]] += k
         packages[package(frames[-1])] += k
         for f in set(frames):
             inclusive[f] += k
     return {
         "samples": total,
+        "idle": idle,
+        "busy": total - idle,
         "self": own.most_common(n),
         "inclusive": inclusive.most_common(n),
         "packages": packages.most_common(n),

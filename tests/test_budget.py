@@ -115,7 +115,8 @@ def test_pyspy_top_counts_self_and_inclusive(tmp_path):
         "main (app.py:1);handle (pkg/site-packages/x/h.py:10);render (pkg/site-packages/x/r.py:5) 6\n"
         "main (app.py:1);handle (pkg/site-packages/x/h.py:12) 3\n"
         "main (app.py:1);handle (pkg/site-packages/x/h.py:10);handle (pkg/site-packages/x/h.py:30) 1\n"
-        "main (app.py:1);select (/usr/lib/python3.11/selectors.py:468) 5\n"
+        "main (app.py:1);select (/usr/lib/python3.11/selectors.py:468) 4\n"
+        "main (app.py:1);select (selectors.py:468) 1\n"
     )
     got = pyspy.top(raw, waits=("selectors.py:select",))
     assert (got["samples"], got["idle"], got["busy"]) == (15, 5, 10)

@@ -56,10 +56,10 @@ def frame_name(frame: str, root: Path | None = None) -> str:
     m = LINE.search(frame)
     if not m:
         return frame
-    path = m.group(1)
-    for marker in ("site-packages/", "/lib/python3."):
-        if marker in path:
-            path = path.split(marker, 1)[1]
+    path = m.group(1)  # py-spy already shortens most paths to their import path (``asyncio/events.py``)
+    for marker in (r"site-packages/", r"/lib/python3\.\d+/"):
+        if re.search(marker, path):
+            path = re.split(marker, path, maxsplit=1)[1]
             break
     else:
         if root is not None:

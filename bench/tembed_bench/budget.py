@@ -248,12 +248,14 @@ class InProcess:
         self.raw = systems.Raw(repo, threads=threads)
 
     def embed(self, items: list[Item]) -> tuple[np.ndarray, dict[str, float]]:
-        t0 = time.perf_counter()
+        """The embeddings, and seconds: tokenize, ort (wall) and cpu (this process's CPU for both: the
+        same work's CPU, to set beside the stubs')."""
+        c0, t0 = time.process_time(), time.perf_counter()
         b = self.raw.tok([i.text for i in items], items[0].input_type)
         t1 = time.perf_counter()
         (emb,) = self.raw.enc([b.input_ids], [b.attention_mask])
         t2 = time.perf_counter()
-        return emb, {"tokenize": t1 - t0, "ort": t2 - t1}
+        return emb, {"tokenize": t1 - t0, "ort": t2 - t1, "cpu": time.process_time() - c0}
 
 
 # ---------------------------------------------------------------------------------------------- the budget
@@ -418,7 +420,7 @@ def single_queries(
         plain.encode(text(q), input_type=q[0].input_type)
         inproc.embed(q)
     pieces: dict[str, list[float]] = {k: [] for k in PIECES}
-    plain_wall, tok, ort, cos = [], [], [], []
+    plain_wall, tok, ort, cos, inproc_cpu = [], [], [], [], []
     spans: Snapshot | None = None
     for n, q in enumerate(tqdm(queries, desc="single queries (timed, EmbeddingClient, in-process)", leave=False)):
         got: dict = {}
@@ -437,6 +439,7 @@ def single_queries(
             got["ref"], r = inproc.embed(q)
             tok.append(r["tokenize"])
             ort.append(r["ort"])
+            inproc_cpu.append(r["cpu"])
 
         order = [via_timed, via_client, via_inproc]
         for f in order[n % 3 :] + order[: n % 3]:
@@ -457,6 +460,7 @@ def single_queries(
         "inproc": {"tokenize": summary(tok), "ort": summary(ort), "total": summary([a + b for a, b in zip(tok, ort)])},
         # The client's CPU over the timed calls' spans only (the reads of the counters are outside them).
         "cpu_ms_per_request": {k: v * 1e3 / max(n_server, 1) for k, v in spans.cpu.items()},
+        "inproc_cpu_ms_per_request": float(np.mean(inproc_cpu)) * 1e3,
         "min_cosine": min(cos),
     }
 
@@ -522,11 +526,12 @@ def mixed_load(
                 bar.update()
         seconds = time.perf_counter() - t0
     span = counters.read(before, requests=len(reqs)) - before
-    tok, ort = [], []
+    tok, ort, cpu = [], [], []
     for req in tqdm(reqs, desc="mixed load in-process", leave=False):
         _, r = inproc.embed(req)
         tok.append(r["tokenize"])
         ort.append(r["ort"])
+        cpu.append(r["cpu"])
     return {
         "requests": len(reqs),
         "texts": sum(len(r) for r in reqs),
@@ -535,7 +540,7 @@ def mixed_load(
         "stats": span.stats,
         "client_ms": {k: float(np.mean(v)) * 1e3 for k, v in pieces.items()},
         "wall": summary([sum(p) for p in zip(*pieces.values())]),
-        "inproc_seconds": {"tokenize": float(sum(tok)), "ort": float(sum(ort))},
+        "inproc_seconds": {"tokenize": float(sum(tok)), "ort": float(sum(ort)), "cpu": float(sum(cpu))},
         "cpu_s": span.cpu,
     }
 
@@ -682,7 +687,11 @@ def cpu_table(single: dict, load: dict, gateway: dict | None) -> str:
         rows += f"| gateway (its own process) | {gateway['gateway_cpu_ms_per_request']:.2f} | | |\n"
     cores, total = os.cpu_count() or 1, sum(load["cpu_s"].values())
     rows += f"| **all** | {sum(c1.values()):.2f} | {total * 1e3 / n:.1f} | **{total:.1f}** of {cores} cores × {load['seconds']:.1f} s |\n"
-    return rows
+    io = load["inproc_seconds"]
+    return rows + (
+        f"| *in-process tokenizer + ORT, the same requests (for comparison)* | {single['inproc_cpu_ms_per_request']:.2f}"
+        f" | {io['cpu'] * 1e3 / n:.1f} | {io['cpu']:.1f} of {io['tokenize'] + io['ort']:.1f} s |\n"
+    )
 
 
 MAPPING = (
@@ -690,7 +699,9 @@ MAPPING = (
     " `queue` is the wait in its scheduler; `compute_input` builds the responses and copies the inputs into"
     " the stub's shared memory; `compute_infer` runs from handing the batch to the stub until its answer is"
     " back (IPC both ways, the stub's `pb_utils` objects, `model.py`'s `execute`, the outputs into shared"
-    " memory), split here into the same work run in-process and the rest, *the stub*; `compute_output` copies"
+    " memory), split here into the same work run in-process and the rest, *the stub* (below zero when the"
+    " in-process run, in the bench process, was the slower one at that moment: the cost of a stub hop reads"
+    " better off the tokenizer's and the postprocess's); `compute_output` copies"
     " the outputs into Triton's response and sends it — and the ensemble starts the next step from inside"
     " that send, so a step's `compute_output` overlaps the next step's start, and *ensemble total − Σ steps*"
     " (the ensemble's `success` − its `queue` − every step's queue and compute) can come out below zero: the"

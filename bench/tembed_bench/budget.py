@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         args.queries, args.traced, args.load_texts = (
             min(args.queries, 40),
             min(args.traced, 20),
-            min(args.load_texts, 64),
+            min(args.load_texts, 16),
         )
     from tritonclient.grpc import InferenceServerClient
 

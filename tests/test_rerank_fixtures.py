@@ -142,7 +142,7 @@ def test_seq_cls_classifier_is_yes_minus_no(dirs):
 def test_builders_are_idempotent(dirs):
     from tembed.fixtures.build import FIXTURES, _builders
 
-    assert list(FIXTURES[-3:]) == NAMES
+    assert set(NAMES) <= set(FIXTURES)  # `make fixtures` builds them
     builders = _builders()
     for name in NAMES:
         weights = dirs[name] / "model.safetensors"

@@ -104,6 +104,7 @@ OWNED = {
     r'"input_ids"|"attention_mask"': {"serving/tembed_serving/contract.py"},
     r'"query", "document"': {"client/tembed_client/contract.py"},
     r'"bfloat16", "float16"': {"serving/tembed_serving/contract.py"},
+    r'"row_options"|"row_weight_column"|"full_embedding"': {"serving/tembed_serving/contract.py"},
     r'\}-(encoder|tokenizer|postprocess)"|"1" / "model\.onnx"|"model\.plan"': {"serving/tembed_serving/contract.py"},
 }
 SOURCES = [

@@ -11,6 +11,7 @@ from tembed.repository import (
     ServingOptions,
     encoder_config,
     ensemble_config,
+    finishes_vectors,
     model_names,
     parse,
     postprocess_config,
@@ -25,24 +26,32 @@ def profile(profiles):
     return profiles["qwen3-embedding-tiny"]
 
 
-def test_rendered_configs_parse_back(profile):
+ALL_BACKENDS = ("python-onnx", "pytorch", "onnxruntime", "tensorrt")
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_rendered_configs_parse_back(profile, backend):
+    opts = ServingOptions(backend=backend)
     for cfg in (
-        tokenizer_config(profile, ServingOptions()),
-        encoder_config(profile, ServingOptions()),
+        tokenizer_config(profile, opts),
+        encoder_config(profile, opts),
         postprocess_config(profile),
-        ensemble_config(profile),
+        ensemble_config(profile, opts),
     ):
         assert parse(render(cfg)) == cfg
 
 
-def test_ensemble_wiring_is_closed(profile):
-    """Every step input is an ensemble input or an earlier step's output; every output is produced."""
-    opts = ServingOptions()
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_ensemble_wiring_is_closed(profile, backend):
+    """Every step input is an ensemble input or an earlier step's output; every output is produced;
+    the tokenizer lists exactly what the steps after it read (it emits what its config lists)."""
+    opts = ServingOptions(backend=backend)
     configs = {
         c.name: c for c in (tokenizer_config(profile, opts), encoder_config(profile, opts), postprocess_config(profile))
     }
-    ens = ensemble_config(profile)
+    ens = ensemble_config(profile, opts)
     available = {i.name for i in ens.input}
+    read = set()
     for step in ens.ensemble_scheduling.step:
         model = configs[step.model_name]
         assert set(step.input_map) <= {i.name for i in model.input}
@@ -50,9 +59,42 @@ def test_ensemble_wiring_is_closed(profile):
         assert set(step.input_map.values()) <= available, step.model_name
         assert set(step.output_map) <= {o.name for o in model.output}
         available |= set(step.output_map.values())
+        read |= set(step.input_map.values())
     assert {o.name for o in ens.output} <= available
+    tok = ens.ensemble_scheduling.step[0]
+    assert set(tok.output_map) == {o.name for o in configs[tok.model_name].output}
+    assert set(tok.output_map.values()) <= read | {o.name for o in ens.output}
     assert ens.parameters["max_texts"].string_value == str(profile.max_texts)
     assert ens.parameters["dimension"].string_value == str(profile.dimension)
+
+
+@pytest.mark.parametrize(
+    ("backend", "steps"),
+    [
+        ("python-onnx", ["tokenizer", "encoder"]),
+        ("pytorch", ["tokenizer", "encoder"]),
+        ("onnxruntime", ["tokenizer", "encoder", "postprocess"]),
+        ("tensorrt", ["tokenizer", "encoder", "postprocess"]),
+    ],
+)
+def test_python_encoders_finish_the_vectors(profile, backend, steps):
+    """A Python-backend encoder finishes the vectors itself: two steps, its outputs the ensemble's;
+    Triton's native backends keep the postprocess step."""
+    opts = ServingOptions(backend=backend)
+    names = model_names(profile.name)
+    ens = ensemble_config(profile, opts)
+    assert [s.model_name for s in ens.ensemble_scheduling.step] == [names[r] for r in steps]
+    assert finishes_vectors(profile, opts) == (len(steps) == 2)
+    enc, outputs = ens.ensemble_scheduling.step[1], {"embedding", "embedding_packed"}
+    if len(steps) == 2:
+        assert set(enc.output_map) == set(enc.output_map.values()) == outputs
+        cfg = encoder_config(profile, opts)
+        # a batched model: every input's first dimension is the request's rows (the batch dimension)
+        assert cfg.max_batch_size == profile.max_rows
+        assert {i.name: list(i.dims) for i in cfg.input if i.optional} == {"row_options": [3], "row_weight_column": [1]}
+        assert {o.name: list(o.dims) for o in cfg.output} == {"embedding": [-1], "embedding_packed": [-1]}
+    else:
+        assert set(ens.ensemble_scheduling.step[2].output_map) == outputs
 
 
 @pytest.mark.parametrize(
@@ -67,7 +109,8 @@ def test_encoder_backends(profile, backend, platform, kind):
     cfg = encoder_config(profile, ServingOptions(backend=backend))
     assert cfg.platform == platform and cfg.instance_group[0].kind == kind
     assert cfg.max_batch_size == profile.max_rows  # every window of a chunked request
-    assert [o.dims for o in cfg.output] == [[profile.dimension]]
+    # rows of the full dimension, or (a Python runner: it finishes them) per text and as asked
+    assert [o.dims for o in cfg.output] == ([[-1], [-1]] if backend == "python-onnx" else [[profile.dimension]])
     assert cfg.HasField("dynamic_batching")
 
 
@@ -92,7 +135,8 @@ def test_write_repository_layout(profile, fixture_dirs, tmp_path):
         opts=ServingOptions(),
     )
     names = model_names(profile.name)
-    assert {p.name for p in written.values()} == set(names.values())
+    # the Python-backend encoder finishes the vectors: no postprocess model
+    assert {p.name for p in written.values()} == set(names.values()) - {names["postprocess"]}
     tok = written["tokenizer"] / "1"
     assert {f.name for f in tok.iterdir()} == {"model.py", "tokenizer.json", "profile.json"}
     assert (written["ensemble"] / "1").is_dir()  # Triton needs the (empty) version folder

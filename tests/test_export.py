@@ -69,14 +69,15 @@ def test_export_cli_writes_a_servable_repository(fixture_dirs, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "validated on 4 fresh shapes" in done.stderr
-    assert sorted(p.name for p in repo.iterdir()) == ["q", "q-encoder", "q-postprocess", "q-tokenizer"]
+    # python-onnx: the encoder finishes the vectors itself, no postprocess model
+    assert sorted(p.name for p in repo.iterdir()) == ["q", "q-encoder", "q-tokenizer"]
     ens = parse((repo / "q" / "config.pbtxt").read_text())
     assert ens.parameters["max_texts"].string_value == "4"
     assert ens.parameters["min_dimension"].string_value == "16"
     assert (repo / "q-encoder" / "1" / "model.onnx").stat().st_size > 1_000_000
     # embedding_type int8/uint8: ranges measured by the exported graph, in every profile.json served
     assert "calibrated int8/uint8 ranges at dimensions 16, 32, 64" in done.stderr
-    for role in ("tokenizer", "postprocess"):
+    for role in ("tokenizer", "encoder"):
         ranges = json.loads((repo / f"q-{role}" / "1" / "profile.json").read_text())["int8_ranges"]
         assert sorted(ranges, key=int) == ["16", "32", "64"] and len(ranges["64"][0]) == 64
 

@@ -181,7 +181,7 @@ def test_nomic_profile_reads_prompts_and_pooling(family_dirs):
 
 def test_onnx_serving_needs_no_custom_code(family_server):
     repo = family_server.model_repository
-    onnx_models = [repo / n for n in (NOMIC, f"{NOMIC}-tokenizer", f"{NOMIC}-encoder", f"{NOMIC}-postprocess")]
+    onnx_models = [repo / n for n in (NOMIC, f"{NOMIC}-tokenizer", f"{NOMIC}-encoder")]
     assert all(m.is_dir() for m in onnx_models)
     assert not [p for m in onnx_models for p in m.rglob("*tinynomic*")]
     # The PyTorch runner builds the model from the folder's code, copied next to its weights.

@@ -207,6 +207,17 @@ def test_engine_dry_run_prints_profiles(qwen, fixture_dirs, tmp_path, capsys):
         args.func(args)
 
 
+def test_engine_refuses_a_repository_without_postprocess(qwen, fixture_dirs, tmp_path):
+    """A Python-backend export finishes the vectors in its encoder: a TensorRT encoder there would break it."""
+    folder = fixture_dirs["qwen3-embedding-tiny"]
+    write_repository(qwen, tmp_path, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=ServingOptions())
+    ap = argparse.ArgumentParser()
+    tb.register(ap.add_subparsers(dest="command"))
+    args = ap.parse_args(["engine", "--repo", str(tmp_path), "--name", qwen.name, "--dry-run"])
+    with pytest.raises(SystemExit, match="export it with `tembed export --backend tensorrt` first"):
+        args.func(args)
+
+
 def test_sidecar_round_trip_and_mismatch():
     profiles = tb.optimization_profiles(32768, 16)
     meta = tb.engine_metadata(

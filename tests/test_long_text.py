@@ -289,6 +289,79 @@ def test_window_caps_refuse_one_request_and_leave_the_others(e5, grpc):
         np.testing.assert_allclose(good[1].result(), short, atol=1e-6)
 
 
+def encoder_call(grpc, ids: list[list[int]], options: list[list[int]] | None = None):
+    """Straight to the encoder model: rows of ids (all real tokens), and per-row options if given."""
+    arrays = {"input_ids": np.array(ids, dtype=np.int64), "attention_mask": np.ones((len(ids), len(ids[0])), np.int64)}
+    if options is not None:
+        arrays["row_options"] = np.array(options, dtype=np.int32)
+        arrays["row_weight_column"] = np.ones((len(ids), 1), dtype=np.float32)
+    inputs = []
+    for name, a in arrays.items():
+        inputs.append(
+            grpcclient.InferInput(
+                name, list(a.shape), "INT64" if a.dtype == np.int64 else ("INT32" if a.dtype == np.int32 else "FP32")
+            )
+        )
+        inputs[-1].set_data_from_numpy(a)
+    return grpc.infer(f"{E5}-encoder", inputs)
+
+
+def encoder_counts(grpc) -> tuple[int, int]:
+    """(requests served, executions) of the encoder model so far."""
+    st = grpc.get_inference_statistics(f"{E5}-encoder", as_json=True)["model_stats"][0]
+    return int(st["inference_stats"]["success"].get("count", 0)), int(st.get("execution_count", 0))
+
+
+@slow
+def test_a_merged_encoder_batch_finishes_each_request_as_its_own(e5, grpc, profiles):
+    """The Python-backend encoder finishes the vectors (no postprocess step): requests the dynamic
+    batcher merged into one execute each get their own windows pooled, dimensions and type, and a
+    request the finishing refuses is refused alone."""
+    d = profiles[E5].dimension
+    calls = {  # same shape ([4, 512] rows) so the batcher may merge them
+        "float": {},
+        "d128": {"dimensions": 128},
+        "binary": {"embedding_type": "binary"},
+        "uint8 d256": {"embedding_type": "uint8", "dimensions": 256},
+    }
+    texts = [THREE, LONG]
+    alone = {k: e5.embed(texts, long_text="chunk", **kw) for k, kw in calls.items()}
+    assert alone["float"].shape == (2, d) and alone["d128"].shape == (2, 128) and alone["binary"].shape == (2, d // 8)
+    ids = [[0, 1000, 2000, 2]] * 3  # rows the encoder takes as they are; finishing refuses 10**6 dimensions
+    merged, failures = False, []
+    for _ in range(4):
+        before = encoder_counts(grpc)
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            # One [4, 512] request of each kind (8k tokens in all: the encoder queue's 10 s holds them on
+            # a busy 2-core machine); while the first runs, the others wait and merge.
+            good = [(k, pool.submit(e5.embed, texts, long_text="chunk", **kw)) for k, kw in calls.items()]
+            refused = [pool.submit(encoder_call, grpc, ids, [[0, 10**6, 0], [1, 10**6, 0], [1, 10**6, 0]])]
+            refused.append(pool.submit(encoder_call, grpc, ids, [[0, d, 0], [2, d, 0], [3, d, 0]]))
+            plain = [pool.submit(encoder_call, grpc, ids, [[0, d, 0], [1, d, 0], [1, d, 0]]) for _ in (0, 1)]
+            for k, f in good:
+                got = f.result()
+                if got.dtype != alone[k].dtype or got.shape != alone[k].shape:
+                    failures.append(f"{k}: {got.dtype}{got.shape}")
+                elif np.abs(got.astype(np.float64) - alone[k]).max() > (1e-5 if got.dtype == np.float32 else 1):
+                    failures.append(f"{k}: other values")
+            for f, message in zip(refused, ("dimensions", "row texts must start at 0 and go up by at most 1")):
+                with pytest.raises(InferenceServerException, match=message) as exc:
+                    f.result()
+                assert "INVALID_ARG" in str(exc.value.status())
+            for f in plain:  # rows 1 and 2 are one text: their mean, re-normalised, is the row itself
+                assert f.result().as_numpy("embedding").shape == (2, d)
+        served, executions = (a - b for a, b in zip(encoder_counts(grpc), before))
+        merged |= executions < served
+        if merged:
+            break
+    assert not failures, failures
+    assert merged, "the dynamic batcher never merged two requests: nothing was tested"
+    # Called directly with ids alone, the encoder answers its rows as they are.
+    rows = encoder_call(grpc, ids).as_numpy("embedding")
+    assert rows.shape == (3, d)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
+
+
 @slow
 def test_bad_long_text_values(e5, grpc):
     with pytest.raises(EmbeddingError, match="long_text must be one of truncate, chunk, got 'CHUNK'") as exc:

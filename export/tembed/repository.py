@@ -6,14 +6,16 @@ The seams:
   its encoder config looks and which files its version folder holds. The Python-backend ones name
   a runner of :mod:`tembed_serving.runners`.
 - **Tasks**: one :class:`Task` per task in :data:`TASKS` builds the models around the encoder
-  (embeddings: tokenizer, postprocess and the ensemble; rerank: pair tokenizer and the ensemble).
+  (embeddings: tokenizer, postprocess after a Triton-native encoder, and the ensemble; rerank: pair tokenizer and the ensemble).
 
-For a profile named ``N`` the embedding task writes four models (names in
+For a profile named ``N`` the embedding task writes these models (names in
 :func:`tembed_serving.contract.model_names`):
 
 ``N-tokenizer``   Python backend: texts and options in, bucketed ``input_ids``/``attention_mask`` out.
 ``N-encoder``     the pooled encoder, as the chosen backend runs it.
-``N-postprocess`` Python backend: windows pooled per text, Matryoshka ``dimensions``, compact types.
+``N-postprocess`` Python backend: windows pooled per text, Matryoshka ``dimensions``, compact types;
+                  only after a Triton-native encoder: a Python-backend encoder does this itself
+                  (:func:`finishes_vectors`), one stub hop fewer.
 ``N``             the ensemble clients call: text in, ``[n, dim]`` float32 out.
 """
 
@@ -196,6 +198,12 @@ def queue_size(p: ModelProfile, opts: ServingOptions) -> int:
     return max(16, opts.queue_tokens // p.max_length)
 
 
+def finishes_vectors(p: ModelProfile, opts: ServingOptions) -> bool:
+    """Whether the encoder finishes the vectors itself (``vectors.finish_request``) and the embedding
+    ensemble has no postprocess step: true where the encoder runs in the Python backend anyway."""
+    return p.task == c.TASK_EMBED and BACKENDS[opts.backend].runs_in_python
+
+
 def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     ids = _DTYPES[p.ids_dtype]
     # A request's rows are its texts, or under long_text chunk every window of them (profile.max_rows):
@@ -203,9 +211,18 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.encoder_rows)
     for name in c.ENCODER_INPUTS:
         _io(cfg.input, name, ids, [-1])
-    out = _io(cfg.output, c.ENCODER_OUTPUTS[p.task], mc.TYPE_FP32, [p.dimension])
-    if p.task == c.TASK_RERANK:
-        out.reshape.shape[:] = []  # one score per pair: [batch, 1] in the graph, [batch] to the ensemble
+    if finishes_vectors(p, opts):
+        # The request's options, one copy per row (every input of a batched model starts with its
+        # rows); optional: called directly with ids alone, the encoder answers its rows as they are.
+        _io(cfg.input, c.ROW_OPTIONS, mc.TYPE_INT32, [c.ROW_OPTION_COLUMNS], optional=True)
+        _io(cfg.input, c.ROW_WEIGHT_COLUMN, mc.TYPE_FP32, [1], optional=True)
+        # One vector per text (not per row) and as many columns as the request asked for.
+        _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1])
+        _io(cfg.output, c.EMBEDDING_PACKED, mc.TYPE_UINT8, [-1])
+    else:
+        out = _io(cfg.output, c.ENCODER_OUTPUTS[p.task], mc.TYPE_FP32, [p.dimension])
+        if p.task == c.TASK_RERANK:
+            out.reshape.shape[:] = []  # one score per pair: [batch, 1] in the graph, [batch] to the ensemble
     # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
     # Backpressure: a bounded queue, and a wait after which a request is refused instead of being
@@ -266,11 +283,20 @@ class EmbedTask(Task):
 
     # The tokenizer's outputs the postprocess step reads, besides the encoder's rows.
     _POST_INPUTS = (c.DIMENSIONS_CHECKED, c.EMBEDDING_TYPE_CHECKED, c.ROW_TEXT, c.ROW_WEIGHT)
+    # The same facts per row, for an encoder that finishes the vectors itself.
+    _ROW_INPUTS = (c.ROW_OPTIONS, c.ROW_WEIGHT_COLUMN)
+
+    def _finish_inputs(self, p: ModelProfile, opts: ServingOptions) -> tuple[str, ...]:
+        return self._ROW_INPUTS if finishes_vectors(p, opts) else self._POST_INPUTS
 
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         cfg = tokenizer_model(p, opts, self._text_inputs)
         _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
-        self._post_tensors(cfg.output)
+        if finishes_vectors(p, opts):
+            _io(cfg.output, c.ROW_OPTIONS, mc.TYPE_INT32, [-1, c.ROW_OPTION_COLUMNS])
+            _io(cfg.output, c.ROW_WEIGHT_COLUMN, mc.TYPE_FP32, [-1, 1])
+        else:
+            self._post_tensors(cfg.output)
         return cfg
 
     @staticmethod
@@ -293,7 +319,7 @@ class EmbedTask(Task):
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
         return cfg
 
-    def ensemble_config(self, p: ModelProfile) -> mc.ModelConfig:
+    def ensemble_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         names = model_names(p.name)
         cfg = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=0)
         self._text_inputs(cfg)
@@ -323,11 +349,18 @@ class EmbedTask(Task):
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
         for t in cfg.input:
             tok.input_map[t.name] = t.name
-        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, *self._POST_INPUTS):
+        finish_inputs = self._finish_inputs(p, opts)
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, *finish_inputs):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)
         for key in c.ENCODER_INPUTS:
             enc.input_map[key] = key
+        if finishes_vectors(p, opts):  # tokenizer -> encoder: the encoder's outputs are the ensemble's
+            for key in finish_inputs:
+                enc.input_map[key] = key
+            for key in (c.EMBEDDING, c.EMBEDDING_PACKED):
+                enc.output_map[key] = key
+            return cfg
         enc.output_map[c.ENCODER_OUTPUT] = c.FULL_EMBEDDING
         post = steps.add(model_name=names["postprocess"], model_version=-1)
         for key in (c.FULL_EMBEDDING, *self._POST_INPUTS):
@@ -338,15 +371,16 @@ class EmbedTask(Task):
 
     def models(self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path) -> list[ModelSpec]:
         tok_files = {"model.py": model_py("tembed_serving.triton.tokenizer"), c.TOKENIZER_FILE: Path(tokenizer_file)}
+        post = ModelSpec(
+            "postprocess",
+            self.postprocess_config(p),
+            {"model.py": model_py("tembed_serving.triton.postprocess")},
+            profile=True,
+        )
         return [
             ModelSpec("tokenizer", self.tokenizer_config(p, opts), tok_files, profile=True),
-            ModelSpec(
-                "postprocess",
-                self.postprocess_config(p),
-                {"model.py": model_py("tembed_serving.triton.postprocess")},
-                profile=True,
-            ),
-            ModelSpec("ensemble", self.ensemble_config(p), {}),
+            *([] if finishes_vectors(p, opts) else [post]),
+            ModelSpec("ensemble", self.ensemble_config(p, opts), {}),
         ]
 
 
@@ -364,7 +398,7 @@ class RerankTask(Task):
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         return tokenizer_model(p, opts, self._pair_inputs)
 
-    def ensemble_config(self, p: ModelProfile) -> mc.ModelConfig:
+    def ensemble_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         names = model_names(p.name)
         cfg = mc.ModelConfig(name=names["ensemble"], platform="ensemble", max_batch_size=0)
         self._pair_inputs(cfg)
@@ -400,7 +434,7 @@ class RerankTask(Task):
         }
         return [
             ModelSpec("tokenizer", self.tokenizer_config(p, opts), tok_files, profile=True),
-            ModelSpec("ensemble", self.ensemble_config(p), {}),
+            ModelSpec("ensemble", self.ensemble_config(p, opts), {}),
         ]
 
 
@@ -416,8 +450,8 @@ def postprocess_config(p: ModelProfile) -> mc.ModelConfig:
     return EmbedTask().postprocess_config(p)
 
 
-def ensemble_config(p: ModelProfile) -> mc.ModelConfig:
-    return EmbedTask().ensemble_config(p)
+def ensemble_config(p: ModelProfile, opts: ServingOptions | None = None) -> mc.ModelConfig:
+    return EmbedTask().ensemble_config(p, opts or ServingOptions())
 
 
 def render(cfg: mc.ModelConfig) -> str:
@@ -471,6 +505,10 @@ def write_repository(
         written[spec.role] = _write_model(repo, spec.config, spec.files)
         if spec.profile:
             p.save(written[spec.role] / c.VERSION)
+    for role in set(c.ROLES) - set(written):  # e.g. the postprocess model of an earlier export
+        stale = Layout(repo, p.name).model_dir(role)
+        if stale.is_dir():
+            shutil.rmtree(stale)
     return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))
 
 

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, ENCODER_OUTPUTS, INPUT_IDS, Layout
+from tembed_serving.contract import (
+    ATTENTION_MASK,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+    ENCODER_OUTPUTS,
+    INPUT_IDS,
+    TASK_EMBED,
+    Layout,
+)
 from tembed_serving.profile import ModelProfile
 
 from .repository import ServingOptions, encoder_config, parse, render
@@ -474,6 +482,13 @@ def cmd_engine(args: argparse.Namespace) -> int:
     if not layout.profile_file.exists():
         raise SystemExit(f"error: {layout.profile_file} not found: run `tembed export --backend tensorrt` first")
     profile = ModelProfile.load(layout.profile_file)
+    if profile.task == TASK_EMBED and not layout.model_dir("postprocess").is_dir():
+        # A Python-backend export finishes the vectors in its encoder (no postprocess step): a TensorRT
+        # encoder in its place would break the ensemble.
+        raise SystemExit(
+            f"error: {args.repo} holds {args.name!r} for a Python-backend encoder (no postprocess model):"
+            " export it with `tembed export --backend tensorrt` first"
+        )
     onnx_path = args.onnx or layout.onnx_file
     out = args.out or layout.plan_file
     max_tokens = args.max_batch_tokens or None

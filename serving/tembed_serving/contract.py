@@ -70,6 +70,12 @@ EMBEDDING_TYPE_CHECKED = "embedding_type_checked"  # INT32 [1]: index of the req
 # and the row's weight in its text's mean (its tokens).
 ROW_TEXT = "row_text"  # INT32 [rows]
 ROW_WEIGHT = "row_weight"  # FP32 [rows]
+# The same facts for an encoder that finishes the vectors itself (a Python-backend runner: no
+# postprocess step). A batched model's inputs all start with the request's rows, so the request's
+# options travel as one copy per row: (ROW_TEXT, the checked dimensions, the embedding type's index).
+ROW_OPTIONS = "row_options"  # INT32 [rows, 3]
+ROW_OPTION_COLUMNS = 3
+ROW_WEIGHT_COLUMN = "row_weight_column"  # FP32 [rows, 1]: ROW_WEIGHT
 # The encoder graph's output (ONNX, TensorRT) and the encoder model's output tensor, per task:
 # embedding [b, dimension] (unit length) or score [b, 1].
 ENCODER_OUTPUTS = {TASK_EMBED: EMBEDDING, TASK_RERANK: SCORE}

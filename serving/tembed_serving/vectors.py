@@ -1,14 +1,23 @@
 """From the encoder's rows to the vectors a request gets back: windows pooled into one vector per
 text (``long_text`` chunk), Matryoshka ``dimensions``, then the ``embedding_type`` encoding.
 
-The whole logic of the postprocess model; ``triton/postprocess.py`` only moves tensors.
+The whole logic of finishing a request's vectors (:func:`finish_request`), called per request by the
+postprocess model (``triton/postprocess.py``, after a Triton-native encoder) and by the Python-backend
+encoder itself (``triton/encoder.py``, no postprocess step); those only move tensors.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .contract import BIT_PACKED_TYPES, EMBEDDING_DTYPES, EMBEDDING_TYPE_DEFAULT, EMBEDDING_TYPES
+from .contract import (
+    BIT_PACKED_TYPES,
+    EMBEDDING_DTYPES,
+    EMBEDDING_TYPE_DEFAULT,
+    EMBEDDING_TYPES,
+    ROW_OPTION_COLUMNS,
+    dimensions_error,
+)
 from .matryoshka import truncate
 from .profile import ModelProfile
 from .textproc import RequestError
@@ -89,3 +98,57 @@ def finish(
     if embedding_type == EMBEDDING_TYPE_DEFAULT:
         return vectors, np.zeros((vectors.shape[0], 0), dtype=np.uint8)
     return np.zeros((vectors.shape[0], 0), dtype=np.float32), quantize(vectors, embedding_type, profile)
+
+
+def finish_request(
+    rows: np.ndarray,
+    row_text: np.ndarray,
+    row_weight: np.ndarray,
+    dimensions: int,
+    type_index: int,
+    profile: ModelProfile,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`finish` on one request as a model receives it (the embedding type as its index in
+    ``EMBEDDING_TYPES``), both checked: a bad value is this request's :class:`RequestError`."""
+    error = dimensions_error(dimensions, profile.min_dimension, profile.dimension, profile.name)
+    if error:
+        raise RequestError(error)
+    if not 0 <= type_index < len(EMBEDDING_TYPES):
+        raise RequestError(f"embedding type index {type_index} outside [0, {len(EMBEDDING_TYPES)})")
+    return finish(rows, row_text, row_weight, dimensions, EMBEDDING_TYPES[type_index], profile)
+
+
+def per_row(
+    row_text: np.ndarray, row_weight: np.ndarray, dimensions: int, type_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A request's finishing options as tensors whose first dimension is its rows, for a batched
+    encoder (``contract.ROW_OPTIONS`` ``[rows, 3]`` int32, ``contract.ROW_WEIGHT_COLUMN`` ``[rows, 1]``)."""
+    row_text = np.asarray(row_text, dtype=np.int32).reshape(-1)
+    options = np.empty((row_text.size, ROW_OPTION_COLUMNS), dtype=np.int32)
+    options[:, 0] = row_text
+    options[:, 1] = dimensions
+    options[:, 2] = type_index
+    return options, np.asarray(row_weight, dtype=np.float32).reshape(-1, 1)
+
+
+def from_rows(options: np.ndarray, weights: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """:func:`per_row` undone and checked (anyone who reaches Triton's ports can call the encoder):
+    (row_text, row_weight, dimensions, type_index) for :func:`finish_request`."""
+    options, weights = np.asarray(options), np.asarray(weights)
+    if options.shape != (rows, ROW_OPTION_COLUMNS) or weights.shape != (rows, 1):
+        raise RequestError(
+            f"row options {list(options.shape)} and weights {list(weights.shape)} must be"
+            f" [{rows}, {ROW_OPTION_COLUMNS}] and [{rows}, 1], one per row of input_ids"
+        )
+    if not np.issubdtype(options.dtype, np.integer):
+        raise RequestError(f"row options must be integers, got {options.dtype}")
+    row_text = options[:, 0]
+    if rows and (row_text[0] != 0 or not np.isin(np.diff(row_text), (0, 1)).all()):
+        raise RequestError("row texts must start at 0 and go up by at most 1 per row")
+    if (options[:, 1:] != options[:1, 1:]).any():
+        raise RequestError("dimensions and embedding type must be the same on every row of a request")
+    w = weights.reshape(-1).astype(np.float32)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise RequestError("row weights must be finite and not negative")
+    head = options[0] if rows else np.zeros(ROW_OPTION_COLUMNS, dtype=np.int64)
+    return row_text, w, int(head[1]), int(head[2])

@@ -22,3 +22,8 @@ def invalid(message: str) -> pb_utils.InferenceResponse:
 def optional_input(request, name: str):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()
+
+
+def tensor_names(args: dict, kind: str) -> set[str]:
+    """The names of the config's ``kind`` ("input" or "output") tensors."""
+    return {t["name"] for t in json.loads(args["model_config"]).get(kind, [])}

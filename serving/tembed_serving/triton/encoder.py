@@ -1,15 +1,32 @@
-"""The encoder model of every Python-backend runner; its config's ``runner`` parameter picks which."""
+"""The encoder model of every Python-backend runner; its config's ``runner`` parameter picks which.
+
+An embedding encoder whose config takes ``row_options`` finishes each request's vectors itself
+(``vectors.finish_request``: windows pooled, ``dimensions``, ``embedding_type``) and answers the
+ensemble's ``embedding``/``embedding_packed``: there is no postprocess step after it."""
 
 from __future__ import annotations
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ..contract import ATTENTION_MASK, ENCODER_OUTPUTS, INPUT_IDS, PARAM_RUNNER
+from ..contract import (
+    ATTENTION_MASK,
+    EMBEDDING,
+    EMBEDDING_PACKED,
+    EMBEDDING_TYPE_DEFAULT,
+    EMBEDDING_TYPES,
+    ENCODER_OUTPUTS,
+    INPUT_IDS,
+    PARAM_RUNNER,
+    ROW_OPTIONS,
+    ROW_WEIGHT_COLUMN,
+)
 from ..guard import run_isolated, token_error
 from ..profile import ModelProfile
 from ..runners import load_runner
-from ._util import invalid, parameters, version_dir
+from ..textproc import RequestError
+from ..vectors import finish_request, from_rows
+from ._util import invalid, optional_input, parameters, tensor_names, version_dir
 
 
 class TritonPythonModel:
@@ -20,11 +37,35 @@ class TritonPythonModel:
         device = f"cuda:{args['model_instance_device_id']}" if args["model_instance_kind"] == "GPU" else "cpu"
         self.profile = ModelProfile.load(folder)
         self.output = ENCODER_OUTPUTS[self.profile.task]
+        self.finishes = ROW_OPTIONS in tensor_names(args, "input")
         self.runner = load_runner(params[PARAM_RUNNER], folder, self.profile, params, device)
+
+    def _finishing(self, request, rows: int) -> tuple:
+        """(row_text, row_weight, dimensions, type index) of a request; without the row tensors (a
+        direct call) its rows as they are: one text each, full size, float."""
+        options = optional_input(request, ROW_OPTIONS)
+        weights = optional_input(request, ROW_WEIGHT_COLUMN)
+        if options is None and weights is None:
+            kind = EMBEDDING_TYPES.index(EMBEDDING_TYPE_DEFAULT)
+            return np.arange(rows, dtype=np.int32), np.ones(rows, np.float32), self.profile.dimension, kind
+        if options is None or weights is None:
+            raise RequestError(f"{ROW_OPTIONS} and {ROW_WEIGHT_COLUMN} are sent together or not at all")
+        return from_rows(options, weights, rows)
+
+    def _response(self, out: np.ndarray, finishing: tuple | None):
+        if finishing is None:
+            return pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.asarray(out))])
+        try:
+            vectors, packed = finish_request(np.asarray(out), *finishing, self.profile)
+        except RequestError as exc:  # this request's error, not the batch's
+            return invalid(str(exc))
+        return pb_utils.InferenceResponse(
+            [pb_utils.Tensor(EMBEDDING, vectors), pb_utils.Tensor(EMBEDDING_PACKED, packed)]
+        )
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        ids, masks, where = [], [], []
+        ids, masks, where, finishing = [], [], [], []
         for i, r in enumerate(requests):
             if getattr(r, "is_cancelled", bool)():  # the caller has gone (deadline passed, connection closed)
                 # CANCELLED where the stub knows it (bound at run time: pb_utils is filled in after import).
@@ -34,18 +75,23 @@ class TritonPythonModel:
             a = pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy()
             m = pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy()
             error = token_error(a, m, self.profile)
+            try:
+                done = self._finishing(r, a.shape[0]) if self.finishes and not error else None
+            except RequestError as exc:
+                error = str(exc)
             if error:
                 responses[i] = invalid(error)
                 continue
             ids.append(a)
             masks.append(m)
             where.append(i)
+            finishing.append(done)
         if ids:
-            for i, out in zip(where, run_isolated(self.runner, ids, masks)):
+            for i, out, done in zip(where, run_isolated(self.runner, ids, masks), finishing):
                 if isinstance(out, str):
                     responses[i] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(out, pb_utils.TritonError.INTERNAL)
                     )
                 else:
-                    responses[i] = pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.asarray(out))])
+                    responses[i] = self._response(out, done)
         return responses

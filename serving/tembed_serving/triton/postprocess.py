@@ -1,3 +1,6 @@
+"""The postprocess model: after a Triton-native encoder (onnxruntime, tensorrt), one request's rows to
+its vectors (``vectors.finish_request``); a Python-backend encoder does the same itself."""
+
 from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
@@ -7,14 +10,13 @@ from ..contract import (
     EMBEDDING,
     EMBEDDING_PACKED,
     EMBEDDING_TYPE_CHECKED,
-    EMBEDDING_TYPES,
     FULL_EMBEDDING,
     ROW_TEXT,
     ROW_WEIGHT,
 )
 from ..profile import ModelProfile
 from ..textproc import RequestError
-from ..vectors import finish
+from ..vectors import finish_request
 from ._util import invalid, version_dir
 
 
@@ -31,12 +33,12 @@ class TritonPythonModel:
         for request in requests:
             get = _reader(request)
             try:
-                vectors, packed = finish(
+                vectors, packed = finish_request(
                     get(FULL_EMBEDDING),
                     get(ROW_TEXT),
                     get(ROW_WEIGHT),
                     int(get(DIMENSIONS_CHECKED).reshape(-1)[0]),
-                    EMBEDDING_TYPES[int(get(EMBEDDING_TYPE_CHECKED).reshape(-1)[0])],
+                    int(get(EMBEDDING_TYPE_CHECKED).reshape(-1)[0]),
                     self.profile,
                 )
             except RequestError as exc:

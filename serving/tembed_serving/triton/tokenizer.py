@@ -14,8 +14,10 @@ from ..contract import (
     INPUT_TYPE,
     INSTRUCTION,
     LONG_TEXT,
+    ROW_OPTIONS,
     ROW_TEXT,
     ROW_WEIGHT,
+    ROW_WEIGHT_COLUMN,
     TEXT,
     TOKEN_COUNT,
     TOKEN_COUNT_ORIGINAL,
@@ -33,8 +35,8 @@ from ..textproc import (
     decode_option,
     decode_texts,
 )
-from ..vectors import check_calibrated
-from ._util import invalid, optional_input, version_dir
+from ..vectors import check_calibrated, per_row
+from ._util import invalid, optional_input, tensor_names, version_dir
 
 
 class TritonPythonModel:
@@ -42,6 +44,10 @@ class TritonPythonModel:
         folder = version_dir(args)
         self.profile = ModelProfile.load(folder)
         self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
+        # What the step after the encoder needs differs by ensemble (a postprocess step, or an encoder
+        # that finishes the vectors itself): emit exactly the outputs this config lists.
+        self.outputs = tensor_names(args, "output")
+        self.per_row = ROW_OPTIONS in self.outputs
 
     def _parse(self, request) -> tuple[Prompted, int, int]:
         raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
@@ -76,16 +82,20 @@ class TritonPythonModel:
             except RequestError as exc:
                 responses[i] = invalid(str(exc))
                 continue
+            tensors = {
+                INPUT_IDS: batch.input_ids,
+                ATTENTION_MASK: batch.attention_mask,
+                TOKEN_COUNT: batch.token_count,
+                TOKEN_COUNT_ORIGINAL: batch.token_count_original,
+            }
+            if self.per_row:
+                tensors[ROW_OPTIONS], tensors[ROW_WEIGHT_COLUMN] = per_row(batch.row_text, batch.row_weight, dims, kind)
+            else:
+                tensors[DIMENSIONS_CHECKED] = np.array([dims], dtype=np.int32)
+                tensors[EMBEDDING_TYPE_CHECKED] = np.array([kind], dtype=np.int32)
+                tensors[ROW_TEXT] = batch.row_text
+                tensors[ROW_WEIGHT] = batch.row_weight
             responses[i] = pb_utils.InferenceResponse(
-                [
-                    pb_utils.Tensor(INPUT_IDS, batch.input_ids),
-                    pb_utils.Tensor(ATTENTION_MASK, batch.attention_mask),
-                    pb_utils.Tensor(TOKEN_COUNT, batch.token_count),
-                    pb_utils.Tensor(TOKEN_COUNT_ORIGINAL, batch.token_count_original),
-                    pb_utils.Tensor(DIMENSIONS_CHECKED, np.array([dims], dtype=np.int32)),
-                    pb_utils.Tensor(EMBEDDING_TYPE_CHECKED, np.array([kind], dtype=np.int32)),
-                    pb_utils.Tensor(ROW_TEXT, batch.row_text),
-                    pb_utils.Tensor(ROW_WEIGHT, batch.row_weight),
-                ]
+                [pb_utils.Tensor(k, v) for k, v in tensors.items() if k in self.outputs]
             )
         return responses

@@ -170,7 +170,8 @@ def test_sigterm_to_a_replica_under_load_loses_no_request(model_repository, tmp_
         for i in range(2):
             repo = tmp_path / f"repo{i}"
             for name in model_names(E5).values():
-                shutil.copytree(model_repository / name, repo / name)
+                if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
+                    shutil.copytree(model_repository / name, repo / name)
             proc, url = start_replica(repo, tmp_path / f"tritonserver{i}.log")
             procs.append(proc)
             urls.append(url)

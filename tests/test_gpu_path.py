@@ -62,9 +62,18 @@ def test_tensorrt_config_follows_build_options(qwen):
 
 @pytest.mark.parametrize("backend", ["tensorrt", "onnxruntime", "pytorch"])
 def test_gpu_configs_take_int32_ids(qwen, backend):
+    from tembed_serving import contract as c
+
     cfg = encoder_config(dataclasses.replace(qwen, ids_dtype="int32"), ServingOptions(backend=backend))
-    assert {t.name: t.data_type for t in cfg.input} == {"input_ids": mc.TYPE_INT32, "attention_mask": mc.TYPE_INT32}
-    assert [o.data_type for o in cfg.output] == [mc.TYPE_FP32]
+    types = {t.name: t.data_type for t in cfg.input}
+    assert {k: types.pop(k) for k in c.ENCODER_INPUTS} == {"input_ids": mc.TYPE_INT32, "attention_mask": mc.TYPE_INT32}
+    outputs = {o.name: o.data_type for o in cfg.output}
+    if backend == "pytorch":  # a Python-backend encoder finishes the vectors itself (no postprocess step)
+        assert types == {c.ROW_OPTIONS: mc.TYPE_INT32, c.ROW_WEIGHT_COLUMN: mc.TYPE_FP32}
+        assert outputs == {c.EMBEDDING: mc.TYPE_FP32, c.EMBEDDING_PACKED: mc.TYPE_UINT8}
+    else:
+        assert types == {}
+        assert list(outputs.values()) == [mc.TYPE_FP32]
 
 
 def test_onnxruntime_config(qwen):

@@ -24,7 +24,7 @@ from tembed_gateway import GatewaySettings, GatewayThread
 from tembed_serving.contract import PROFILE_FILE, Layout
 from tembed_serving.profile import ModelProfile
 from tembed_serving.textproc import RequestError
-from tembed_serving.vectors import quantize
+from tembed_serving.vectors import from_rows, quantize
 
 from .conftest import TEXTS
 
@@ -366,3 +366,20 @@ def test_eval_cli_writes_and_replaces_its_section(server, tmp_path, capsys):
     full = ["--url", server.grpc_url, "--models", QWEN, "--tasks", "tatoeba", "--limit", "5", "--out", str(out)]
     assert main([*full, "--check-queries", "2", "--no-compare-prompt"]) == 0
     assert kept_section(out) == section and "# Retrieval quality of the served models" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "weights", "message"),
+    [
+        ([[1, 384, 0]], [[1.0]], "row texts must start at 0"),
+        ([[0, 384, 0], [2, 384, 0]], [[1.0], [1.0]], "go up by at most 1"),
+        ([[0, 384, 0], [0, 128, 0]], [[0.5], [0.5]], "the same on every row"),
+        ([[0, 384, 0]], [[float("nan")]], "finite and not negative"),
+        ([[0, 384, 0], [0, 384, 0]], [[0.5], [-0.5]], "finite and not negative"),
+        ([[0, 384, 0]], [[float("inf")]], "finite and not negative"),
+    ],
+)
+def test_row_tensors_are_checked(options, weights, message):
+    """The encoder's row tensors come from anyone who reaches Triton's ports: checked per request."""
+    with pytest.raises(RequestError, match=message):
+        from_rows(np.array(options, np.int32), np.array(weights, np.float32), len(options))

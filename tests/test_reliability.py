@@ -136,6 +136,9 @@ def _encoder_call(server, ids, mask):
     [
         (np.array([[0, 10**9, 2]]), np.ones((1, 3), np.int64), "token ids must lie in [0, 250037)"),
         (np.array([[0, 5, 2]]), np.zeros((1, 3), np.int64), "row 0 of attention_mask has no token"),
+        # A padding id is looked up too: out of range, it would fail the whole merged batch in ORT.
+        (np.array([[0, 5, -7]]), np.array([[1, 1, 0]]), "token ids must lie in [0, 250037), got -7..5"),
+        (np.array([[0, 5, 2], [0, 5, 2]]), np.array([[1, 1, 1], [0, 1, 1]]), "attention_mask must pad on the right"),
         (np.array([[0, 5, 2]]), np.array([[1, 0, 1]]), "attention_mask must pad on the right"),
         (np.array([[0, 5, 2]]), np.array([[1, 2, 1]]), "attention_mask may hold only 0 and 1"),
         (np.array([[0] * 600]), np.ones((1, 600), np.int64), "sequence length 600 is over the model's 512"),

@@ -28,6 +28,10 @@ from ..textproc import RequestError
 from ..vectors import finish_request, from_rows
 from ._util import invalid, optional_input, parameters, tensor_names, version_dir
 
+# Token positions (rows x length) from which a request is checked for cancellation before it runs:
+# 1,024 take ~20 ms of CPU with a small model, the check 0.14 ms (is_cancelled asks the server).
+CANCEL_CHECK_TOKENS = 1024
+
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -67,13 +71,15 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         ids, masks, where, finishing = [], [], [], []
         for i, r in enumerate(requests):
-            if getattr(r, "is_cancelled", bool)():  # the caller has gone (deadline passed, connection closed)
+            a = pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy()
+            m = pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy()
+            # Skip the work of a caller that has gone (deadline passed, connection closed). Asking is a
+            # round trip to the server (~0.14 ms), so only where the work is worth saving.
+            if a.size >= CANCEL_CHECK_TOKENS and getattr(r, "is_cancelled", bool)():
                 # CANCELLED where the stub knows it (bound at run time: pb_utils is filled in after import).
                 code = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.UNAVAILABLE)
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", code))
                 continue
-            a = pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy()
-            m = pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy()
             error = token_error(a, m, self.profile)
             try:
                 done = self._finishing(r, a.shape[0]) if self.finishes and not error else None

@@ -1,6 +1,6 @@
 """The latency budget's arithmetic (tembed_bench.budget), on Triton's own formats: statistics as
 ``get_inference_statistics(as_json=True)`` returns them and a trace file as ``--trace-config
-level=TIMESTAMPS`` writes it. No server: the run itself is ``make budget BUDGET_ARGS=--quick``."""
+level=TIMESTAMPS`` writes it; the machine's floor models on a real tritonserver. The run itself is ``make budget BUDGET_ARGS=--quick``."""
 
 from __future__ import annotations
 
@@ -124,3 +124,24 @@ def test_pyspy_top_counts_self_and_inclusive(tmp_path):
     assert dict(got["inclusive"])["x/h.py:handle"] == 10  # a recursive frame counts once per sample
     assert dict(got["packages"]) == {"x": 10}
     assert pyspy.package("gateway/tembed_gateway/app.py:render") == "tembed_gateway"
+
+
+def test_floor_models_serve_and_keep_busy_as_asked(tmp_path):
+    """The machine's floor (tembed_bench.floor) on a real tritonserver: both models answer a vector of the
+    asked size per text and spend the asked time busy (so wall − busy is what serving alone costs)."""
+    from tembed_bench import floor
+    from tembed_serving.server import TritonServer
+
+    repo = floor.write_repo(tmp_path / "floor", dim=8)
+    with TritonServer.on_free_ports(repo, log_file=tmp_path / "tritonserver.log") as srv:
+        client = floor.FloorClient(srv.grpc_url)
+        try:
+            for model in (floor.ONE, floor.TWO):
+                for wait in (0.0, 0.02):
+                    got = client.call(model, ["如何提高睡眠质量", "two"], "query", wait)
+                    # Not below zero: the busy step really waited; small: a pass-through on loopback.
+                    assert 0.0 < got < 1.0, (model, wait, got)
+                out = client.client.infer(model, client.inputs(["a", "b", "c"], "query", 0.0))
+                assert out.as_numpy("embedding").shape == (3, 8)
+        finally:
+            client.close()

@@ -47,6 +47,10 @@ from tqdm import tqdm
 from . import data, systems
 from .compare import token_counts, write_doc
 from .data import Item
+from .floor import ONE as FLOOR_ONE
+from .floor import TWO as FLOOR_TWO
+from .floor import FloorClient
+from .floor import write_repo as write_floor_repo
 
 START, END = "<!-- budget:start -->", "<!-- budget:end -->"
 FIELDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
@@ -409,18 +413,32 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------- the runs
 def single_queries(
-    timed: TimedClient, plain, inproc: InProcess, counters: Counters, queries: list[list[Item]], warm: int
+    timed: TimedClient,
+    plain,
+    inproc: InProcess,
+    counters: Counters,
+    queries: list[list[Item]],
+    warm: int,
+    floor: FloorClient | None = None,
 ) -> dict:
     """Each query three ways, interleaved and in rotating order (timed path, ``EmbeddingClient.encode``,
     in-process), so a busy moment on the machine hits all three alike. Triton's statistics and the CPU
-    counters are read just before and after each timed call: the server parts are those calls' own."""
+    counters are read just before and after each timed call: the server parts are those calls' own.
+    With ``floor``, two more: the machine's floor (``tembed_bench.floor``) with one and with two Python
+    steps, the last busy as long as ONNX Runtime took in-process on the query before."""
     text = lambda q: [i.text for i in q]  # noqa: E731
+    ort: list[float] = []
     for q in queries[:warm]:
         timed.embed(q)
         plain.encode(text(q), input_type=q[0].input_type)
-        inproc.embed(q)
+        ort.append(inproc.embed(q)[1]["ort"])
+        if floor is not None:
+            for model in (FLOOR_ONE, FLOOR_TWO):
+                floor.call(model, text(q), q[0].input_type, ort[-1])
+    floor_walls: dict[str, list[float]] = {FLOOR_ONE: [], FLOOR_TWO: []}
     pieces: dict[str, list[float]] = {k: [] for k in PIECES}
-    plain_wall, tok, ort, cos, inproc_cpu = [], [], [], [], []
+    plain_wall, tok, cos, inproc_cpu = [], [], [], []
+    ort_warm = len(ort)
     spans: Snapshot | None = None
     for n, q in enumerate(tqdm(queries, desc="single queries (timed, EmbeddingClient, in-process)", leave=False)):
         got: dict = {}
@@ -442,7 +460,14 @@ def single_queries(
             inproc_cpu.append(r["cpu"])
 
         order = [via_timed, via_client, via_inproc]
-        for f in order[n % 3 :] + order[: n % 3]:
+        if floor is not None:
+            wait = ort[-1]  # the in-process ORT time of the query before (or of the warm-up)
+            for model in floor_walls:
+                order.append(
+                    lambda m=model, q=q, w=wait: floor_walls[m].append(floor.call(m, text(q), q[0].input_type, w))
+                )
+        k = n % len(order)
+        for f in order[k:] + order[:k]:
             f()
         for k, v in got["pieces"].items():
             pieces[k].append(v)
@@ -457,7 +482,12 @@ def single_queries(
         "client_ms": {k: float(np.mean(v)) * 1e3 for k, v in pieces.items()},
         "wall": summary([sum(p) for p in zip(*pieces.values())]),
         "encode_wall": summary(plain_wall),
-        "inproc": {"tokenize": summary(tok), "ort": summary(ort), "total": summary([a + b for a, b in zip(tok, ort)])},
+        "inproc": {
+            "tokenize": summary(tok),
+            "ort": summary(ort[ort_warm:]),
+            "total": summary([a + b for a, b in zip(tok, ort[ort_warm:])]),
+        },
+        "floor": {k: summary(v) for k, v in floor_walls.items() if v},
         # The client's CPU over the timed calls' spans only (the reads of the counters are outside them).
         "cpu_ms_per_request": {k: v * 1e3 / max(n_server, 1) for k, v in spans.cpu.items()},
         "inproc_cpu_ms_per_request": float(np.mean(inproc_cpu)) * 1e3,
@@ -636,6 +666,7 @@ GROUP_COLORS = {
     "encoder": "tab:orange",
     "postprocess": "tab:green",
     "gateway": "tab:red",
+    "machine": "tab:brown",
 }
 
 
@@ -730,6 +761,24 @@ def markdown(res: dict, args: argparse.Namespace, tables: dict[str, str]) -> str
         f"| **added by serving** (timed path − in-process) | **{s['wall']['mean'] - inp['mean']:+.2f}**"
         f" | **{s['wall']['p50'] - inp['p50']:+.2f}** | |\n"
     )
+    floor = s.get("floor") or {}
+    for model, label in (
+        (FLOOR_TWO, "an ensemble of two pass-through Python steps"),
+        (FLOOR_ONE, "one pass-through Python step"),
+    ):
+        if model in floor:
+            v = floor[model]
+            head += (
+                f"| machine floor: {label} over gRPC, busy as long as ORT"
+                f" (wall − busy; `tembed_bench.floor`) | {v['mean']:.2f} | {v['p50']:.2f} | {v['p99']:.2f} |\n"
+            )
+    if FLOOR_TWO in floor:
+        two = floor[FLOOR_TWO]
+        head += (
+            "| **ours**: added by serving − the two-step floor"
+            f" | **{s['wall']['mean'] - inp['mean'] - two['mean']:+.2f}**"
+            f" | **{s['wall']['p50'] - inp['p50'] - two['p50']:+.2f}** | |\n"
+        )
     if gw:
         head += (
             "| **added by the gateway** over direct gRPC (httpx → gateway vs `AsyncEmbeddingClient`, alternated)"
@@ -796,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16, help="texts per request under load")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight under load")
     ap.add_argument("--no-gateway", action="store_true", help="skip the gateway's added time")
+    ap.add_argument("--no-floor", action="store_true", help="skip the machine's floor (tembed_bench.floor)")
     ap.add_argument(
         "--profile-gateway",
         action="store_true",
@@ -830,16 +880,29 @@ def main(argv: list[str] | None = None) -> int:
     trace_args = [f"--trace-config=triton,file={trace_file}", "--trace-config=level=OFF"]
     res: dict = {"notes": []}
     stamps: list = []
-    with TritonServer.on_free_ports(repo, log_file=args.work / "tritonserver-budget.log", extra_args=trace_args) as srv:
+    floor_repo = args.work / "floor-repo"
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(
+            TritonServer.on_free_ports(repo, log_file=args.work / "tritonserver-budget.log", extra_args=trace_args)
+        )
         stats = InferenceServerClient(srv.grpc_url)
         plain = EmbeddingClient(srv.grpc_url)
         info = plain.model_info()
+        floor = None
+        if not args.no_floor:  # the same tritonserver and launcher, a repository of its own
+            floor_repo.mkdir(parents=True, exist_ok=True)
+            write_floor_repo(floor_repo, info.dimension)
+            floor_srv = stack.enter_context(
+                TritonServer.on_free_ports(floor_repo, log_file=args.work / "tritonserver-floor.log")
+            )
+            floor = FloorClient(floor_srv.grpc_url)
+            stack.callback(floor.close)
         res["ensemble"] = info.name
         steps = ensemble_steps(stats, info.name)
         timed = TimedClient(srv.grpc_url, info)
         counters = Counters(stats, srv.proc.pid)
         try:
-            res["single"] = single_queries(timed, plain, inproc, counters, queries, warm)
+            res["single"] = single_queries(timed, plain, inproc, counters, queries, warm, floor)
             if args.traced:
                 stamps = traced_queries(timed, stats, srv.admin_key, queries[: args.traced])
             for r in load_reqs[:2]:  # warm the long-text shapes too
@@ -919,6 +982,10 @@ def main(argv: list[str] | None = None) -> int:
         k: [p for p in v if "(in-process time)" not in p.name] for k, v in bars.items() if "in-process" not in k
     }
     n, io = load["requests"], load["inproc_seconds"]
+    if FLOOR_TWO in s.get("floor", {}):
+        added_bars["machine floor\n(2 pass-through\nPython steps)"] = [
+            Part("machine", "gRPC + Triton + 2 Python steps", s["floor"][FLOOR_TWO]["mean"])
+        ]
     load_bars = {
         "in-process,\none at a time": [
             Part("tokenizer", "tokenize", io["tokenize"] * 1e3 / n),

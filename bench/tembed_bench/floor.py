@@ -1,0 +1,131 @@
+"""The machine's floor under the latency budget: what gRPC, Triton and Python-backend steps cost on this
+machine with none of our code in them.
+
+Two models in a repository of their own, served by the same tritonserver build with the same launcher:
+
+- ``floor-one``: one Python step. It takes the query's text, keeps its stub busy for ``wait_us`` (as the
+  encoder's stub is while ONNX Runtime runs) and answers a float vector of the model's size.
+- ``floor-two``: an ensemble of two Python steps, as ours (tokenizer, then encoder): the first passes the
+  text on, the second waits and answers the vector.
+
+Sent the same short queries through the same gRPC client, each with ``wait_us`` set to what ONNX Runtime
+took in-process, ``wall − wait`` is what serving costs before any of our code runs: the part of the
+budget that is the machine (and Triton), not us.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+ONE, TWO, STEP = "floor-one", "floor-two", "floor-step"
+
+_MODEL_PY = '''"""A bench fixture (tembed_bench.floor): pass the text on, or keep busy for wait_us and answer zeros."""
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.dim = int(json.loads(args["model_config"])["parameters"]["dim"]["string_value"])
+
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            text = pb_utils.get_input_tensor_by_name(r, "text").as_numpy()
+            wait = pb_utils.get_input_tensor_by_name(r, "wait_us")
+            if wait is None:
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor("text_out", text)]))
+                continue
+            end = time.perf_counter() + int(wait.as_numpy()[0]) / 1e6
+            while time.perf_counter() < end:  # on the CPU, as a stub running ONNX Runtime is
+                pass
+            vec = np.zeros((text.shape[0], self.dim), np.float32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", vec)]))
+        return out
+'''
+
+
+def _step_config(name: str, dim: int) -> str:
+    return f"""name: "{name}"
+backend: "python"
+max_batch_size: 0
+input {{ name: "text" data_type: TYPE_STRING dims: -1 }}
+input {{ name: "input_type" data_type: TYPE_STRING dims: 1 optional: true }}
+input {{ name: "wait_us" data_type: TYPE_INT32 dims: 1 optional: true }}
+output {{ name: "text_out" data_type: TYPE_STRING dims: -1 }}
+output {{ name: "embedding" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
+instance_group {{ count: 1 kind: KIND_CPU }}
+parameters {{ key: "dim" value {{ string_value: "{dim}" }} }}
+"""
+
+
+_ENSEMBLE = f"""name: "{TWO}"
+platform: "ensemble"
+max_batch_size: 0
+input {{ name: "text" data_type: TYPE_STRING dims: -1 }}
+input {{ name: "input_type" data_type: TYPE_STRING dims: 1 }}
+input {{ name: "wait_us" data_type: TYPE_INT32 dims: 1 }}
+output {{ name: "embedding" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
+ensemble_scheduling {{
+  step {{
+    model_name: "{STEP}" model_version: -1
+    input_map {{ key: "text" value: "text" }} input_map {{ key: "input_type" value: "input_type" }}
+    output_map {{ key: "text_out" value: "passed" }}
+  }}
+  step {{
+    model_name: "{STEP}-2" model_version: -1
+    input_map {{ key: "text" value: "passed" }} input_map {{ key: "wait_us" value: "wait_us" }}
+    output_map {{ key: "embedding" value: "embedding" }}
+  }}
+}}
+"""
+
+
+def write_repo(dest: Path, dim: int) -> Path:
+    """The floor's model repository in ``dest`` (rewritten)."""
+    models = {ONE: _step_config(ONE, dim), STEP: _step_config(STEP, dim), f"{STEP}-2": _step_config(f"{STEP}-2", dim)}
+    for name, config in models.items():
+        (dest / name / "1").mkdir(parents=True, exist_ok=True)
+        (dest / name / "config.pbtxt").write_text(config)
+        (dest / name / "1" / "model.py").write_text(_MODEL_PY)
+    (dest / TWO / "1").mkdir(parents=True, exist_ok=True)
+    (dest / TWO / "config.pbtxt").write_text(_ENSEMBLE)
+    return dest
+
+
+class FloorClient:
+    """The floor's models through ``tritonclient.grpc``, as ``EmbeddingClient`` sends a query."""
+
+    def __init__(self, url: str) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._g = grpcclient
+        self.client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+
+    def _input(self, name: str, data: np.ndarray, dtype: str):
+        t = self._g.InferInput(name, list(data.shape), dtype)
+        t.set_data_from_numpy(data)
+        return t
+
+    def call(self, model: str, texts: list[str], input_type: str, wait_s: float) -> float:
+        """Wall seconds of one request less the ``wait_s`` the last step spent busy."""
+        t = time.perf_counter()
+        inputs = self.inputs(texts, input_type, wait_s)
+        self.client.infer(model, inputs, outputs=[self._g.InferRequestedOutput("embedding")]).as_numpy("embedding")
+        return time.perf_counter() - t - wait_s
+
+    def inputs(self, texts: list[str], input_type: str, wait_s: float) -> list:
+        return [
+            self._input("text", np.array([s.encode() for s in texts], dtype=np.object_), "BYTES"),
+            self._input("input_type", np.array([input_type.encode()], dtype=np.object_), "BYTES"),
+            self._input("wait_us", np.array([round(wait_s * 1e6)], dtype=np.int32), "INT32"),
+        ]
+
+    def close(self) -> None:
+        self.client.close()

@@ -19,6 +19,12 @@ def invalid(message: str) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
+def input_arrays(request) -> dict[str, object]:
+    """Every input the request carries, by name, as numpy: one pass over ``request.inputs()`` (each
+    ``pb_utils.get_input_tensor_by_name`` builds that list again)."""
+    return {t.name(): t.as_numpy() for t in request.inputs()}
+
+
 def optional_input(request, name: str):
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     return None if tensor is None else tensor.as_numpy()

@@ -26,7 +26,7 @@ from ..profile import ModelProfile
 from ..runners import load_runner
 from ..textproc import RequestError
 from ..vectors import finish_request, from_rows
-from ._util import invalid, optional_input, parameters, tensor_names, version_dir
+from ._util import input_arrays, invalid, parameters, tensor_names, version_dir
 
 # Token positions (rows x length) from which a request is checked for cancellation before it runs:
 # 1,024 take ~20 ms of CPU with a small model, the check 0.14 ms (is_cancelled asks the server).
@@ -44,11 +44,11 @@ class TritonPythonModel:
         self.finishes = ROW_OPTIONS in tensor_names(args, "input")
         self.runner = load_runner(params[PARAM_RUNNER], folder, self.profile, params, device)
 
-    def _finishing(self, request, rows: int) -> tuple:
-        """(row_text, row_weight, dimensions, type index) of a request; without the row tensors (a
-        direct call) its rows as they are: one text each, full size, float."""
-        options = optional_input(request, ROW_OPTIONS)
-        weights = optional_input(request, ROW_WEIGHT_COLUMN)
+    def _finishing(self, given: dict, rows: int) -> tuple:
+        """(row_text, row_weight, dimensions, type index) of a request's inputs; without the row tensors
+        (a direct call) its rows as they are: one text each, full size, float."""
+        options = given.get(ROW_OPTIONS)
+        weights = given.get(ROW_WEIGHT_COLUMN)
         if options is None and weights is None:
             kind = EMBEDDING_TYPES.index(EMBEDDING_TYPE_DEFAULT)
             return np.arange(rows, dtype=np.int32), np.ones(rows, np.float32), self.profile.dimension, kind
@@ -71,8 +71,8 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         ids, masks, where, finishing = [], [], [], []
         for i, r in enumerate(requests):
-            a = pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy()
-            m = pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy()
+            given = input_arrays(r)
+            a, m = given[INPUT_IDS], given[ATTENTION_MASK]
             # Skip the work of a caller that has gone (deadline passed, connection closed). Asking is a
             # round trip to the server (~0.14 ms), so only where the work is worth saving.
             if a.size >= CANCEL_CHECK_TOKENS and getattr(r, "is_cancelled", bool)():
@@ -82,7 +82,7 @@ class TritonPythonModel:
                 continue
             error = token_error(a, m, self.profile)
             try:
-                done = self._finishing(r, a.shape[0]) if self.finishes and not error else None
+                done = self._finishing(given, a.shape[0]) if self.finishes and not error else None
             except RequestError as exc:
                 error = str(exc)
             if error:

@@ -36,7 +36,7 @@ from ..textproc import (
     decode_texts,
 )
 from ..vectors import check_calibrated, per_row
-from ._util import invalid, optional_input, tensor_names, version_dir
+from ._util import input_arrays, invalid, tensor_names, version_dir
 
 
 class TritonPythonModel:
@@ -50,15 +50,16 @@ class TritonPythonModel:
         self.per_row = ROW_OPTIONS in self.outputs
 
     def _parse(self, request) -> tuple[Prompted, int, int]:
-        raw = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()
+        given = input_arrays(request)
+        raw = given[TEXT]
         check_bytes(raw, self.profile)
         texts = decode_texts(raw)
-        input_type = decode_option(optional_input(request, INPUT_TYPE), INPUT_TYPE)
-        instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
-        truncate = decode_option(optional_input(request, TRUNCATE), TRUNCATE)
-        long_text = decode_option(optional_input(request, LONG_TEXT), LONG_TEXT)
-        kind = check_embedding_type(decode_option(optional_input(request, EMBEDDING_TYPE), EMBEDDING_TYPE))
-        dims = check_dimensions(self.profile, optional_input(request, DIMENSIONS))
+        input_type = decode_option(given.get(INPUT_TYPE), INPUT_TYPE)
+        instruction = decode_option(given.get(INSTRUCTION), INSTRUCTION)
+        truncate = decode_option(given.get(TRUNCATE), TRUNCATE)
+        long_text = decode_option(given.get(LONG_TEXT), LONG_TEXT)
+        kind = check_embedding_type(decode_option(given.get(EMBEDDING_TYPE), EMBEDDING_TYPE))
+        dims = check_dimensions(self.profile, given.get(DIMENSIONS))
         check_calibrated(self.profile, kind, dims)
         return (
             self.encoder.prepare(texts, input_type, instruction, truncate, long_text),

@@ -395,7 +395,7 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         except EmbeddingError as exc:
             return ApiError.from_triton(exc, self.settings.triton_label, self.settings.retry_after_s).response()
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            log.exception("unexpected error on %s %s", request.method, request.scope["path"])
             return ApiError(500, "internal error in the gateway", type="server_error", code="internal_error").response()
 
     async def measured(self: Gateway, request: Request) -> Response:
@@ -403,7 +403,7 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         response = await wrapped(self, request)
         # The served model (set once resolved), never the name a caller sent: bounded label values.
         model = getattr(request.state, "model", "")
-        self.metrics.observe(request.url.path, model, response.status_code, time.perf_counter() - started)
+        self.metrics.observe(request.scope["path"], model, response.status_code, time.perf_counter() - started)
         return response
 
     return measured
@@ -601,7 +601,7 @@ class Gateway:
     async def embeddings(self, request: Request) -> Response:
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
-        client, input_type = await self.resolve_embedding(req, request.url.path)
+        client, input_type = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
@@ -613,7 +613,7 @@ class Gateway:
             embedding_type=req.embedding_type,
             long_text=req.long_text,
         )
-        self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
+        self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
 
     @endpoint
@@ -625,7 +625,7 @@ class Gateway:
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         if req.long_text == LONG_TEXT_CHUNK:
             raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
-        client, input_type = await self.resolve_embedding(req, request.url.path)
+        client, input_type = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.tokenize(texts, instruction=req.instruction, input_type=input_type, truncate=req.truncate)
@@ -635,10 +635,10 @@ class Gateway:
     async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
         self.authorize(request)
         req = parse_rerank(await self.read_json(request), self.settings.max_inputs, return_documents)
-        client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.url.path))
+        client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.scope["path"]))
         # The client cuts the documents into the model's max per request and sends those concurrently.
         result = await client.score(req.query, req.documents, instruction=req.instruction)
-        self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
+        self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return result, req
 
     @endpoint

@@ -31,8 +31,12 @@ T = TypeVar("T")
 
 
 async def gather(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """``asyncio.gather`` that cancels the others as soon as one fails."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    """``asyncio.gather`` that cancels the others as soon as one fails. One awaitable is awaited in
+    the caller's task: no Task to create and schedule for the common single-chunk call."""
+    pending = list(aws)
+    if len(pending) == 1:
+        return [await pending[0]]
+    tasks = [asyncio.ensure_future(aw) for aw in pending]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

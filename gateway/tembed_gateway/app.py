@@ -395,7 +395,7 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         except EmbeddingError as exc:
             return ApiError.from_triton(exc, self.settings.triton_label, self.settings.retry_after_s).response()
         except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            log.exception("unexpected error on %s %s", request.method, request.scope["path"])
             return ApiError(500, "internal error in the gateway", type="server_error", code="internal_error").response()
 
     async def measured(self: Gateway, request: Request) -> Response:
@@ -403,13 +403,42 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         response = await wrapped(self, request)
         # The served model (set once resolved), never the name a caller sent: bounded label values.
         model = getattr(request.state, "model", "")
-        self.metrics.observe(request.url.path, model, response.status_code, time.perf_counter() - started)
+        self.metrics.observe(request.scope["path"], model, response.status_code, time.perf_counter() - started)
         return response
 
     return measured
 
 
 DISCONNECT_POLL_S = 0.25
+
+
+class DisconnectWatch:
+    """Cancels ``task`` once the caller of ``request`` has disconnected: polled every DISCONNECT_POLL_S
+    by a Task started only when the request outlives the first poll, so a request answered faster
+    (nearly all) costs one timer, not a Task and a wait of its own."""
+
+    def __init__(self, request: Request, task: asyncio.Task[Any]) -> None:
+        self.request, self.task = request, task
+        self.fired = False  # the caller left and ``task`` was cancelled for it
+        self._poller: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(DISCONNECT_POLL_S, self._start)
+
+    def _start(self) -> None:
+        self._poller = asyncio.ensure_future(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            # Only once the body is read: polling the connection before would consume it.
+            if getattr(self.request.state, "body_read", False) and await self.request.is_disconnected():
+                self.fired = True
+                self.task.cancel()
+                return
+            await asyncio.sleep(DISCONNECT_POLL_S)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._poller is not None and not self._poller.done():
+            self._poller.cancel()
 
 
 def admitted(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Callable[[Gateway, Request], Any]:
@@ -421,20 +450,20 @@ def admitted(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
     async def wrapped(self: Gateway, request: Request) -> Response:
         self.admit()
         self.in_flight += 1
-        task = asyncio.ensure_future(handler(self, request))
+        task = asyncio.current_task()
+        assert task is not None
+        watch = DisconnectWatch(request, task)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-                if done:
-                    return task.result()
-                # Only once the body is read: polling the connection before would consume it.
-                if getattr(request.state, "body_read", False) and await request.is_disconnected():
-                    task.cancel()
-                    self.abandoned += 1
-                    return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+            return await handler(self, request)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise  # cancelled from elsewhere (the server shutting down): not ours to swallow
+            if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled, the task goes on
+                task.uncancel()
+            self.abandoned += 1
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         finally:
-            if not task.done():
-                task.cancel()
+            watch.stop()
             self.in_flight -= 1
 
     return wrapped
@@ -572,7 +601,7 @@ class Gateway:
     async def embeddings(self, request: Request) -> Response:
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
-        client, input_type = await self.resolve_embedding(req, request.url.path)
+        client, input_type = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(
@@ -584,7 +613,7 @@ class Gateway:
             embedding_type=req.embedding_type,
             long_text=req.long_text,
         )
-        self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
+        self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
 
     @endpoint
@@ -596,7 +625,7 @@ class Gateway:
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         if req.long_text == LONG_TEXT_CHUNK:
             raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
-        client, input_type = await self.resolve_embedding(req, request.url.path)
+        client, input_type = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.tokenize(texts, instruction=req.instruction, input_type=input_type, truncate=req.truncate)
@@ -606,10 +635,10 @@ class Gateway:
     async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
         self.authorize(request)
         req = parse_rerank(await self.read_json(request), self.settings.max_inputs, return_documents)
-        client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.url.path))
+        client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.scope["path"]))
         # The client cuts the documents into the model's max per request and sends those concurrently.
         result = await client.score(req.query, req.documents, instruction=req.instruction)
-        self.metrics.tokens.labels(client.info.name).inc(int(result.token_counts.sum()))
+        self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return result, req
 
     @endpoint

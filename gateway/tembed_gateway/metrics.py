@@ -45,12 +45,26 @@ class GatewayMetrics:
             registry=r,
         )  # fmt: skip
         r.register(_StateCollector(gateway))
+        # Labelled children by label values: ``labels()`` validates and locks on every call. The
+        # values are bounded (routes, served models, statuses), so the dicts are too.
+        self._answered: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._tokens: dict[str, Any] = {}
 
     def observe(self, route: str, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, model, str(status)).inc()
-        self.latency.labels(route, model).observe(seconds)
+        children = self._answered.get((route, model, status))
+        if children is None:
+            children = (self.requests.labels(route, model, str(status)), self.latency.labels(route, model))
+            self._answered[(route, model, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if status == 429:
             self.refused.inc()
+
+    def count_tokens(self, model: str, tokens: int) -> None:
+        child = self._tokens.get(model)
+        if child is None:
+            child = self._tokens[model] = self.tokens.labels(model)
+        child.inc(tokens)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -10,19 +10,18 @@ from types import TracebackType
 import uvicorn
 
 from .app import create_app
-from .protocol import CoalescingHttpToolsProtocol
 from .settings import GatewaySettings
 
 
 def uvicorn_config(settings: GatewaySettings, host: str, port: int, log_level: str, access_log: bool) -> uvicorn.Config:
-    # loop="asyncio": grpc.aio supports only the standard loop. httptools (a dependency) parses
-    # HTTP/1.1 several times faster than h11; its protocol here sends a response in one write.
+    # loop="asyncio": grpc.aio supports only the standard loop. http="auto" picks httptools when
+    # installed (the `gateway` extra pins it): it parses HTTP/1.1 several times faster than h11.
     return uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         loop="asyncio",
-        http=CoalescingHttpToolsProtocol,
+        http="auto",
         lifespan="on",
         log_level=log_level,
         access_log=access_log,

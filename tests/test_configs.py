@@ -144,13 +144,17 @@ def test_write_repository_layout(profile, fixture_dirs, tmp_path):
         parse((d / "config.pbtxt").read_text())
 
 
-def test_encoder_queue_is_bounded_and_times_out(profile):
-    """Backpressure: a bounded queue sized from the profile, and a wait after which Triton refuses."""
-    opts = ServingOptions()
+def test_encoder_queue_policy_is_opt_in(profile):
+    """No queue policy by default (tritonserver 2.51's batcher stalls with one); asked for, a bounded
+    queue sized from the profile and a wait after which Triton refuses."""
+    assert not encoder_config(profile, ServingOptions()).dynamic_batching.HasField("default_queue_policy")
+    opts = ServingOptions(queue_timeout_s=10.0, queue_tokens=65536)
     policy = encoder_config(profile, opts).dynamic_batching.default_queue_policy
     assert policy.timeout_action == mc.ModelQueuePolicy.REJECT
-    assert policy.default_timeout_microseconds == int(opts.queue_timeout_s * 1e6) > 0
-    assert policy.max_queue_size == max(16, opts.queue_tokens // profile.max_length)
+    assert policy.default_timeout_microseconds == 10_000_000
+    assert policy.max_queue_size == max(16, 65536 // profile.max_length)
+    only_timeout = encoder_config(profile, ServingOptions(queue_timeout_s=5.0)).dynamic_batching.default_queue_policy
+    assert only_timeout.default_timeout_microseconds == 5_000_000 and only_timeout.max_queue_size == 0
     assert (
         parse(render(encoder_config(profile, opts))).dynamic_batching == encoder_config(profile, opts).dynamic_batching
     )

@@ -370,3 +370,35 @@ def test_killed_launcher_leaves_no_process_even_under_load(model_repository, tmp
             proc.kill()
         for pid in subprocess.run(["pgrep", "-f", str(repo)], capture_output=True, text=True).stdout.split():
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_callers_deadline_frees_the_encoder_queue(server):
+    """No queue policy by default (tritonserver 2.51's batcher stalls ~0.5 s at times with one): a request
+    whose caller's deadline passed while it waited is dropped unrun, so a burst of callers that give up
+    costs no compute after they have gone."""
+    from tembed_client import EmbeddingClient, EmbeddingError
+
+    stats = grpcclient.InferenceServerClient(server.grpc_url)
+
+    def encoder() -> tuple[int, int]:
+        s = stats.get_inference_statistics(f"{E5}-encoder", as_json=True)["model_stats"][0]
+        return int(s.get("execution_count", 0)), int(s["inference_stats"]["success"].get("count", 0))
+
+    def call(i: int) -> str:
+        with EmbeddingClient(server.grpc_url, E5, timeout=1.5) as c:
+            try:
+                c.embed([f"{i} {LONG}"] * 16)  # ~1 s of encoder time each on 2 cores
+                return "ok"
+            except EmbeddingError as exc:
+                return exc.code
+
+    before = encoder()
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(call, range(8)))
+    at_last_answer = encoder()
+    time.sleep(3)  # what is still queued would run now
+    settled = encoder()
+    assert codes.count("DEADLINE_EXCEEDED") >= 4, codes
+    # At most the batch that was running when the last caller gave up ends after it; nothing queued runs.
+    assert settled[0] - at_last_answer[0] <= 1, (before, at_last_answer, settled)
+    assert settled[1] - before[1] <= 4, ("requests computed for callers that had gone", codes, before, settled)

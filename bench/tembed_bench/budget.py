@@ -521,14 +521,6 @@ def traced_queries(timed: TimedClient, stats_client, admin_key: str, queries: li
     return stamps
 
 
-# The export's queue timeout for the encoder (10 s) is for a service; this load queues 8 requests of 16
-# texts, long ones among them, on 2 cores, and a busy machine pushes the wait past it ("Request timeout
-# expired", which EmbeddingClient does not retry, by design; a request's own "timeout" parameter does not
-# reach the ensemble's steps). The budget serves a copy of the repository whose encoder waits longer;
-# nothing else differs, and no request that succeeds is timed differently.
-QUEUE_TIMEOUT_US = 300_000_000
-
-
 def mixed_load(
     timed: TimedClient,
     inproc: InProcess,
@@ -811,8 +803,7 @@ def markdown(res: dict, args: argparse.Namespace, tables: dict[str, str]) -> str
         f" ORT threads = {args.threads}, client and server on the same machine. (a) {s['requests']} single short"
         " queries, each sent through the timed client path, through `EmbeddingClient.encode` and run in-process,"
         f" interleaved; (b) the mixed load of `tembed_bench.compare` ({load['texts']} texts in requests of"
-        f" {args.batch}, {args.concurrency} in flight; served with the encoder's queue timeout raised from the"
-        f" export's 10 s to {QUEUE_TIMEOUT_US // 1_000_000} s, which this load can exceed on a busy machine)."
+        f" {args.batch}, {args.concurrency} in flight), served from the repository as `tembed export` writes it."
         " Server parts are Triton's own statistics (read around each"
         " timed call; over the whole mixed load) and traces; the client's pieces are timed in the client; the"
         " in-process rows run our tokenizer and ONNX Runtime encoder in the bench process on the same inputs."
@@ -866,8 +857,7 @@ def main(argv: list[str] | None = None) -> int:
     from tembed_serving.server import TritonServer
 
     args.work.mkdir(parents=True, exist_ok=True)
-    base = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
-    repo = systems.variant_repo(base, args.work / "budget-repo", {"queue_timeout_us": str(QUEUE_TIMEOUT_US)}, {})
+    repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
     queries = [[q] for q in data.short_queries(args.queries)]
     load_reqs = data.requests(data.mixed(args.load_texts), args.batch)
     tokens = token_counts(repo, [i for r in load_reqs for i in r])

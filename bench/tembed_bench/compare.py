@@ -155,7 +155,7 @@ def row(res: dict, ceiling: dict | None, c: int) -> dict:
     return out
 
 
-def markdown(rows: list[dict], plan: Plan, notes: list[str], queue_timeout_s: float = 10.0) -> str:
+def markdown(rows: list[dict], plan: Plan, notes: list[str]) -> str:
     c = plan.load_concurrency
     head = (
         "| system | texts/s | tokens/s | × ceiling (tokens/s) | load P50 / P99 ms | query c=1 P50 / P99 ms"
@@ -176,8 +176,7 @@ def markdown(rows: list[dict], plan: Plan, notes: list[str], queue_timeout_s: fl
         f" passages, 22% Chinese paragraphs, 8% long documents truncated at 512 tokens) in requests of"
         f" {plan.batch}, {c} in flight for the servers and one at a time in-process. Queries: {plan.queries}"
         " single short queries. Same thread budget for everyone (ORT/torch threads = cores). Triton serves the"
-        f" exported repository with the encoder's queue timeout at {queue_timeout_s:g} s (the export's 10 s is a"
-        " service's; this saturation load can exceed it). Infinity runs each of its CPU engines in turn (torch,"
+        " exported repository as `tembed export` writes it. Infinity runs each of its CPU engines in turn (torch,"
         " optimum = ONNX Runtime, ctranslate2), with the model's mean pooling; its best engine per column is the"
         " **Infinity** row. Every system's vectors are compared with our encoder's on a few texts of each kind"
         " (last column).\n\n"
@@ -283,13 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma list of Infinity's engines to run, each in turn (of {','.join(INFINITY_ENGINES)})",
     )
     ap.add_argument("--queue-delay-us", type=int, default=0, help="Triton dynamic batcher delay (export flag)")
-    ap.add_argument(
-        "--queue-timeout-s",
-        type=float,
-        default=300.0,
-        help="the served encoder's queue timeout (the export's is 10 s: a service's, which this saturation load"
-        " can exceed on a busy machine; EmbeddingClient does not retry a request that waited it out)",
-    )
     ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
     ap.add_argument("--doc", type=Path, default=systems.ROOT / "docs" / "BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -330,10 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(msg.replace("\n", " "))
 
     attempt("raw", lambda: contextlib.nullcontext(raw))
-    served = systems.variant_repo(
-        repo, args.work / "compare-repo", {"queue_timeout_us": str(int(args.queue_timeout_s * 1e6))}, {}
-    )
-    attempt("triton", lambda: systems.triton_server(served, args.work / "tritonserver.log"))
+    attempt("triton", lambda: systems.triton_server(repo, args.work / "tritonserver.log"))
     folder = args.work / "e5-with-onnx"  # the model folder + onnx/model.onnx: Infinity's optimum, ST's ONNX
     for engine in args.infinity_engines.split(","):
         attempt(
@@ -361,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row(r, ceiling, plan.load_concurrency) for r in results]
     best = best_of(rows, plan.load_concurrency)
     notes.append("CPU shared with other work while measured: treat differences under ~10% as noise.")
-    write_doc(args.doc, markdown(rows + ([best] if best else []), plan, notes, args.queue_timeout_s))
+    write_doc(args.doc, markdown(rows + ([best] if best else []), plan, notes))
     if rows:
         plot(rows, args.doc.with_name("benchmarks.png"), plan.load_concurrency)
     for r in rows:

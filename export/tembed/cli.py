@@ -38,6 +38,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder_instances=args.encoder_instances,
         intra_op_threads=args.threads,
         max_queue_delay_us=args.max_queue_delay_us,
+        queue_timeout_s=args.queue_timeout_s,
+        queue_tokens=args.queue_tokens,
         torch_dtype=args.torch_dtype,
         torch_device=args.torch_device,
     )
@@ -115,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     ex.add_argument("--max-queue-delay-us", type=int, default=0)
+    ex.add_argument(
+        "--queue-timeout-s",
+        type=float,
+        default=0.0,
+        help="refuse a request that waited this long in the encoder's queue (0: off; a caller's deadline still"
+        " frees it). Any queue policy stalls tritonserver 2.51's batcher ~0.5 s at times: see docs/RELIABILITY.md",
+    )
+    ex.add_argument(
+        "--queue-tokens",
+        type=int,
+        default=0,
+        help="bound the encoder's queue to this many tokens of full-length requests (0: unbounded); same caveat",
+    )
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument(
         "--quantize",

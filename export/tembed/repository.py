@@ -59,10 +59,14 @@ class ServingOptions:
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     torch_dtype: str = "bfloat16"  # pytorch backend
     torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
-    # Longest wait in the encoder's queue before a request is refused: past this, the caller (most
-    # clients time out at 30-60 s) has likely gone; 200 long requests on 2 cores showed it (RELIABILITY.md).
-    queue_timeout_s: float = 10.0
-    queue_tokens: int = 65536  # sizes the encoder's queue (queue_size)
+    # The encoder's queue policy, off by default (0): in tritonserver 2.51 any ``default_queue_policy``
+    # (a timeout, a size, or both) makes the dynamic batcher sit idle ~0.5 s now and then while requests
+    # wait: 8 concurrent short queries had P99 0.6-1.1 s with it, 0.10 s without (docs/RELIABILITY.md).
+    # Without it a caller's deadline still frees the queue: Triton drops a cancelled request unrun.
+    # queue_timeout_s: longest wait before a request is refused (UNAVAILABLE); queue_tokens sizes a
+    # bounded queue (queue_size; RESOURCE_EXHAUSTED past it).
+    queue_timeout_s: float = 0.0
+    queue_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -225,13 +229,14 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
             out.reshape.shape[:] = []  # one score per pair: [batch, 1] in the graph, [batch] to the ensemble
     # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
-    # Backpressure: a bounded queue, and a wait after which a request is refused instead of being
-    # computed for a caller that has likely gone (UNAVAILABLE; the client retries with backoff).
-    policy = cfg.dynamic_batching.default_queue_policy
-    policy.timeout_action = mc.ModelQueuePolicy.REJECT
-    policy.default_timeout_microseconds = int(opts.queue_timeout_s * 1e6)
-    policy.allow_timeout_override = True
-    policy.max_queue_size = queue_size(p, opts)
+    if opts.queue_timeout_s > 0 or opts.queue_tokens > 0:  # opt-in: see ServingOptions.queue_timeout_s
+        # A bounded queue, and a wait after which a request is refused instead of being computed for a
+        # caller that has likely gone (UNAVAILABLE; the client retries with backoff).
+        policy = cfg.dynamic_batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = int(opts.queue_timeout_s * 1e6)
+        policy.allow_timeout_override = True
+        policy.max_queue_size = queue_size(p, opts) if opts.queue_tokens > 0 else 0
     BACKENDS[opts.backend].configure(cfg, p, opts)
     return cfg
 

@@ -158,3 +158,12 @@ def test_encoder_queue_policy_is_opt_in(profile):
     assert (
         parse(render(encoder_config(profile, opts))).dynamic_batching == encoder_config(profile, opts).dynamic_batching
     )
+
+
+def test_encoder_batcher_waits_a_little_by_default(profile):
+    """A small queue delay by default: at 0 (and no queue policy) tritonserver 2.51's batcher thread
+    spins while the encoder works (docs/BENCHMARKS.md)."""
+    assert encoder_config(profile, ServingOptions()).dynamic_batching.max_queue_delay_microseconds == 100
+    assert (
+        encoder_config(profile, ServingOptions(max_queue_delay_us=0)).dynamic_batching.max_queue_delay_microseconds == 0
+    )

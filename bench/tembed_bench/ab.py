@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
     args = ap.parse_args(argv)
-    repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
+    repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
     out: dict = {}
     if "tokenizer" in args.which:
         out["tokenizer_ms"] = tokenizer_cost()

@@ -862,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     from tembed_serving.server import TritonServer
 
     args.work.mkdir(parents=True, exist_ok=True)
-    repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
+    repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
     queries = [[q] for q in data.short_queries(args.queries)]
     load_reqs = data.requests(data.mixed(args.load_texts), args.batch)
     tokens = token_counts(repo, [i for r in load_reqs for i in r])

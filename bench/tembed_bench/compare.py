@@ -281,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(INFINITY_ENGINES),
         help=f"comma list of Infinity's engines to run, each in turn (of {','.join(INFINITY_ENGINES)})",
     )
-    ap.add_argument("--queue-delay-us", type=int, default=0, help="Triton dynamic batcher delay (export flag)")
+    ap.add_argument(
+        "--queue-delay-us",
+        type=int,
+        default=None,
+        help="Triton dynamic batcher delay (export flag; default: the export's)",
+    )
     ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
     ap.add_argument("--doc", type=Path, default=systems.ROOT / "docs" / "BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = args.systems.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
     repo = systems.export_repo(
-        args.work / f"repo-t{args.threads}-d{args.queue_delay_us}-i32",
+        args.work / f"repo-t{args.threads}-d{'default' if args.queue_delay_us is None else args.queue_delay_us}-i32",
         threads=args.threads,
         queue_delay_us=args.queue_delay_us,
     )

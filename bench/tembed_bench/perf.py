@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None:
-            repo = systems.export_repo(args.work / f"repo-t{args.threads}-d0-i32", threads=args.threads)
+            repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
             from tembed_serving.server import TritonServer
 
             url = stack.enter_context(TritonServer.on_free_ports(repo, log_file=args.work / "perf-server.log")).grpc_url

@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "multilingual-e5-small"
 
 
-def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, queue_delay_us: int = 0) -> Path:
+def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, queue_delay_us: int | None = None) -> Path:
     """Export ``model`` into ``repo`` once (reused while its ONNX graph is there), int32 ids."""
     from tembed.pipeline import ExportOptions, export_model
     from tembed.repository import ServingOptions
 
     if not Layout(repo, model).onnx_file.exists():
-        serving = ServingOptions(intra_op_threads=threads, max_queue_delay_us=queue_delay_us)
+        delay = ServingOptions.max_queue_delay_us if queue_delay_us is None else queue_delay_us
+        serving = ServingOptions(intra_op_threads=threads, max_queue_delay_us=delay)
         export_model(ROOT / "fixtures" / model, repo, ExportOptions(ids_dtype="int32", serving=serving, validate=False))
     return repo
 

@@ -79,6 +79,8 @@ def cmd_fixtures(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .repository import ServingOptions
+
     ap = argparse.ArgumentParser(prog="tembed", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -116,7 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--torch-device", choices=("cuda", "cpu"), default="cuda", help="pytorch backend: GPU instances, or CPU"
     )
     ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
-    ex.add_argument("--max-queue-delay-us", type=int, default=0)
+    ex.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=ServingOptions.max_queue_delay_us,
+        help="longest wait of a lone request for company in the encoder's batcher (0 makes tritonserver 2.51's"
+        " batcher thread spin while the encoder works)",
+    )
     ex.add_argument(
         "--queue-timeout-s",
         type=float,

@@ -50,8 +50,10 @@ class ServingOptions:
     encoder_instances: int = 1
     tokenizer_instances: int = 2
     intra_op_threads: int = 0  # 0: ONNX Runtime picks (all cores)
-    # 0: a request never waits for company; batches still form while the encoder is busy (docs/BENCHMARKS.md).
-    max_queue_delay_us: int = 0
+    # A lone request waits at most this for company; batches still form while the encoder is busy. Not 0:
+    # with 0 (and no queue policy) tritonserver 2.51's batcher thread spins while the encoder works,
+    # 10.7 s of CPU in a 27.7 s load on 2 cores (16.9-19.0 s with 100-2000 us: docs/BENCHMARKS.md).
+    max_queue_delay_us: int = 100
     tensorrt_accelerator: bool = False  # onnxruntime backend: let its TensorRT EP build engines
     gpu_instances: int = 1
     # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).

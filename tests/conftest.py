@@ -44,6 +44,17 @@ TEXTS = [
 ]
 
 
+def copy_served(model_repository: Path, dest: Path, model: str) -> Path:
+    """``model``'s Triton models from ``model_repository`` into ``dest`` (only those it has: a Python
+    encoder has no postprocess model)."""
+    from tembed_serving.contract import model_names
+
+    for name in model_names(model).values():
+        if (model_repository / name).is_dir():
+            shutil.copytree(model_repository / name, dest / name)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def fixture_dirs() -> dict[str, Path]:
     from tembed.fixtures.build import build_fixtures
@@ -126,16 +137,13 @@ def rerank_dirs():
 def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
     """One server: three rerankers and an embedding model."""
     from tembed.pipeline import ExportOptions, export_model
-    from tembed_serving.contract import model_names
     from tembed_serving.server import TritonServer
 
     repo = tmp_path_factory.mktemp("rerank-repo")
     for name in RERANKERS:
         result = export_model(rerank_dirs[name], repo, ExportOptions(max_length=MAX_LENGTH, max_texts=16))
         assert result.profile.task == "rerank" and result.max_abs_err < 1e-4
-    for name in model_names(EMBEDDER).values():
-        if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-            shutil.copytree(model_repository / name, repo / name)
+    copy_served(model_repository, repo, EMBEDDER)
     log = tmp_path_factory.mktemp("rerank-triton") / "tritonserver.log"
     with TritonServer.on_free_ports(repo, log_file=log) as srv:
         yield srv
@@ -144,16 +152,13 @@ def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
 @pytest.fixture
 def replicas(model_repository, tmp_path):
     """Two unsupervised tritonservers (a killed one stays down) serving e5 (EMBEDDER), each on its own copy."""
-    from tembed_serving.contract import model_names
     from tembed_serving.server import TritonServer
 
     servers = []
     try:
         for i in range(2):
             repo = tmp_path / f"repo{i}"
-            for name in model_names(EMBEDDER).values():
-                if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-                    shutil.copytree(model_repository / name, repo / name)
+            copy_served(model_repository, repo, EMBEDDER)
             log = tmp_path / f"tritonserver{i}.log"
             servers.append(TritonServer.on_free_ports(repo, supervise=False, log_file=log).start())
         yield servers

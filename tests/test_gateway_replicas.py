@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from .conftest import TEXTS
+from .conftest import TEXTS, copy_served
 
 pytestmark = pytest.mark.slow
 E5 = "multilingual-e5-small"
@@ -163,15 +162,12 @@ def test_sigterm_to_a_replica_under_load_loses_no_request(model_repository, tmp_
     exits 0 and leaves no process; every request of both paths succeeds."""
     from tembed_client import EmbeddingClient, EmbeddingError
     from tembed_gateway import GatewaySettings, GatewayThread
-    from tembed_serving.contract import model_names
 
     procs, urls = [], []
     try:
         for i in range(2):
             repo = tmp_path / f"repo{i}"
-            for name in model_names(E5).values():
-                if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-                    shutil.copytree(model_repository / name, repo / name)
+            copy_served(model_repository, repo, E5)
             proc, url = start_replica(repo, tmp_path / f"tritonserver{i}.log")
             procs.append(proc)
             urls.append(url)

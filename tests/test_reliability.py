@@ -5,7 +5,6 @@ own time; the numbers they print are the ones docs/RELIABILITY.md reports."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .conftest import TEXTS
+from .conftest import TEXTS, copy_served
 
 pytestmark = pytest.mark.slow
 E5 = "multilingual-e5-small"
@@ -31,13 +30,10 @@ LONG = "检索增强生成把向量数据库召回的段落交给大模型。" *
 @pytest.fixture
 def own_server(model_repository, tmp_path):
     """A server of its own (these tests kill its processes), serving e5 only."""
-    from tembed_serving.contract import model_names
     from tembed_serving.server import TritonServer
 
     repo = tmp_path / "repo"
-    for name in model_names(E5).values():
-        if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-            shutil.copytree(model_repository / name, repo / name)
+    copy_served(model_repository, repo, E5)
     with TritonServer.on_free_ports(repo, log_file=tmp_path / "tritonserver.log") as srv:
         yield srv
 
@@ -257,13 +253,10 @@ def test_gateway_answers_503_while_triton_is_down_and_recovers(own_server):
 
 def test_sigterm_drains_in_flight_requests_and_leaves_no_process(model_repository, tmp_path):
     from tembed_client import EmbeddingClient
-    from tembed_serving.contract import model_names
     from tembed_serving.server import free_port
 
     repo = tmp_path / "repo"
-    for name in model_names(E5).values():
-        if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-            shutil.copytree(model_repository / name, repo / name)
+    copy_served(model_repository, repo, E5)
     grpc, http, metrics, gateway = free_port(), free_port(), free_port(), free_port()
     cmd = [
         sys.executable,
@@ -326,14 +319,11 @@ def test_killed_launcher_leaves_no_process_even_under_load(model_repository, tmp
     (PR_SET_PDEATHSIG) and the launcher's watchdog kills the stubs, a busy one of which used to outlive
     it for good (asleep under PID 1, 650 MiB)."""
     from tembed_client import EmbeddingClient, EmbeddingError
-    from tembed_serving.contract import model_names
 
     from .test_gateway_replicas import start_replica, wait_serving
 
     repo = tmp_path / "repo"
-    for name in model_names(E5).values():
-        if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-            shutil.copytree(model_repository / name, repo / name)
+    copy_served(model_repository, repo, E5)
     proc, url = start_replica(repo, tmp_path / "tritonserver.log")
     stop = threading.Event()
     served = []

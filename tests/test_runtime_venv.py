@@ -5,7 +5,6 @@ transformers, onnx) must not be needed there."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ROOT, TEXTS
+from .conftest import ROOT, TEXTS, copy_served
 
 pytestmark = pytest.mark.slow
 MODEL = "multilingual-e5-small"
@@ -42,13 +41,10 @@ def test_runtime_venv_holds_no_build_time_packages(runtime_python):
 
 def test_runtime_venv_serves_an_exported_repository(runtime_python, model_repository, references, tmp_path):
     from tembed_client import EmbeddingClient
-    from tembed_serving.contract import model_names
     from tembed_serving.server import free_port
 
     repo = tmp_path / "repo"
-    for name in model_names(MODEL).values():
-        if (model_repository / name).is_dir():  # no postprocess model with a Python encoder
-            shutil.copytree(model_repository / name, repo / name)
+    copy_served(model_repository, repo, MODEL)
     grpc, http, metrics = free_port(), free_port(), free_port()
     log = tmp_path / "tritonserver.log"
     cmd = [str(runtime_python), "-m", "tembed_serving.server", "--model-repository", str(repo)]

@@ -48,8 +48,6 @@ def variant_repo(base: Path, dest: Path, encoder: dict[str, str], params: dict[s
         cfg.dynamic_batching.max_queue_delay_microseconds = int(encoder["delay_us"])
     if "instances" in encoder:
         cfg.instance_group[0].count = int(encoder["instances"])
-    if "queue_timeout_us" in encoder:
-        cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds = int(encoder["queue_timeout_us"])
     for k, v in params.items():
         cfg.parameters[k].string_value = v
     path.unlink()  # a hard link: do not write through to the base copy

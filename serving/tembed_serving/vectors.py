@@ -52,7 +52,13 @@ def quantization_ranges(profile: ModelProfile, d: int) -> np.ndarray:
         raise RequestError(
             f"embedding_type int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}"
         )
-    return np.asarray(ranges, dtype=np.float32)
+    # Converted once per profile and size, not per request: the arrays ride on the profile object,
+    # keyed by the JSON list they came from (a profile whose ranges are measured again gets new ones).
+    cache = profile.__dict__.setdefault("_int8_arrays", {})
+    hit = cache.get(d)
+    if hit is None or hit[0] is not ranges:
+        hit = cache[d] = (ranges, np.asarray(ranges, dtype=np.float32))
+    return hit[1]
 
 
 def check_calibrated(profile: ModelProfile, embedding_type: str, d: int) -> None:

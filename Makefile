@@ -95,8 +95,8 @@ soak: export  ## 2 Triton replicas + the gateway (separate processes) saturated 
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --repo $(REPO) --model $(MODEL)
 
 lint: setup
-	$(BIN)/ruff check export serving tests client gateway evaluation bench
-	$(BIN)/ruff format --check export serving tests client gateway evaluation bench
+	$(BIN)/ruff check export serving tests client gateway evaluation bench devtools
+	$(BIN)/ruff format --check export serving tests client gateway evaluation bench devtools
 
 clean:
 	rm -rf $(REPO)/*/ .cache

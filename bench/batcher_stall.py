@@ -25,7 +25,7 @@ import tritonclient.grpc as grpcclient
 from tembed.repository import parse, render
 from tembed_bench import data
 from tembed_serving.contract import ATTENTION_MASK, INPUT_IDS, Layout, model_names
-from tembed_serving.server import TritonServer
+from tembed_serving.supervisor import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ from tembed_bench.data import DATA
 from tembed_client import EmbeddingClient
 from tembed_client.contract import EMBEDDING, EMBEDDING_PACKED, EMBEDDING_TYPE, EMBEDDING_TYPES, TEXT, TOKEN_COUNT
 from tembed_gateway import GatewaySettings, GatewayThread
-from tembed_serving.server import TritonServer
+from tembed_serving.supervisor import TritonServer
 
 
 def passages(n: int) -> list[str]:

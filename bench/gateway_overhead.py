@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tembed_bench.gateway import compare, gateway_process, table
 from tembed_client import EmbeddingClient
-from tembed_serving.server import TritonServer, free_port
+from tembed_serving.supervisor import TritonServer, free_port
 
 
 def main(argv: list[str] | None = None) -> int:

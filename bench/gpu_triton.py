@@ -71,7 +71,7 @@ def doc_texts(n: int, target_chars: int = 900, seed: int = 0) -> list[str]:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from tembed.fixtures.qwen3_tiny import build_qwen3_tiny
+    from tembed_fixtures.qwen3_tiny import build_qwen3_tiny
 
     t0 = time.perf_counter()
     build_qwen3_tiny(args.out, **SHAPES[args.shape])
@@ -177,7 +177,7 @@ def in_process(repo: Path, name: str, seconds: float, device: str) -> dict:
 
 def through_triton(repo: Path, name: str, seconds: float) -> dict:
     from tembed_client import EmbeddingClient
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     log = Path("/tmp/tembed-gpu-triton.log")
     t0 = time.perf_counter()

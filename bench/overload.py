@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from tembed.pipeline import ExportOptions, export_model
     from tembed_client import EmbeddingClient, EmbeddingError
     from tembed_gateway import GatewaySettings, GatewayThread
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="tembed-overload-"))
     export_model(ROOT / "fixtures" / MODEL, work / "repo", ExportOptions(validate=False))

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from tembed.pipeline import ExportOptions, export_model
     from tembed.repository import ServingOptions
     from tembed_serving.contract import Layout
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     folder = build_cross_encoder(args.work / NAME)
     repo = args.work / f"rerank-repo-t{args.threads}-m{args.max_texts}"

@@ -5,7 +5,7 @@ replica killed (kill -9) and started again in the middle.
     python bench/soak.py --minutes 2            # a short trial
     python bench/soak.py --repo model_repository --workers 8 --out .cache/soak.md
 
-Each replica is ``python -m tembed_serving.server`` (the supervised launcher: its own process, its
+Each replica is ``python -m tembed_serving.supervisor`` (the supervised launcher: its own process, its
 tritonserver and Python stubs); the gateway is ``python -m tembed_gateway --triton A --triton B``. Workers
 call the gateway with the real ``openai`` client (``max_retries=0``: every failure counts), mixing short and
 long texts; with a reranker in the repository, one request in ten goes to ``/v1/rerank``. Prints a line a
@@ -74,10 +74,10 @@ def children(pid: int) -> list[int]:
 
 
 class Replica:
-    """One ``python -m tembed_serving.server`` on fixed ports, which it keeps across a restart."""
+    """One ``python -m tembed_serving.supervisor`` on fixed ports, which it keeps across a restart."""
 
     def __init__(self, index: int, repo: Path, work: Path) -> None:
-        from tembed_serving.server import free_port
+        from tembed_serving.supervisor import free_port
 
         self.index = index
         self.repo = repo
@@ -88,7 +88,7 @@ class Replica:
         self.starts = 0
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "tembed_serving.server", "--model-repository", str(self.repo)]
+        cmd = [sys.executable, "-m", "tembed_serving.supervisor", "--model-repository", str(self.repo)]
         cmd += ["--log-file", str(self.log), *(str(x) for kv in self.ports.items() for x in kv)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.starts += 1
@@ -111,7 +111,7 @@ class Replica:
             return
         name = self.label
         yield f"{name}: supervisor (python)", self.proc.pid
-        from tembed_serving.server import python_stubs
+        from tembed_serving.supervisor import python_stubs
 
         for child in children(self.proc.pid):
             if not command(child).endswith("tritonserver"):
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             r.start()
         for r in replicas:
             r.wait_ready()
-        from tembed_serving.server import free_port
+        from tembed_serving.supervisor import free_port
 
         port = free_port()
         gw_url = f"http://127.0.0.1:{port}"

@@ -1,5 +1,5 @@
 #!/bin/sh
-# tritonserver with its admin protocols closed (the list is tembed_serving.server.RESTRICTED; a test
+# tritonserver with its admin protocols closed (the list is tembed_serving.supervisor.RESTRICTED; a test
 # keeps the two equal): loading and unloading models, logging, shared memory and tracing need the key
 # in TEMBED_ADMIN_KEY, a random one when it is unset, so that nobody can use them. Inference, health,
 # metadata, model config and statistics stay open: put Triton's ports on a private network and the

@@ -57,7 +57,7 @@ def copy_served(model_repository: Path, dest: Path, model: str) -> Path:
 
 @pytest.fixture(scope="session")
 def fixture_dirs() -> dict[str, Path]:
-    from tembed.fixtures.build import build_fixtures
+    from tembed_fixtures.build import build_fixtures
 
     return build_fixtures(FIXTURES)
 
@@ -92,7 +92,7 @@ def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_repository, tmp_path_factory):
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
     with TritonServer.on_free_ports(model_repository, log_file=log) as srv:
@@ -128,7 +128,7 @@ def references(fixture_dirs):
 
 @pytest.fixture(scope="session")
 def rerank_dirs():
-    from tembed.fixtures.build import build_fixtures
+    from tembed_fixtures.build import build_fixtures
 
     return build_fixtures(FIXTURES, only=list(RERANKERS))
 
@@ -137,7 +137,7 @@ def rerank_dirs():
 def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
     """One server: three rerankers and an embedding model."""
     from tembed.pipeline import ExportOptions, export_model
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     repo = tmp_path_factory.mktemp("rerank-repo")
     for name in RERANKERS:
@@ -152,7 +152,7 @@ def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
 @pytest.fixture
 def replicas(model_repository, tmp_path):
     """Two unsupervised tritonservers (a killed one stays down) serving e5 (EMBEDDER), each on its own copy."""
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     servers = []
     try:

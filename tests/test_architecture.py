@@ -18,6 +18,7 @@ PACKAGES = {
     "tembed": ROOT / "export" / "tembed",
     "tembed_eval": ROOT / "evaluation" / "tembed_eval",
     "tembed_bench": ROOT / "bench" / "tembed_bench",
+    "tembed_fixtures": ROOT / "devtools" / "tembed_fixtures",
 }
 # What each package may import (besides itself): the edges of docs/ARCHITECTURE.md.
 ALLOWED = {
@@ -25,8 +26,11 @@ ALLOWED = {
     "tembed_serving": {"tembed_client"},
     "tembed_gateway": {"tembed_client", "tembed_serving"},
     "tembed": {"tembed_client", "tembed_serving", "tembed_gateway"},
-    "tembed_eval": {"tembed_client", "tembed_serving", "tembed"},  # the rerank demo exports its models
-    "tembed_bench": {"tembed_client", "tembed_serving", "tembed_gateway", "tembed", "tembed_eval"},
+    # The rerank demo exports its models (tembed) from folders it builds (tembed_fixtures).
+    "tembed_eval": {"tembed_client", "tembed_serving", "tembed", "tembed_fixtures"},
+    "tembed_bench": {"tembed_client", "tembed_serving", "tembed_gateway", "tembed", "tembed_eval", "tembed_fixtures"},
+    # Development only: nothing that serves or exports imports it.
+    "tembed_fixtures": {"tembed_client", "tembed_serving", "tembed"},
 }
 
 

@@ -130,7 +130,7 @@ def test_floor_models_serve_and_keep_busy_as_asked(tmp_path):
     """The machine's floor (tembed_bench.floor) on a real tritonserver: both models answer a vector of the
     asked size per text and spend the asked time busy (so wall − busy is what serving alone costs)."""
     from tembed_bench import floor
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     repo = floor.write_repo(tmp_path / "floor", dim=8)
     with TritonServer.on_free_ports(repo, log_file=tmp_path / "tritonserver.log") as srv:

@@ -41,7 +41,7 @@ PREFIX = {"query": "query: ", "passage": "passage: "}
 def _converter():
     if str(REPO / "export") not in sys.path:  # normally found through PYTHONPATH=export
         sys.path.insert(0, str(REPO / "export"))
-    from tembed.fixtures import e5_q4
+    from tembed_fixtures import e5_q4
 
     return e5_q4
 

@@ -31,7 +31,7 @@ MAX_TEXTS = 4
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
-    from tembed.fixtures.build import build_fixtures
+    from tembed_fixtures.build import build_fixtures
 
     return build_fixtures(tmp_path_factory.mktemp("families"), only=[BGE, NOMIC])
 
@@ -56,7 +56,7 @@ def family_server(family_dirs, tmp_path_factory):
     """bge-m3-tiny and nomic-embed-tiny on ONNX Runtime; nomic-embed-tiny on the PyTorch runner."""
     from tembed.pipeline import ExportOptions, export_model
     from tembed.repository import ServingOptions
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     repo = tmp_path_factory.mktemp("families-repo")
     result = export_model(family_dirs[BGE], repo, ExportOptions(max_texts=MAX_TEXTS))

@@ -140,11 +140,11 @@ def test_metrics_need_no_key_and_count_refusals(replicas):
 
 
 def start_replica(repo, log) -> tuple[subprocess.Popen, str]:
-    """``python -m tembed_serving.server`` (the supervised launcher) on free ports; its gRPC address."""
-    from tembed_serving.server import free_port
+    """``python -m tembed_serving.supervisor`` (the supervised launcher) on free ports; its gRPC address."""
+    from tembed_serving.supervisor import free_port
 
     grpc, http, metrics = free_port(), free_port(), free_port()
-    cmd = [sys.executable, "-m", "tembed_serving.server", "--model-repository", str(repo), "--log-file", str(log)]
+    cmd = [sys.executable, "-m", "tembed_serving.supervisor", "--model-repository", str(repo), "--log-file", str(log)]
     cmd += ["--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), f"127.0.0.1:{grpc}"
 

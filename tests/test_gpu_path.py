@@ -386,7 +386,7 @@ def test_compose_file():
 
 def test_container_entrypoint_closes_the_admin_protocols(tmp_path):
     """The image's entrypoint, run for real with a stand-in `tritonserver` that prints its arguments."""
-    from tembed_serving.server import ADMIN_HEADER, RESTRICTED
+    from tembed_serving.supervisor import ADMIN_HEADER, RESTRICTED
 
     fake = tmp_path / "tritonserver"
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')

@@ -393,7 +393,7 @@ def _http_status(url: str) -> int:
 def test_rendered_commands_run_and_serve_the_probe_paths(overlay, tmp_path):
     """The rendered Triton arguments through docker/entrypoint.sh with tritonserver 2.51 (the image's release),
     then the rendered gateway command in front of it: every probe path answers 200."""
-    server = pytest.importorskip("tembed_serving.server")
+    server = pytest.importorskip("tembed_serving.supervisor")
     try:
         bin_dir = server.pytriton_root() / "bin"
     except Exception as exc:  # nvidia-pytriton not installed

@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
-from tembed.fixtures.qwen3_tiny import base_tokenizer_folder
+from tembed_fixtures.qwen3_tiny import base_tokenizer_folder
 from tembed.repository import ServingOptions, encoder_config
 from tembed.trt_profiles import optimization_profiles, select_profile
 from tembed_client import AsyncEmbeddingClient, EmbeddingError

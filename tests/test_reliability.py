@@ -30,7 +30,7 @@ LONG = "检索增强生成把向量数据库召回的段落交给大模型。" *
 @pytest.fixture
 def own_server(model_repository, tmp_path):
     """A server of its own (these tests kill its processes), serving e5 only."""
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     repo = tmp_path / "repo"
     copy_served(model_repository, repo, E5)
@@ -39,7 +39,7 @@ def own_server(model_repository, tmp_path):
 
 
 def stub_pid(srv, model):
-    from tembed_serving.server import python_stubs
+    from tembed_serving.supervisor import python_stubs
 
     return next(pid for pid, m in python_stubs(srv.proc.pid).items() if m == model)
 
@@ -98,7 +98,7 @@ def test_dead_encoder_stub_is_reloaded(own_server):
 
 def test_dead_tritonserver_is_restarted_and_leaves_no_stub(own_server):
     from tembed_client import EmbeddingClient
-    from tembed_serving.server import python_stubs
+    from tembed_serving.supervisor import python_stubs
 
     srv = own_server
     old = srv.proc.pid
@@ -253,7 +253,7 @@ def test_gateway_answers_503_while_triton_is_down_and_recovers(own_server):
 
 def test_sigterm_drains_in_flight_requests_and_leaves_no_process(model_repository, tmp_path):
     from tembed_client import EmbeddingClient
-    from tembed_serving.server import free_port
+    from tembed_serving.supervisor import free_port
 
     repo = tmp_path / "repo"
     copy_served(model_repository, repo, E5)
@@ -315,7 +315,7 @@ def test_gateway_cancels_the_work_of_a_caller_that_left(server):
 
 
 def test_killed_launcher_leaves_no_process_even_under_load(model_repository, tmp_path):
-    """kill -9 of ``python -m tembed_serving.server`` while its encoder is busy: tritonserver dies with it
+    """kill -9 of ``python -m tembed_serving.supervisor`` while its encoder is busy: tritonserver dies with it
     (PR_SET_PDEATHSIG) and the launcher's watchdog kills the stubs, a busy one of which used to outlive
     it for good (asleep under PID 1, 650 MiB)."""
     from tembed_client import EmbeddingClient, EmbeddingError

@@ -47,7 +47,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def dirs(monkeypatch_module) -> dict[str, Path]:
-    from tembed.fixtures.build import build_fixtures
+    from tembed_fixtures.build import build_fixtures
 
     return build_fixtures(ROOT / "fixtures", only=NAMES)
 
@@ -140,7 +140,7 @@ def test_seq_cls_classifier_is_yes_minus_no(dirs):
 
 
 def test_builders_are_idempotent(dirs):
-    from tembed.fixtures.build import FIXTURES, _builders
+    from tembed_fixtures.build import FIXTURES, _builders
 
     assert set(NAMES) <= set(FIXTURES)  # `make fixtures` builds them
     builders = _builders()

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tembed.fixtures.qwen3_tiny import base_tokenizer_folder
+from tembed_fixtures.qwen3_tiny import base_tokenizer_folder
 from tembed_serving.textproc import RequestError, TextEncoder, decode_option, decode_texts
 
 EOT = 151643

@@ -19,7 +19,7 @@ MODEL = "qwen3-embedding-tiny"
 def torch_server(fixture_dirs, tmp_path_factory):
     from tembed.pipeline import ExportOptions, export_model
     from tembed.repository import ServingOptions
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     repo = tmp_path_factory.mktemp("torch-repo")
     serving = ServingOptions(backend="pytorch", torch_device="cpu", torch_dtype="float32")

@@ -499,7 +499,7 @@ def single_queries(
 def tracing(stats_client, admin_key: str) -> Iterator[None]:
     """Triton's TIMESTAMPS traces on for every request while the block runs (the trace protocol is
     one of the server's admin protocols: the admin key opens it)."""
-    from tembed_serving.server import ADMIN_HEADER
+    from tembed_serving.supervisor import ADMIN_HEADER
 
     headers = {f"triton-grpc-protocol-{ADMIN_HEADER}": admin_key}
     on = {"trace_level": ["TIMESTAMPS"], "trace_rate": "1", "trace_count": "-1", "log_frequency": "0"}
@@ -575,7 +575,7 @@ def gateway_run(
     import httpx
 
     from tembed_client import AsyncEmbeddingClient
-    from tembed_serving.server import free_port
+    from tembed_serving.supervisor import free_port
 
     from .gateway import gateway_process
     from .pyspy import record
@@ -859,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
     from tritonclient.grpc import InferenceServerClient
 
     from tembed_client import EmbeddingClient
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     args.work.mkdir(parents=True, exist_ok=True)
     repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)

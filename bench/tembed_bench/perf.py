@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         url = args.url
         if url is None:
             repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
-            from tembed_serving.server import TritonServer
+            from tembed_serving.supervisor import TritonServer
 
             url = stack.enter_context(TritonServer.on_free_ports(repo, log_file=args.work / "perf-server.log")).grpc_url
         out = sweep(url, args.model, data_file, args.out, levels, args.window_ms, args.percentile, args.stability)

@@ -36,8 +36,8 @@ def build_cross_encoder(out: Path, *, seed: int = 0, fixtures: Path = ROOT / "fi
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tembed.fixtures.build import build_fixtures
-    from tembed.fixtures.cross_encoder import save_cross_encoder
+    from tembed_fixtures.build import build_fixtures
+    from tembed_fixtures.cross_encoder import save_cross_encoder
 
     src = build_fixtures(fixtures, only=[SOURCE])[SOURCE]
     torch.manual_seed(seed)

@@ -121,7 +121,7 @@ class Triton:
 
 @contextlib.contextmanager
 def triton_server(repo: Path, log_file: Path) -> Iterator[Triton]:
-    from tembed_serving.server import TritonServer
+    from tembed_serving.supervisor import TritonServer
 
     with TritonServer.on_free_ports(repo, log_file=log_file) as srv:
         yield Triton(srv.grpc_url)
@@ -184,7 +184,7 @@ def infinity_server(
 
     Its optimum engine writes an optimised graph and its ctranslate2 engine a converted model into the
     Hugging Face cache: pointed at ``.cache/`` beside the log, so nothing lands in the user's cache."""
-    from tembed_serving.server import free_port
+    from tembed_serving.supervisor import free_port
 
     if not INFINITY_BIN.exists():
         raise RuntimeError(

@@ -74,7 +74,7 @@ def replica_failed(exc: EmbeddingError) -> bool:
 
     UNAVAILABLE, but not Triton's full queue or queue timeout (another replica is as busy); and
     NOT_FOUND "has no available versions": the model was unloaded there, which is how a draining
-    replica refuses new work (``tembed_serving.server``) while it finishes what it has."""
+    replica refuses new work (``tembed_serving.supervisor``) while it finishes what it has."""
     message = exc.message.lower()
     if exc.code == "NOT_FOUND":
         return "has no available versions" in message

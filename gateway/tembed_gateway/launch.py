@@ -1,6 +1,6 @@
 """``tembed serve``: tritonserver on a model repository, the gateway in front of it, and a demo.
 
-Composes the runtime's launcher (:mod:`tembed_serving.server`) with this package's gateway.
+Composes the runtime's launcher (:mod:`tembed_serving.supervisor`) with this package's gateway.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import signal
 import threading
 import urllib.request
 
-from tembed_serving.server import ServerError, TritonServer, add_server_args, server_from_args
+from tembed_serving.supervisor import ServerError, TritonServer, add_server_args, server_from_args
 
 
 def show_embedding(url: str, text: str) -> None:

@@ -477,8 +477,8 @@ class Supervisor(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Triton alone on a repository (``python -m tembed_serving.server``); ``tembed serve`` adds the gateway."""
-    ap = argparse.ArgumentParser(prog="python -m tembed_serving.server", description=main.__doc__)
+    """Triton alone on a repository (``python -m tembed_serving.supervisor``); ``tembed serve`` adds the gateway."""
+    ap = argparse.ArgumentParser(prog="python -m tembed_serving.supervisor", description=main.__doc__)
     add_server_args(ap)
     args = ap.parse_args(argv)
     srv = server_from_args(args)

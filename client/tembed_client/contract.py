@@ -8,6 +8,7 @@ them. Plain Python with no dependencies, so a Triton stub can import it for noth
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 # Tasks a served ensemble performs; its config's ``task`` parameter names one.
 TASK_EMBED = "embed"
@@ -102,6 +103,67 @@ PARAM_TOKENIZER = "tokenizer"
 PARAM_TOKENIZER_OUTPUTS = "tokenizer_outputs"
 # max_texts of a reranker is its most documents per request; its dimension is 1 (one score).
 
+# Why a request failed: every error the serving side raises names one reason (and, for a request's
+# field, the parameter), in the message's tag (``tag_error``); the client reads it back
+# (``tembed_client.errors.classify``, the one place where Triton's own prose is matched) and the
+# gateway maps it to an HTTP status (``tembed_gateway.errors``). No other code reads message text.
+INVALID_ARGUMENT = "invalid_argument"  # a field of the request is wrong (its param says which)
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # a text over max_length (truncate NONE), max_windows or max_rows
+TOO_LARGE = "too_large"  # a text or a request over the byte limits (max_text_bytes, max_request_bytes)
+UNSUPPORTED = "unsupported"  # the model cannot do this: the other task, or an option its repository predates
+MODEL_NOT_FOUND = "model_not_found"  # no served model of that name
+OVERLOADED = "overloaded"  # busy now (a full queue, too many in flight): the same request may succeed later
+DRAINING = "draining"  # the replica is shutting down and refuses new work: another replica takes it
+REPLICA_GONE = "replica_gone"  # the server, the connection or a model's process is down or restarting
+DEADLINE_EXCEEDED = "deadline_exceeded"  # the caller's timeout, or the server's queue timeout, passed
+CANCELLED = "cancelled"  # the caller went away before the answer
+UNAUTHENTICATED = "unauthenticated"  # no or a wrong API key (the gateway)
+INTERNAL = "internal"  # a bug or a broken model: not the request's fault
+# Each reason's gRPC status, as Triton and tritonclient name it.
+REASON_CODES = {
+    INVALID_ARGUMENT: "INVALID_ARGUMENT",
+    CONTEXT_LENGTH_EXCEEDED: "INVALID_ARGUMENT",
+    TOO_LARGE: "INVALID_ARGUMENT",
+    UNSUPPORTED: "FAILED_PRECONDITION",
+    MODEL_NOT_FOUND: "NOT_FOUND",
+    OVERLOADED: "RESOURCE_EXHAUSTED",
+    DRAINING: "UNAVAILABLE",
+    REPLICA_GONE: "UNAVAILABLE",
+    DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    CANCELLED: "CANCELLED",
+    UNAUTHENTICATED: "UNAUTHENTICATED",
+    INTERNAL: "INTERNAL",
+}
+REASONS = tuple(REASON_CODES)
+# Worth sending again at once to another replica: this one cannot serve now, another may.
+FAILOVER_REASONS = (DRAINING, REPLICA_GONE)
+# Worth sending again after a pause (RetryPolicy), when no replica could take it now.
+RETRY_REASONS = (OVERLOADED, REPLICA_GONE, DRAINING)
+
+# The tag at the end of a serving-side error message: " [tembed REASON]" or " [tembed REASON PARAM]".
+# Triton keeps a composing model's message whole inside the ensemble's ("in ensemble 'N', ..."), so
+# the tag survives; the client strips it from the message it shows.
+ERROR_TAG = "tembed"
+
+
+def tag_error(message: str, reason: str, param: str | None = None) -> str:
+    """``message`` with its machine-readable reason (one of REASONS) and parameter appended."""
+    if reason not in REASON_CODES:
+        raise ValueError(f"unknown error reason {reason!r}")
+    return f"{message} [{ERROR_TAG} {reason}{' ' + param if param else ''}]"
+
+
+def read_error_tag(message: str) -> tuple[str, str | None, str] | None:
+    """(reason, param, the message without its tag) of a tagged message, or None when it has no tag."""
+    start = message.rfind(f" [{ERROR_TAG} ")
+    end = message.find("]", start)
+    if start < 0 or end < 0:
+        return None
+    reason, _, param = message[start + len(ERROR_TAG) + 3 : end].partition(" ")
+    if reason not in REASON_CODES:
+        return None
+    return reason, param or None, message[:start] + message[end + 1 :]
+
 
 def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) -> str | None:
     """Why ``d`` is not a valid Matryoshka size for this model, or None when it is."""
@@ -110,13 +172,6 @@ def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) 
     if not min_dimension <= int(d) <= dimension:
         return f"dimensions must be between {min_dimension} and {dimension} for model {model!r}, got {d}"
     return None
-
-
-def packed_width(embedding_type: str, d: int) -> int:
-    """Columns of EMBEDDING_PACKED for ``d``-dimensional vectors of ``embedding_type`` (0 for float)."""
-    if embedding_type == EMBEDDING_TYPE_DEFAULT:
-        return 0
-    return (d + 7) // 8 if embedding_type in BIT_PACKED_TYPES else d
 
 
 def option_error(name: str, value: object, allowed: tuple[str, ...]) -> str | None:
@@ -131,3 +186,67 @@ def truncate_error(value: object) -> str | None:
     if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
         return f"truncate must be one of {', '.join(TRUNCATE_VALUES)}, got {value!r}"
     return None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One optional field of a request, declared once: the ensemble input of that name (one value,
+    shape [1]), what it takes and which tasks take it. The clients' calls, the gateway's parsing, the
+    tokenizer models and the generated configs all read these declarations (``OPTIONS``)."""
+
+    name: str
+    datatype: str  # the ensemble input's Triton datatype: "BYTES" (text) or "INT32"
+    tasks: tuple[str, ...]
+    values: tuple[str, ...] | None = None  # the allowed values; None: any text, or an integer in the model's range
+    default: str | None = None  # the value the server assumes without it; None: the model's own
+    any_case: bool = False  # values match in any case and are sent upper-cased (truncate)
+
+    def check(self, value: object, low: int = 1, high: int | None = None, model: str = "") -> str | None:
+        """Why ``value`` is not valid for this option (``low``/``high``: an integer's range, inclusive),
+        or None. Messages start with the option's name."""
+        if self.datatype == "INT32":
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                return f"{self.name} must be an integer, not {type(value).__name__}"
+            if int(value) < low or (high is not None and int(value) > high):
+                where = f" for model {model!r}" if model else ""
+                return f"{self.name} must be between {low} and {high}{where}, got {value}" if high else (
+                    f"{self.name} must be an integer >= {low}, got {value}"
+                )
+            return None
+        if not isinstance(value, str):
+            return f"{self.name} must be a string, not {type(value).__name__}"
+        if self.values is not None and (value.upper() if self.any_case else value) not in self.values:
+            return f"{self.name} must be one of {', '.join(self.values)}, got {value!r}"
+        return None
+
+    def normalize(self, value: object) -> object:
+        """The checked value as it is sent: upper-cased for ``any_case`` options, an int for integers."""
+        if self.datatype == "INT32":
+            return int(value)  # type: ignore[call-overload]
+        return value.upper() if self.any_case and isinstance(value, str) else value
+
+
+OPTIONS = {
+    o.name: o
+    for o in (
+        # Replaces the query task of instruction models (Qwen3-Embedding); a reranker's prompt may carry one.
+        Option(INSTRUCTION, "BYTES", (TASK_EMBED, TASK_RERANK)),
+        Option(INPUT_TYPE, "BYTES", (TASK_EMBED,), INPUT_TYPES),  # default: the model's document prompt
+        Option(DIMENSIONS, "INT32", (TASK_EMBED,)),  # Matryoshka size in [min_dimension, dimension]; default: full
+        Option(TRUNCATE, "BYTES", (TASK_EMBED,), TRUNCATE_VALUES, TRUNCATE_DEFAULT, any_case=True),
+        Option(LONG_TEXT, "BYTES", (TASK_EMBED,), LONG_TEXT_VALUES, LONG_TEXT_DEFAULT),
+        Option(EMBEDDING_TYPE, "BYTES", (TASK_EMBED,), EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT),
+    )
+}
+
+
+def options_for(task: str) -> tuple[Option, ...]:
+    """The options a task's requests take, in declaration order."""
+    return tuple(o for o in OPTIONS.values() if task in o.tasks)
+
+
+def packed_width(embedding_type: str, d: int) -> int:
+    """Columns of EMBEDDING_PACKED for ``d``-dimensional vectors of ``embedding_type`` (0 for float)."""
+    if embedding_type == EMBEDDING_TYPE_DEFAULT:
+        return 0
+    return (d + 7) // 8 if embedding_type in BIT_PACKED_TYPES else d

@@ -70,15 +70,9 @@ def channel_args() -> list[tuple[str, int | str]]:
 
 
 def replica_failed(exc: EmbeddingError) -> bool:
-    """The replica (or the connection to it) is gone or going, rather than busy or refusing this request.
-
-    UNAVAILABLE, but not Triton's full queue or queue timeout (another replica is as busy); and
-    NOT_FOUND "has no available versions": the model was unloaded there, which is how a draining
-    replica refuses new work (``tembed_serving.supervisor``) while it finishes what it has."""
-    message = exc.message.lower()
-    if exc.code == "NOT_FOUND":
-        return "has no available versions" in message
-    return exc.code == "UNAVAILABLE" and "queue" not in message and "timeout expired" not in message
+    """The replica (or the connection to it) is gone or going, rather than busy or refusing this request:
+    its reason is one of ``contract.FAILOVER_REASONS`` (:func:`tembed_client.errors.classify` says which)."""
+    return exc.failover
 
 
 class Ranked(Protocol):

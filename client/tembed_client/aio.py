@@ -10,22 +10,11 @@ from typing import Any, TypeVar
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
-from ._common import (
-    Call,
-    ClientBase,
-    EmbeddingResult,
-    ModelInfo,
-    RerankCall,
-    RerankResult,
-    Text,
-    Texts,
-    TokenizeCall,
-    TokenizeResult,
-    loaded_models,
-    parse_model_config,
-    pick_model,
-)
+from .base import ClientBase
+from .calls import Call, RerankCall, Text, Texts, TokenizeCall
+from .discovery import ModelInfo, loaded_models, parse_model_config, pick_model
 from .errors import EmbeddingError, triton_errors
+from .results import EmbeddingResult, RerankResult, TokenizeResult
 
 T = TypeVar("T")
 
@@ -84,18 +73,12 @@ class AsyncEmbeddingClient(ClientBase):
                     self._info = pick_model(dict(zip(names, configs)))
         return self._info
 
-    async def encode(
-        self,
-        texts: Texts,
-        *,
-        instruction: Text | None = None,
-        input_type: str | None = None,
-        dimensions: int | None = None,
-        truncate: str | None = None,
-        embedding_type: str | None = None,
-        long_text: str | None = None,
-    ) -> EmbeddingResult:
+    async def encode(self, texts: Texts, **options: Any) -> EmbeddingResult:
         """Embeddings and token counts: [n, d] and [n] for a list, [d] and [] for one str.
+
+        Options by keyword, as ``contract.OPTIONS`` declares them for the embed task (None: not given;
+        an unknown name is a TypeError): ``instruction``, ``input_type``, ``dimensions`` (Matryoshka),
+        and these three:
 
         ``truncate``: what happens to a text over the model's max_length tokens, one of
         ``contract.TRUNCATE_VALUES`` (any case): ``"END"`` (the server's default) cuts its end,
@@ -109,16 +92,7 @@ class AsyncEmbeddingClient(ClientBase):
         ``long_text="chunk"`` embeds such a text whole, as the token-weighted mean of windows of
         max_length tokens (``contract.LONG_TEXT_VALUES``; default ``"truncate"``); lists are then
         also sent in pieces of at most the server's ``max_rows`` windows."""
-        call = Call.prepare(
-            await self.model_info(),
-            texts,
-            instruction=instruction,
-            input_type=input_type,
-            dimensions=dimensions,
-            truncate=truncate,
-            embedding_type=embedding_type,
-            long_text=long_text,
-        )
+        call = Call.prepare(await self.model_info(), texts, **options)
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
 
@@ -139,59 +113,27 @@ class AsyncEmbeddingClient(ClientBase):
                 await asyncio.sleep(pause)
                 attempt += 1
 
-    async def embed(
-        self,
-        texts: Texts,
-        *,
-        instruction: Text | None = None,
-        input_type: str | None = None,
-        dimensions: int | None = None,
-        truncate: str | None = None,
-        embedding_type: str | None = None,
-        long_text: str | None = None,
-    ) -> np.ndarray:
+    async def embed(self, texts: Texts, **options: Any) -> np.ndarray:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str (or the compact
         ``embedding_type``'s values, as :meth:`encode` says)."""
-        result = await self.encode(
-            texts,
-            instruction=instruction,
-            input_type=input_type,
-            dimensions=dimensions,
-            truncate=truncate,
-            embedding_type=embedding_type,
-            long_text=long_text,
-        )
-        return result.embeddings
+        return (await self.encode(texts, **options)).embeddings
 
-    async def tokenize(
-        self,
-        texts: Texts,
-        *,
-        input_type: str | None = None,
-        instruction: Text | None = None,
-        truncate: str | None = None,
-    ) -> TokenizeResult:
+    async def tokenize(self, texts: Texts, **options: Any) -> TokenizeResult:
         """The token ids the model would embed (prompt and special tokens included, after
-        truncation), from the served tokenizer itself, with the counts before and after truncation."""
-        call = TokenizeCall.prepare(
-            await self.model_info(), texts, instruction=instruction, input_type=input_type, truncate=truncate
-        )
+        truncation), from the served tokenizer itself, with the counts before and after truncation.
+        Options: those of :meth:`encode` that change the ids (``contract.TOKEN_OPTIONS``)."""
+        call = TokenizeCall.prepare(await self.model_info(), texts, **options)
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
 
-    async def score(self, query: Text, documents: Iterable[Text], *, instruction: Text | None = None) -> RerankResult:
+    async def score(self, query: Text, documents: Iterable[Text], **options: Any) -> RerankResult:
         """Relevance of each document to ``query``, in the documents' order; chunks go concurrently."""
-        call = RerankCall.prepare(await self.model_info(), query, documents, instruction=instruction)
+        call = RerankCall.prepare(await self.model_info(), query, documents, **options)
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
 
     async def rerank(
-        self,
-        query: Text,
-        documents: Iterable[Text],
-        *,
-        top_n: int | None = None,
-        instruction: Text | None = None,
+        self, query: Text, documents: Iterable[Text], *, top_n: int | None = None, **options: Any
     ) -> list[tuple[int, float]]:
         """``(index, score)`` of the documents, best first (the ``top_n`` best when given)."""
-        return (await self.score(query, documents, instruction=instruction)).ranking(top_n)
+        return (await self.score(query, documents, **options)).ranking(top_n)

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__
-from ._common import INPUT_TYPES, EmbeddingResult
+from .contract import TASK_EMBED, options_for
 from .errors import EmbeddingError
+from .results import EmbeddingResult
 from .sync import EmbeddingClient
 
 
@@ -24,9 +25,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: one per line of stdin)")
     ap.add_argument("--url", default="localhost:8001", help="gRPC address (default: %(default)s)")
     ap.add_argument("--model", help="served model (default: the only ready ensemble)")
-    ap.add_argument("--input-type", choices=INPUT_TYPES)
-    ap.add_argument("--instruction", metavar="TEXT")
-    ap.add_argument("--dimensions", type=int, metavar="N", help="truncate to N dimensions (Matryoshka)")
+    for option in options_for(TASK_EMBED):  # --input-type, --dimensions, ... as the contract declares them
+        kind = {"type": int, "metavar": "N"} if option.datatype == "INT32" else {"metavar": "TEXT"}
+        ap.add_argument(
+            f"--{option.name.replace('_', '-')}", choices=option.values, **(kind if not option.values else {})
+        )
     ap.add_argument(
         "--timeout", type=float, default=60.0, metavar="S", help="per-request timeout, seconds (default: %(default)s)"
     )
@@ -65,9 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = args.texts or sys.stdin.buffer.read().splitlines()
     try:
         with EmbeddingClient(args.url, args.model, timeout=args.timeout) as client:
-            result = client.encode(
-                list(texts), instruction=args.instruction, input_type=args.input_type, dimensions=args.dimensions
-            )
+            options = {o.name: getattr(args, o.name) for o in options_for(TASK_EMBED)}
+            result = client.encode(list(texts), **options)
     except EmbeddingError as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)
         return 1

@@ -165,29 +165,6 @@ def read_error_tag(message: str) -> tuple[str, str | None, str] | None:
     return reason, param or None, message[:start] + message[end + 1 :]
 
 
-def dimensions_error(d: object, min_dimension: int, dimension: int, model: str) -> str | None:
-    """Why ``d`` is not a valid Matryoshka size for this model, or None when it is."""
-    if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-        return f"dimensions must be an integer, not {type(d).__name__}"
-    if not min_dimension <= int(d) <= dimension:
-        return f"dimensions must be between {min_dimension} and {dimension} for model {model!r}, got {d}"
-    return None
-
-
-def option_error(name: str, value: object, allowed: tuple[str, ...]) -> str | None:
-    """Why ``value`` is not one of ``allowed`` for option ``name`` (exact spelling), or None."""
-    if not isinstance(value, str) or value not in allowed:
-        return f"{name} must be one of {', '.join(allowed)}, got {value!r}"
-    return None
-
-
-def truncate_error(value: object) -> str | None:
-    """Why ``value`` is not a truncate option, or None when it is (any case: "start" is START)."""
-    if not isinstance(value, str) or value.upper() not in TRUNCATE_VALUES:
-        return f"truncate must be one of {', '.join(TRUNCATE_VALUES)}, got {value!r}"
-    return None
-
-
 @dataclass(frozen=True)
 class Option:
     """One optional field of a request, declared once: the ensemble input of that name (one value,
@@ -200,6 +177,7 @@ class Option:
     values: tuple[str, ...] | None = None  # the allowed values; None: any text, or an integer in the model's range
     default: str | None = None  # the value the server assumes without it; None: the model's own
     any_case: bool = False  # values match in any case and are sent upper-cased (truncate)
+    tokens: bool = False  # it changes the token ids, so a tokenize call takes it too
 
     def check(self, value: object, low: int = 1, high: int | None = None, model: str = "") -> str | None:
         """Why ``value`` is not valid for this option (``low``/``high``: an integer's range, inclusive),
@@ -209,9 +187,9 @@ class Option:
                 return f"{self.name} must be an integer, not {type(value).__name__}"
             if int(value) < low or (high is not None and int(value) > high):
                 where = f" for model {model!r}" if model else ""
-                return f"{self.name} must be between {low} and {high}{where}, got {value}" if high else (
-                    f"{self.name} must be an integer >= {low}, got {value}"
-                )
+                if high is not None:
+                    return f"{self.name} must be between {low} and {high}{where}, got {value}"
+                return f"{self.name} must be a positive integer, got {value!r}"
             return None
         if not isinstance(value, str):
             return f"{self.name} must be a string, not {type(value).__name__}"
@@ -230,10 +208,10 @@ OPTIONS = {
     o.name: o
     for o in (
         # Replaces the query task of instruction models (Qwen3-Embedding); a reranker's prompt may carry one.
-        Option(INSTRUCTION, "BYTES", (TASK_EMBED, TASK_RERANK)),
-        Option(INPUT_TYPE, "BYTES", (TASK_EMBED,), INPUT_TYPES),  # default: the model's document prompt
+        Option(INSTRUCTION, "BYTES", (TASK_EMBED, TASK_RERANK), tokens=True),
+        Option(INPUT_TYPE, "BYTES", (TASK_EMBED,), INPUT_TYPES, tokens=True),  # default: the model's document prompt
         Option(DIMENSIONS, "INT32", (TASK_EMBED,)),  # Matryoshka size in [min_dimension, dimension]; default: full
-        Option(TRUNCATE, "BYTES", (TASK_EMBED,), TRUNCATE_VALUES, TRUNCATE_DEFAULT, any_case=True),
+        Option(TRUNCATE, "BYTES", (TASK_EMBED,), TRUNCATE_VALUES, TRUNCATE_DEFAULT, any_case=True, tokens=True),
         Option(LONG_TEXT, "BYTES", (TASK_EMBED,), LONG_TEXT_VALUES, LONG_TEXT_DEFAULT),
         Option(EMBEDDING_TYPE, "BYTES", (TASK_EMBED,), EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT),
     )
@@ -243,6 +221,9 @@ OPTIONS = {
 def options_for(task: str) -> tuple[Option, ...]:
     """The options a task's requests take, in declaration order."""
     return tuple(o for o in OPTIONS.values() if task in o.tasks)
+
+
+TOKEN_OPTIONS = tuple(o for o in options_for(TASK_EMBED) if o.tokens)  # what a tokenize call takes
 
 
 def packed_width(embedding_type: str, d: int) -> int:

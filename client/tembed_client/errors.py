@@ -99,7 +99,9 @@ class EmbeddingError(Exception):
         reason, param, message = classify(status, exc.message() or str(exc))
         if reason == c.REPLICA_GONE and short_code(status) != "UNAVAILABLE":
             status = "StatusCode.UNAVAILABLE"  # a dead stub is reported as INTERNAL; it is transient
-        return cls(f"{message} ({note})" if note else message, reason, param=param, status=status)
+        return cls(
+            f"{message} ({note})" if note else message, reason, param=param, status=status, code=short_code(status)
+        )
 
     @property
     def retryable(self) -> bool:

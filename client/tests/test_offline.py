@@ -10,18 +10,11 @@ import pytest
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from tembed_client._common import (
-    Call,
-    ModelInfo,
-    check_dimensions,
-    chunked,
-    encode_texts,
-    parse_model_config,
-    pick_model,
-    ready_models,
-)
 from tembed_client.aio import gather
+from tembed_client.calls import Call, encode_texts
+from tembed_client.chunking import chunked
 from tembed_client.cli import to_json
+from tembed_client.discovery import ModelInfo, parse_model_config, pick_model, ready_models
 from tembed_client.errors import triton_errors
 
 INFO = ModelInfo(name="ens", dimension=8, min_dimension=2, max_texts=4)
@@ -154,11 +147,17 @@ def test_encode_texts_rejects(texts, match):
 
 
 def test_check_dimensions():
-    assert check_dimensions(2, INFO) == 2
-    assert check_dimensions(np.int64(8), INFO) == 8
+    assert Call.prepare(INFO, ["a"], dimensions=2).width == 2
+    assert Call.prepare(INFO, ["a"], dimensions=np.int64(8)).width == 8
     for bad in (1, 9, True, 4.0, "4"):
-        with pytest.raises(EmbeddingError):
-            check_dimensions(bad, INFO)
+        with pytest.raises(EmbeddingError) as exc:
+            Call.prepare(INFO, ["a"], dimensions=bad)
+        assert (exc.value.reason, exc.value.param) == ("invalid_argument", "dimensions")
+
+
+def test_an_unknown_option_is_a_type_error():
+    with pytest.raises(TypeError, match="unexpected option 'dimension'"):
+        Call.prepare(INFO, ["a"], dimension=4)
 
 
 def test_prepare_rejects_bad_input_type():

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's one import for the contract)
+from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's one import for the contract)  # noqa: F401, I001  (re-exported: the error taxonomy and the option schema)
     BIT_PACKED_TYPES,
+    CANCELLED,
+    CONTEXT_LENGTH_EXCEEDED,
     DIMENSIONS,
     DOCUMENTS,
     EMBEDDING,
@@ -23,10 +25,13 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     INPUT_TYPE,
     INPUT_TYPES,
     INSTRUCTION,
+    INTERNAL,
+    INVALID_ARGUMENT,
     LONG_TEXT,
     LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
     LONG_TEXT_VALUES,
+    OPTIONS,
     PARAM_DIMENSION,
     PARAM_INSTRUCTION,
     PARAM_MAX_LENGTH,
@@ -42,6 +47,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_TOKENIZER,
     PARAM_TOKENIZER_OUTPUTS,
     QUERY,
+    REASON_CODES,
     SCORE,
     TASK_EMBED,
     TASK_RERANK,
@@ -49,13 +55,15 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TEXT,
     TOKEN_COUNT,
     TOKEN_COUNT_ORIGINAL,
+    TOO_LARGE,
     TRUNCATE,
     TRUNCATE_DEFAULT,
     TRUNCATE_VALUES,
-    dimensions_error,
-    option_error,
+    UNSUPPORTED,
+    Option,
+    options_for,
     packed_width,
-    truncate_error,
+    tag_error,
 )
 
 # Between the composing models (never seen by a client).

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .contract import INPUT_IDS
+from .errors import RequestError
 from .profile import ModelProfile
 
 
@@ -43,6 +45,13 @@ def token_error(ids: np.ndarray, mask: np.ndarray, profile: ModelProfile) -> str
     if low < 0 or (profile.vocab_size is not None and high >= profile.vocab_size):
         return f"token ids must lie in [0, {profile.vocab_size}), got {low}..{high}"
     return None
+
+
+def token_check(ids: np.ndarray, mask: np.ndarray, profile: ModelProfile) -> None:
+    """:func:`token_error` as this request's :class:`RequestError`."""
+    error = token_error(ids, mask, profile)
+    if error:
+        raise RequestError(error, param=INPUT_IDS)
 
 
 def run_isolated(

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from .contract import dimensions_error
+from .contract import DIMENSIONS, OPTIONS
+from .errors import RequestError
 from .profile import ModelProfile
-from .textproc import RequestError
 
 
-def check_dimensions(profile: ModelProfile, value: np.ndarray | None) -> int:
+def check_dimensions(profile: ModelProfile, value: np.ndarray | int | None) -> int:
     """The requested output size, or the full one; outside [min_dimension, dimension] is a request error."""
     if value is None:
         return profile.dimension
     flat = np.asarray(value).reshape(-1)
     if flat.size != 1:
-        raise RequestError(f"dimensions takes exactly one value, got {flat.size}")
+        raise RequestError(f"dimensions takes exactly one value, got {flat.size}", param=DIMENSIONS)
     d = int(flat[0])
-    error = dimensions_error(d, profile.min_dimension, profile.dimension, profile.name)
+    error = OPTIONS[DIMENSIONS].check(d, profile.min_dimension, profile.dimension, profile.name)
     if error:
-        raise RequestError(error)
+        raise RequestError(error, param=DIMENSIONS)
     return d
 
 

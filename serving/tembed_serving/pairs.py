@@ -18,8 +18,10 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from .contract import CONTEXT_LENGTH_EXCEEDED, DOCUMENTS, INSTRUCTION, QUERY, UNSUPPORTED
+from .errors import RequestError
 from .profile import ModelProfile
-from .textproc import RequestError, TokenBatch, pad_rows
+from .textproc import TokenBatch, pad_rows
 
 
 class PairEncoder:
@@ -42,22 +44,23 @@ class PairEncoder:
         """Validate a request; returns the instruction to use (the model's default when None)."""
         p = self.profile
         if not query.strip():
-            raise RequestError("query is empty")
+            raise RequestError("query is empty", param=QUERY)
         if not documents:
-            raise RequestError("no documents in the request")
+            raise RequestError("no documents in the request", param=DOCUMENTS)
         if len(documents) > p.max_texts:
             raise RequestError(
-                f"too many documents: {len(documents)} > {p.max_texts} per request (split the list; the client does this)"
+                f"too many documents: {len(documents)} > {p.max_texts} per request (split the list; the client does this)",
+                param=DOCUMENTS,
             )
         for i, doc in enumerate(documents):
             if not doc.strip():
-                raise RequestError(f"documents[{i}] is empty")
+                raise RequestError(f"documents[{i}] is empty", param=DOCUMENTS)
         if instruction is not None:
             if not p.takes_instruction:
-                raise RequestError(f"model {p.name!r} takes no instruction")
+                raise RequestError(f"model {p.name!r} takes no instruction", UNSUPPORTED, INSTRUCTION)
             instruction = " ".join(instruction.split())
             if not instruction:
-                raise RequestError("instruction is empty")
+                raise RequestError("instruction is empty", param=INSTRUCTION)
         return instruction if instruction is not None else p.default_instruction
 
     def _prompt_ids(self, query: str, document: str, instruction: str | None) -> list[int]:
@@ -70,7 +73,9 @@ class PairEncoder:
             if need >= self.budget:
                 raise RequestError(
                     f"the query and instruction take {need} tokens; with the prompt they leave no room for a"
-                    f" document within the model's {self.profile.max_length} tokens"
+                    f" document within the model's {self.profile.max_length} tokens",
+                    CONTEXT_LENGTH_EXCEEDED,
+                    QUERY,
                 )
             ids = ids[: self.budget]  # the document's end; the same cut the model card's code makes
         return self.prefix_ids + ids + self.suffix_ids
@@ -80,7 +85,9 @@ class PairEncoder:
             return self.tokenizer.encode(query, document).ids
         except Exception as exc:  # tokenizers: the first sequence alone is over the limit
             raise RequestError(
-                f"the query does not fit the model's {self.profile.max_length} tokens with any document ({exc})"
+                f"the query does not fit the model's {self.profile.max_length} tokens with any document ({exc})",
+                CONTEXT_LENGTH_EXCEEDED,
+                QUERY,
             ) from None
 
     def encode(self, query: str, documents: list[str], instruction: str | None = None) -> TokenBatch:

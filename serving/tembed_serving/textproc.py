@@ -13,23 +13,22 @@ import numpy as np
 from tokenizers import Tokenizer, processors
 
 from .contract import (
-    EMBEDDING_TYPE,
-    EMBEDDING_TYPE_DEFAULT,
-    EMBEDDING_TYPES,
-    INPUT_TYPES,
+    CONTEXT_LENGTH_EXCEEDED,
+    INPUT_TYPE,
+    INSTRUCTION,
     LONG_TEXT,
     LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
-    LONG_TEXT_VALUES,
+    OPTIONS,
+    TEXT,
+    TOO_LARGE,
+    TRUNCATE,
     TRUNCATE_DEFAULT,
-    option_error,
-    truncate_error,
+    UNSUPPORTED,
+    options_for,
 )
+from .errors import RequestError
 from .profile import ModelProfile
-
-
-class RequestError(ValueError):
-    """A request the model cannot serve; its message goes back to the caller as INVALID_ARG."""
 
 
 @dataclass
@@ -61,35 +60,37 @@ class Prompted:
     long_text: str = LONG_TEXT_DEFAULT
 
 
-def check_truncate(value: str | None) -> str:
-    """The truncate option, upper-cased; the default when not given."""
+def check_option(name: str, value: object) -> object:
+    """A request option checked against its declaration (``contract.OPTIONS``) and normalised
+    (truncate upper-cased); None stays None: the default applies."""
     if value is None:
-        return TRUNCATE_DEFAULT
-    error = truncate_error(value)
+        return None
+    option = OPTIONS[name]
+    error = option.check(value)
     if error:
-        raise RequestError(error)
-    return value.upper()
+        raise RequestError(error, param=name)
+    return option.normalize(value)
 
 
-def check_option(name: str, value: str | None, allowed: tuple[str, ...], default: str) -> str:
-    """An exact-spelling option (long_text, embedding_type); the default when not given."""
-    if value is None:
-        return default
-    error = option_error(name, value, allowed)
-    if error:
-        raise RequestError(error)
-    return value
+def read_options(given: dict[str, np.ndarray], task: str) -> dict[str, object]:
+    """The options of ``task`` a request carries (``given``: its inputs by name), one value each,
+    decoded and checked (a dimensions' range is the model's: ``matryoshka.check_dimensions``)."""
+    found: dict[str, object] = {}
+    for option in options_for(task):
+        raw = given.get(option.name)
+        if raw is None:
+            continue
+        if option.datatype == "BYTES":
+            found[option.name] = check_option(option.name, decode_option(raw, option.name))
+            continue
+        flat = np.asarray(raw).reshape(-1)
+        if flat.size != 1:
+            raise RequestError(f"{option.name} takes exactly one value, got {flat.size}", param=option.name)
+        found[option.name] = int(flat[0])
+    return found
 
 
-def check_long_text(value: str | None) -> str:
-    return check_option(LONG_TEXT, value, LONG_TEXT_VALUES, LONG_TEXT_DEFAULT)
-
-
-def check_embedding_type(value: str | None) -> str:
-    return check_option(EMBEDDING_TYPE, value, EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT)
-
-
-def decode_texts(raw: np.ndarray, what: str = "text") -> list[str]:
+def decode_texts(raw: np.ndarray, what: str = TEXT) -> list[str]:
     """Decode a BYTES tensor element by element; ``astype(str)`` would mangle non-ASCII text."""
     texts = []
     for i, item in enumerate(raw.reshape(-1)):
@@ -100,22 +101,27 @@ def decode_texts(raw: np.ndarray, what: str = "text") -> list[str]:
             texts.append(bytes(item).decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise RequestError(
-                f"{what}[{i}] is not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}"
+                f"{what}[{i}] is not valid UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}",
+                param=what,
             ) from None
     return texts
 
 
-def check_bytes(raw: np.ndarray, profile: ModelProfile, what: str = "text") -> None:
+def check_bytes(raw: np.ndarray, profile: ModelProfile, what: str = TEXT) -> None:
     """Refuse a text or a request over the profile's byte limits before any decoding or tokenizing."""
     total = 0
     for i, item in enumerate(raw.reshape(-1)):
         n = len(item.encode("utf-8")) if isinstance(item, str) else len(item)
         if n > profile.max_text_bytes:
-            raise RequestError(f"{what}[{i}] is {n} bytes; the limit is {profile.max_text_bytes} bytes per text")
+            raise RequestError(
+                f"{what}[{i}] is {n} bytes; the limit is {profile.max_text_bytes} bytes per text", TOO_LARGE, what
+            )
         total += n
     if total > profile.max_request_bytes:
         raise RequestError(
-            f"the request's texts are {total} bytes; the limit is {profile.max_request_bytes} per request"
+            f"the request's texts are {total} bytes; the limit is {profile.max_request_bytes} per request",
+            TOO_LARGE,
+            what,
         )
 
 
@@ -124,7 +130,7 @@ def decode_option(raw: np.ndarray | None, name: str) -> str | None:
         return None
     values = decode_texts(raw, name)
     if len(values) != 1:
-        raise RequestError(f"{name} takes exactly one value, got {len(values)}")
+        raise RequestError(f"{name} takes exactly one value, got {len(values)}", param=name)
     return values[0]
 
 
@@ -234,27 +240,29 @@ class TextEncoder:
     ) -> Prompted:
         """:meth:`format`, keeping what :meth:`encode` needs to truncate."""
         p = self.profile
-        truncate = check_truncate(truncate)
-        long_text = check_long_text(long_text)
+        truncate = check_option(TRUNCATE, truncate) or TRUNCATE_DEFAULT
+        long_text = check_option(LONG_TEXT, long_text) or LONG_TEXT_DEFAULT
         if not texts:
-            raise RequestError("no texts in the request")
+            raise RequestError("no texts in the request", param=TEXT)
         if len(texts) > p.max_texts:
             raise RequestError(
-                f"too many texts: {len(texts)} > {p.max_texts} per request (split the list; the client does this)"
+                f"too many texts: {len(texts)} > {p.max_texts} per request (split the list; the client does this)",
+                param=TEXT,
             )
-        if input_type is not None and input_type not in INPUT_TYPES:
-            raise RequestError(f"input_type must be one of {INPUT_TYPES}, got {input_type!r}")
+        check_option(INPUT_TYPE, input_type)
         if instruction is not None:
             if input_type == "document":
-                raise RequestError("documents never carry an instruction; send it with queries only")
+                raise RequestError("documents never carry an instruction; send it with queries only", param=INSTRUCTION)
             if p.instruction_template is None:
                 raise RequestError(
                     f"model {p.name!r} takes no instruction (its query prompt is {p.prompt_for('query')!r});"
-                    " use input_type='query'"
+                    " use input_type='query'",
+                    UNSUPPORTED,
+                    INSTRUCTION,
                 )
             instruction = " ".join(instruction.split())
             if not instruction:
-                raise RequestError("instruction is empty")
+                raise RequestError("instruction is empty", param=INSTRUCTION)
             input_type = "query"
             prefix = p.instruction_template.format(instruction=instruction)
         else:
@@ -268,7 +276,7 @@ class TextEncoder:
         for i, text in enumerate(texts):
             clean = " ".join(text.split())
             if not clean:
-                raise RequestError(f"text[{i}] is empty")
+                raise RequestError(f"text[{i}] is empty", param=TEXT)
             out.append(prefix + clean[cap])
         # A token that starts inside the prompt is the prompt's (the trailing space of "query: "
         # belongs to the next word's token).
@@ -304,7 +312,9 @@ class TextEncoder:
         if prompted.truncate == "NONE":
             raise RequestError(
                 f"text[{i}] is {len(ids)} tokens; the limit is {limit} tokens for model {self.profile.name!r}"
-                " (truncate NONE; END or START cut it instead)"
+                " (truncate NONE; END or START cut it instead)",
+                CONTEXT_LENGTH_EXCEEDED,
+                TEXT,
             )
         start = prompted.truncate == "START"
         head, prompt_end, tail = self._spans(enc, prompted.prompt_chars if start else 0)
@@ -334,7 +344,9 @@ class TextEncoder:
         if len(starts) > p.max_windows:
             raise RequestError(
                 f"text[{i}] is {len(ids)} tokens, {len(starts)} windows of {p.max_length}; the limit is"
-                f" {p.max_windows} windows per text for model {p.name!r} (long_text chunk)"
+                f" {p.max_windows} windows per text for model {p.name!r} (long_text chunk)",
+                CONTEXT_LENGTH_EXCEEDED,
+                TEXT,
             )
         rows = [fixed + body[s : s + room] + end for s in starts]
         return rows, window_weights(starts, room, len(body)).tolist()
@@ -352,7 +364,9 @@ class TextEncoder:
                 raise RequestError(
                     f"text[{i}] ({len(windows)} windows) brings the request to {len(rows) + len(windows)}"
                     f" windows; the limit is {p.max_rows} windows per request for model {p.name!r}"
-                    " (long_text chunk; send fewer texts per request)"
+                    " (long_text chunk; send fewer texts per request)",
+                    CONTEXT_LENGTH_EXCEEDED,
+                    TEXT,
                 )
             rows += windows
             row_text += [i] * len(windows)

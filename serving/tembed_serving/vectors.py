@@ -12,15 +12,20 @@ import numpy as np
 
 from .contract import (
     BIT_PACKED_TYPES,
+    DIMENSIONS,
     EMBEDDING_DTYPES,
+    EMBEDDING_TYPE,
     EMBEDDING_TYPE_DEFAULT,
     EMBEDDING_TYPES,
+    OPTIONS,
     ROW_OPTION_COLUMNS,
-    dimensions_error,
+    ROW_OPTIONS,
+    ROW_WEIGHT_COLUMN,
+    UNSUPPORTED,
 )
+from .errors import RequestError
 from .matryoshka import truncate
 from .profile import ModelProfile
-from .textproc import RequestError
 
 
 def pool_rows(rows: np.ndarray, row_text: np.ndarray, row_weight: np.ndarray) -> np.ndarray:
@@ -45,12 +50,16 @@ def quantization_ranges(profile: ModelProfile, d: int) -> np.ndarray:
     if ranges is None and not profile.int8_ranges:
         raise RequestError(
             f"embedding_type int8 and uint8 of model {profile.name!r} are not calibrated (exported before they"
-            " existed, or without calibration): re-export it with `tembed export`; float, binary and ubinary work"
+            " existed, or without calibration): re-export it with `tembed export`; float, binary and ubinary work",
+            UNSUPPORTED,
+            EMBEDDING_TYPE,
         )
     if ranges is None:
         sizes = ", ".join(sorted(profile.int8_ranges, key=int))
         raise RequestError(
-            f"embedding_type int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}"
+            f"embedding_type int8 and uint8 of model {profile.name!r} are calibrated for dimensions {sizes}, not {d}",
+            UNSUPPORTED,
+            EMBEDDING_TYPE,
         )
     # Converted once per profile and size, not per request: the arrays ride on the profile object,
     # keyed by the JSON list they came from (a profile whose ranges are measured again gets new ones).
@@ -76,13 +85,18 @@ def quantize(embedding: np.ndarray, embedding_type: str, profile: ModelProfile |
     is padded with zeros when d is not a multiple of 8). Only int8/uint8 read ``profile``."""
     embedding = np.asarray(embedding, dtype=np.float32)
     if embedding_type == EMBEDDING_TYPE_DEFAULT or embedding_type not in EMBEDDING_TYPES:
-        raise RequestError(f"embedding_type must be one of {', '.join(EMBEDDING_TYPES[1:])}, got {embedding_type!r}")
+        raise RequestError(
+            f"embedding_type must be one of {', '.join(EMBEDDING_TYPES[1:])}, got {embedding_type!r}",
+            param=EMBEDDING_TYPE,
+        )
     signed = EMBEDDING_DTYPES[embedding_type] == "int8"  # int8 and binary: the unsigned values minus 128
     if embedding_type in BIT_PACKED_TYPES:
         bits = np.packbits(embedding > 0, axis=-1)
         return (bits.astype(np.int16) - 128).astype(np.int8).view(np.uint8) if signed else bits
     if profile is None:
-        raise RequestError("embedding_type int8 and uint8 need the model's calibrated ranges")
+        raise RequestError(
+            "embedding_type int8 and uint8 need the model's calibrated ranges", UNSUPPORTED, EMBEDDING_TYPE
+        )
     lo, hi = quantization_ranges(profile, embedding.shape[-1])
     steps = (hi - lo) / np.float32(255)
     steps = np.where(steps == 0, np.float32(1), steps)
@@ -116,11 +130,13 @@ def finish_request(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`finish` on one request as a model receives it (the embedding type as its index in
     ``EMBEDDING_TYPES``), both checked: a bad value is this request's :class:`RequestError`."""
-    error = dimensions_error(dimensions, profile.min_dimension, profile.dimension, profile.name)
+    error = OPTIONS[DIMENSIONS].check(dimensions, profile.min_dimension, profile.dimension, profile.name)
     if error:
-        raise RequestError(error)
+        raise RequestError(error, param=DIMENSIONS)
     if not 0 <= type_index < len(EMBEDDING_TYPES):
-        raise RequestError(f"embedding type index {type_index} outside [0, {len(EMBEDDING_TYPES)})")
+        raise RequestError(
+            f"embedding type index {type_index} outside [0, {len(EMBEDDING_TYPES)})", param=EMBEDDING_TYPE
+        )
     return finish(rows, row_text, row_weight, dimensions, EMBEDDING_TYPES[type_index], profile)
 
 
@@ -144,21 +160,24 @@ def from_rows(options: np.ndarray, weights: np.ndarray, rows: int) -> tuple[np.n
     if options.shape != (rows, ROW_OPTION_COLUMNS) or weights.shape != (rows, 1):
         raise RequestError(
             f"row options {list(options.shape)} and weights {list(weights.shape)} must be"
-            f" [{rows}, {ROW_OPTION_COLUMNS}] and [{rows}, 1], one per row of input_ids"
+            f" [{rows}, {ROW_OPTION_COLUMNS}] and [{rows}, 1], one per row of input_ids",
+            param=ROW_OPTIONS,
         )
     if not np.issubdtype(options.dtype, np.integer):
-        raise RequestError(f"row options must be integers, got {options.dtype}")
+        raise RequestError(f"row options must be integers, got {options.dtype}", param=ROW_OPTIONS)
     row_text = options[:, 0]
     if rows and row_text[0] != 0:
-        raise RequestError("row texts must start at 0 and go up by at most 1 per row")
+        raise RequestError("row texts must start at 0 and go up by at most 1 per row", param=ROW_OPTIONS)
     if rows > 1:  # few whole-array passes: this runs on every request on the serving path
         steps = np.diff(row_text)
         if steps.min() < 0 or steps.max() > 1:
-            raise RequestError("row texts must start at 0 and go up by at most 1 per row")
+            raise RequestError("row texts must start at 0 and go up by at most 1 per row", param=ROW_OPTIONS)
         if (options[:, 1:] != options[:1, 1:]).any():
-            raise RequestError("dimensions and embedding type must be the same on every row of a request")
+            raise RequestError(
+                "dimensions and embedding type must be the same on every row of a request", param=ROW_OPTIONS
+            )
     w = weights.reshape(-1).astype(np.float32, copy=False)
     if rows and not (w.min() >= 0 and np.isfinite(w.max())):  # NaN fails both
-        raise RequestError("row weights must be finite and not negative")
+        raise RequestError("row weights must be finite and not negative", param=ROW_WEIGHT_COLUMN)
     head = options[0] if rows else np.zeros(ROW_OPTION_COLUMNS, dtype=np.int64)
     return row_text, w, int(head[1]), int(head[2])

@@ -5,6 +5,19 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
+from ..contract import INTERNAL, REASON_CODES
+from ..errors import RequestError
+
+# The TritonError code each reason's gRPC status travels as (the Python backend has no
+# FAILED_PRECONDITION or RESOURCE_EXHAUSTED: a request's own fault is INVALID_ARG, and the tag
+# carries the reason either way).
+_TRITON_CODES = {
+    "INTERNAL": "INTERNAL",
+    "CANCELLED": "CANCELLED",
+    "UNAVAILABLE": "UNAVAILABLE",
+    "NOT_FOUND": "NOT_FOUND",
+}
+
 
 def version_dir(args: dict) -> Path:
     return Path(args["model_repository"]) / args["model_version"]
@@ -15,8 +28,16 @@ def parameters(args: dict) -> dict[str, str]:
     return {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
 
 
-def invalid(message: str) -> pb_utils.InferenceResponse:
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+def error_response(exc: RequestError) -> pb_utils.InferenceResponse:
+    """One request's error: its tagged message, with its reason's code."""
+    name = _TRITON_CODES.get(REASON_CODES[exc.reason], "INVALID_ARG")
+    # Bound at call time: pb_utils is filled in after import, and older stubs lack CANCELLED.
+    code = getattr(pb_utils.TritonError, name, pb_utils.TritonError.UNAVAILABLE)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(exc.tagged(), code))
+
+
+def internal(message: str) -> pb_utils.InferenceResponse:
+    return error_response(RequestError(message, INTERNAL))
 
 
 def input_arrays(request) -> dict[str, object]:

@@ -11,6 +11,7 @@ import triton_python_backend_utils as pb_utils
 
 from ..contract import (
     ATTENTION_MASK,
+    CANCELLED,
     EMBEDDING,
     EMBEDDING_PACKED,
     EMBEDDING_TYPE_DEFAULT,
@@ -21,12 +22,12 @@ from ..contract import (
     ROW_OPTIONS,
     ROW_WEIGHT_COLUMN,
 )
-from ..guard import run_isolated, token_error
+from ..errors import RequestError
+from ..guard import run_isolated, token_check
 from ..profile import ModelProfile
 from ..runners import load_runner
-from ..textproc import RequestError
 from ..vectors import finish_request, from_rows
-from ._util import input_arrays, invalid, parameters, tensor_names, version_dir
+from ._util import error_response, input_arrays, internal, parameters, tensor_names, version_dir
 
 # Token positions (rows x length) from which a request is checked for cancellation before it runs:
 # 1,024 take ~20 ms of CPU with a small model, the check 0.14 ms (is_cancelled asks the server).
@@ -53,7 +54,9 @@ class TritonPythonModel:
             kind = EMBEDDING_TYPES.index(EMBEDDING_TYPE_DEFAULT)
             return np.arange(rows, dtype=np.int32), np.ones(rows, np.float32), self.profile.dimension, kind
         if options is None or weights is None:
-            raise RequestError(f"{ROW_OPTIONS} and {ROW_WEIGHT_COLUMN} are sent together or not at all")
+            raise RequestError(
+                f"{ROW_OPTIONS} and {ROW_WEIGHT_COLUMN} are sent together or not at all", param=ROW_OPTIONS
+            )
         return from_rows(options, weights, rows)
 
     def _response(self, out: np.ndarray, finishing: tuple | None):
@@ -62,7 +65,7 @@ class TritonPythonModel:
         try:
             vectors, packed = finish_request(np.asarray(out), *finishing, self.profile)
         except RequestError as exc:  # this request's error, not the batch's
-            return invalid(str(exc))
+            return error_response(exc)
         return pb_utils.InferenceResponse(
             [pb_utils.Tensor(EMBEDDING, vectors), pb_utils.Tensor(EMBEDDING_PACKED, packed)]
         )
@@ -76,17 +79,13 @@ class TritonPythonModel:
             # Skip the work of a caller that has gone (deadline passed, connection closed). Asking is a
             # round trip to the server (~0.14 ms), so only where the work is worth saving.
             if a.size >= CANCEL_CHECK_TOKENS and getattr(r, "is_cancelled", bool)():
-                # CANCELLED where the stub knows it (bound at run time: pb_utils is filled in after import).
-                code = getattr(pb_utils.TritonError, "CANCELLED", pb_utils.TritonError.UNAVAILABLE)
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError("request cancelled", code))
+                responses[i] = error_response(RequestError("request cancelled", CANCELLED))
                 continue
-            error = token_error(a, m, self.profile)
             try:
-                done = self._finishing(given, a.shape[0]) if self.finishes and not error else None
+                token_check(a, m, self.profile)
+                done = self._finishing(given, a.shape[0]) if self.finishes else None
             except RequestError as exc:
-                error = str(exc)
-            if error:
-                responses[i] = invalid(error)
+                responses[i] = error_response(exc)
                 continue
             ids.append(a)
             masks.append(m)
@@ -95,9 +94,7 @@ class TritonPythonModel:
         if ids:
             for i, out, done in zip(where, run_isolated(self.runner, ids, masks), finishing):
                 if isinstance(out, str):
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(out, pb_utils.TritonError.INTERNAL)
-                    )
+                    responses[i] = internal(out)
                 else:
                     responses[i] = self._response(out, done)
         return responses

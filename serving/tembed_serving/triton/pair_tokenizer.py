@@ -3,10 +3,11 @@ from __future__ import annotations
 import triton_python_backend_utils as pb_utils
 
 from ..contract import ATTENTION_MASK, DOCUMENTS, INPUT_IDS, INSTRUCTION, QUERY, TOKEN_COUNT, TOKENIZER_FILE
+from ..errors import RequestError
 from ..pairs import PairEncoder
 from ..profile import ModelProfile
-from ..textproc import RequestError, check_bytes, decode_option, decode_texts
-from ._util import invalid, optional_input, version_dir
+from ..textproc import check_bytes, decode_option, decode_texts
+from ._util import error_response, optional_input, version_dir
 
 
 class TritonPythonModel:
@@ -27,7 +28,7 @@ class TritonPythonModel:
                 instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
                 batch = self.encoder.encode(query, documents, instruction)
             except RequestError as exc:
-                responses.append(invalid(str(exc)))
+                responses.append(error_response(exc))
                 continue
             responses.append(
                 pb_utils.InferenceResponse(

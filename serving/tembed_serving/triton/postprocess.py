@@ -14,10 +14,10 @@ from ..contract import (
     ROW_TEXT,
     ROW_WEIGHT,
 )
+from ..errors import RequestError
 from ..profile import ModelProfile
-from ..textproc import RequestError
 from ..vectors import finish_request
-from ._util import invalid, version_dir
+from ._util import error_response, version_dir
 
 
 def _reader(request):
@@ -42,7 +42,7 @@ class TritonPythonModel:
                     self.profile,
                 )
             except RequestError as exc:
-                responses.append(invalid(str(exc)))
+                responses.append(error_response(exc))
                 continue
             responses.append(
                 pb_utils.InferenceResponse(

@@ -9,34 +9,25 @@ from ..contract import (
     DIMENSIONS_CHECKED,
     EMBEDDING_TYPE,
     EMBEDDING_TYPE_CHECKED,
+    EMBEDDING_TYPE_DEFAULT,
     EMBEDDING_TYPES,
     INPUT_IDS,
-    INPUT_TYPE,
-    INSTRUCTION,
-    LONG_TEXT,
     ROW_OPTIONS,
     ROW_TEXT,
     ROW_WEIGHT,
     ROW_WEIGHT_COLUMN,
+    TASK_EMBED,
     TEXT,
     TOKEN_COUNT,
     TOKEN_COUNT_ORIGINAL,
     TOKENIZER_FILE,
-    TRUNCATE,
 )
+from ..errors import RequestError
 from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
-from ..textproc import (
-    Prompted,
-    RequestError,
-    TextEncoder,
-    check_bytes,
-    check_embedding_type,
-    decode_option,
-    decode_texts,
-)
+from ..textproc import Prompted, TextEncoder, check_bytes, decode_texts, read_options
 from ..vectors import check_calibrated, per_row
-from ._util import input_arrays, invalid, tensor_names, version_dir
+from ._util import error_response, input_arrays, tensor_names, version_dir
 
 
 class TritonPythonModel:
@@ -54,18 +45,11 @@ class TritonPythonModel:
         raw = given[TEXT]
         check_bytes(raw, self.profile)
         texts = decode_texts(raw)
-        input_type = decode_option(given.get(INPUT_TYPE), INPUT_TYPE)
-        instruction = decode_option(given.get(INSTRUCTION), INSTRUCTION)
-        truncate = decode_option(given.get(TRUNCATE), TRUNCATE)
-        long_text = decode_option(given.get(LONG_TEXT), LONG_TEXT)
-        kind = check_embedding_type(decode_option(given.get(EMBEDDING_TYPE), EMBEDDING_TYPE))
-        dims = check_dimensions(self.profile, given.get(DIMENSIONS))
+        options = read_options(given, TASK_EMBED)
+        kind = str(options.pop(EMBEDDING_TYPE, EMBEDDING_TYPE_DEFAULT))
+        dims = check_dimensions(self.profile, options.pop(DIMENSIONS, None))
         check_calibrated(self.profile, kind, dims)
-        return (
-            self.encoder.prepare(texts, input_type, instruction, truncate, long_text),
-            dims,
-            EMBEDDING_TYPES.index(kind),
-        )
+        return self.encoder.prepare(texts, **options), dims, EMBEDDING_TYPES.index(kind)
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -74,14 +58,14 @@ class TritonPythonModel:
             try:
                 parsed.append((i, *self._parse(request)))
             except RequestError as exc:
-                responses[i] = invalid(str(exc))
+                responses[i] = error_response(exc)
         for i, texts, dims, kind in parsed:
             # One tokenizer call per request keeps each request's bucket independent of its neighbours
             # (and a text refused under truncate NONE refuses its request only).
             try:
                 batch = self.encoder.encode(texts)
             except RequestError as exc:
-                responses[i] = invalid(str(exc))
+                responses[i] = error_response(exc)
                 continue
             tensors = {
                 INPUT_IDS: batch.input_ids,

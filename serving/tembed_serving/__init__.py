@@ -1,8 +1,9 @@
-"""tembed's serving runtime: everything a Triton Python stub imports, and the local launcher.
+"""tembed's serving runtime: everything a Triton Python stub imports, and the tritonserver supervisor.
 
-Installable alone (``pip install ./client ./serving[onnx]``): the contract, the profile, text
-processing, the encoder runners, the Triton models and the tritonserver launcher. Nothing here
-builds models; that is ``tembed`` (``export/``).
+Installable alone (``pip install ./client ./serving``; the ``torch`` extra adds the PyTorch runner,
+``triton`` the pip-installed tritonserver): the contract, the profile, text processing, the encoder
+runners (ONNX Runtime, PyTorch), the Triton models and the supervisor
+(``python -m tembed_serving.supervisor``). Nothing here builds models; that is ``tembed`` (``export/``).
 """
 
 __version__ = "0.1.0"

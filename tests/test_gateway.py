@@ -185,7 +185,7 @@ def test_models_and_health(gateway):
         ({"model": E5, "input": {"text": "a"}}, "not dict", "input"),
         ({"model": E5, "input": ["x"] * (MAX_INPUTS + 1)}, f"at most {MAX_INPUTS} per request", "input"),
         ({"model": E5, "input": [[5, -1]]}, "outside this model's vocabulary", "input"),
-        ({"model": E5, "input": "a", "dimensions": "16"}, "positive integer", "dimensions"),
+        ({"model": E5, "input": "a", "dimensions": "16"}, "dimensions must be an integer", "dimensions"),
         ({"model": E5, "input": "a", "dimensions": 16}, "dimensions must be between 32 and 384", "dimensions"),
         ({"model": E5, "input": "a", "encoding_format": "int8"}, "encoding_format", "encoding_format"),
         ({"model": E5, "input": "a", "input_type": "passage"}, "input_type", "input_type"),

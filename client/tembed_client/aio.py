@@ -81,8 +81,8 @@ class AsyncEmbeddingClient(ClientBase):
         and these three:
 
         ``truncate``: what happens to a text over the model's max_length tokens, one of
-        ``contract.TRUNCATE_VALUES`` (any case): ``"END"`` (the server's default) cuts its end,
-        ``"START"`` its start (the prompt is kept), ``"NONE"`` refuses the request.
+        ``contract.TRUNCATE_VALUES`` (any case): ``END`` (the server's default) cuts its end,
+        ``START`` its start (the prompt is kept), ``NONE`` refuses the request.
 
         ``embedding_type``: one of ``contract.EMBEDDING_TYPES``; ``"float"`` (the default) gives
         float32 vectors, ``"int8"``/``"uint8"`` one byte per dimension (ranges calibrated at export),
@@ -90,7 +90,7 @@ class AsyncEmbeddingClient(ClientBase):
         (:class:`EmbeddingResult`), applied after ``dimensions``.
 
         ``long_text="chunk"`` embeds such a text whole, as the token-weighted mean of windows of
-        max_length tokens (``contract.LONG_TEXT_VALUES``; default ``"truncate"``); lists are then
+        max_length tokens (``contract.LONG_TEXT_VALUES``; ``truncate`` by default); lists are then
         also sent in pieces of at most the server's ``max_rows`` windows."""
         call = Call.prepare(await self.model_info(), texts, **options)
         results = await gather(self._send(where, request) for where, request in call.requests())

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import replicas
+from .contract import DEFAULT_URL
 from .discovery import ModelInfo
 from .errors import invalid
 from .retry import RetryPolicy
@@ -20,7 +21,7 @@ class ClientBase:
 
     def __init__(
         self,
-        url: str | Sequence[str] = "localhost:8001",
+        url: str | Sequence[str] = DEFAULT_URL,
         model: str | None = None,
         *,
         timeout: float | None = 60.0,

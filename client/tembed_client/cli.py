@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__
-from .contract import TASK_EMBED, options_for
+from .contract import DEFAULT_URL, TASK_EMBED, options_for
 from .errors import EmbeddingError
 from .results import EmbeddingResult
 from .sync import EmbeddingClient
@@ -23,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
         '{"model", "dimension", "token_counts", "embeddings"}.',
     )
     ap.add_argument("texts", nargs="*", metavar="TEXT", help="texts to embed (default: one per line of stdin)")
-    ap.add_argument("--url", default="localhost:8001", help="gRPC address (default: %(default)s)")
+    ap.add_argument("--url", default=DEFAULT_URL, help="gRPC address (default: %(default)s)")
     ap.add_argument("--model", help="served model (default: the only ready ensemble)")
     for option in options_for(TASK_EMBED):  # --input-type, --dimensions, ... as the contract declares them
         kind = {"type": int, "metavar": "N"} if option.datatype == "INT32" else {"metavar": "TEXT"}

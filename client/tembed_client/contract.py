@@ -10,6 +10,9 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+# Where a client looks for Triton when told nothing else: its gRPC port on this machine.
+DEFAULT_URL = "localhost:8001"
+
 # Tasks a served ensemble performs; its config's ``task`` parameter names one.
 TASK_EMBED = "embed"
 TASK_RERANK = "rerank"
@@ -49,7 +52,8 @@ INPUT_TYPES = ("query", "document")
 #         the model's special tokens (the end token of last-token models) are kept;
 #   NONE  refuse the request (INVALID_ARGUMENT naming the text, its token count and the limit).
 TRUNCATE_VALUES = ("END", "START", "NONE")
-TRUNCATE_DEFAULT = "END"
+TRUNCATE_END, TRUNCATE_START, TRUNCATE_NONE = TRUNCATE_VALUES
+TRUNCATE_DEFAULT = TRUNCATE_END
 # What happens to a text over max_length tokens besides truncation:
 #   truncate  the text is truncated as TRUNCATE says (the default);
 #   chunk     the text is split into windows of max_length tokens, every window is embedded and the

@@ -44,17 +44,17 @@ def classify(status: str | None, message: str) -> tuple[str, str | None, str]:
     tagged = c.read_error_tag(message)
     if tagged is not None:
         return tagged
-    code, text = short_code(status), message.lower()
-    if "stub process" in text and "is not healthy" in text:
+    code, msg = short_code(status), message.lower()
+    if "stub process" in msg and "is not healthy" in msg:
         # A Python model's process died and Triton is reloading it: that replica cannot serve for now.
         return c.REPLICA_GONE, None, message
-    if code == "UNAVAILABLE" and "maximum queue size" in text:
+    if code == "UNAVAILABLE" and "maximum queue size" in msg:
         return c.OVERLOADED, None, message  # the model's bounded queue is full (--queue-tokens)
-    if code == "UNAVAILABLE" and "timeout expired" in text:
+    if code == "UNAVAILABLE" and "timeout expired" in msg:
         # Waited out the model's queue timeout (--queue-timeout-s): sending it again would queue it
         # behind the same backlog.
         return c.DEADLINE_EXCEEDED, None, message
-    if code == "NOT_FOUND" and "has no available versions" in text:
+    if code == "NOT_FOUND" and "has no available versions" in msg:
         # The model was unloaded: how a draining replica (tembed_serving.supervisor) refuses new work.
         return c.DRAINING, None, message
     return _STATUS_REASONS.get(code, c.INTERNAL), None, message

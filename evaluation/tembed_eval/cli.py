@@ -13,6 +13,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from tembed_client.contract import DEFAULT_URL
+
 from .data import DEFAULT_DATA, ROOT
 from .evaluate import ALL_TASKS, SWEEP_DIMS, EvalConfig, evaluate_model, load_tasks
 from .index import qdrant_client
@@ -36,7 +38,7 @@ def parse_models(value: str) -> dict[str, int | None]:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--url", default="127.0.0.1:8001", help="tritonserver gRPC address")
+    ap.add_argument("--url", default=DEFAULT_URL, help="tritonserver gRPC address")
     ap.add_argument("--models", required=True, help="served models, comma-separated; NAME:N caps that model's queries")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="evaluation data folder (default: %(default)s)")
     ap.add_argument("--limit", type=int, help="queries per task (Tatoeba: pairs; CMRC: corpus = their paragraphs)")

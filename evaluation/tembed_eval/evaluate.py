@@ -222,7 +222,7 @@ def evaluate_model(
         for task in tasks:
             result["tasks"][task.name] = evaluate_task(enc, task, qdrant, cfg)
         if "long" in cfg.tasks:
-            result["long_text"] = long_text(enc, long_document(cfg.data, cfg.long_chars))
+            result["long_document"] = long_text(enc, long_document(cfg.data, cfg.long_chars))
         result["latency"] = enc.latency()
     result["elapsed_s"] = round(time.perf_counter() - t0, 1)
     return result

@@ -66,12 +66,12 @@ def table(results: Results, memory: dict[str, Any] | None) -> list[str]:
         add(f"Matryoshka d={d} ({4 * d} B)", sweep)
     add(
         "long text: chars / tokens embedded",
-        lambda r: f"{r['long_text']['chars']} / {r['long_text']['tokens_embedded']}",
+        lambda r: f"{r['long_document']['chars']} / {r['long_document']['tokens_embedded']}",
     )
-    add("long text: cos(first, last paragraph)", lambda r: _cell(r["long_text"]["first_last_cos"]))
+    add("long text: cos(first, last paragraph)", lambda r: _cell(r["long_document"]["first_last_cos"]))
     add(
         "long text: cos(paragraph, whole doc) mean / min",
-        lambda r: f"{r['long_text']['para_to_doc_mean']:.3f} / {r['long_text']['para_to_doc_min']:.3f}",
+        lambda r: f"{r['long_document']['para_to_doc_mean']:.3f} / {r['long_document']['para_to_doc_min']:.3f}",
     )
     add(
         "latency P50 / P99 (ms per request)",
@@ -112,7 +112,7 @@ LONG_ROWS = (
 
 def long_text_table(results: Results) -> list[str]:
     """``long_text`` truncate vs chunk on the long document: one column per model and mode."""
-    long = {name: r["long_text"] for name, r in results.items() if r.get("long_text", {}).get("modes")}
+    long = {name: r["long_document"] for name, r in results.items() if r.get("long_document", {}).get("modes")}
     cols = [(name, mode, m) for name, doc in long.items() for mode, m in doc["modes"].items()]
     if not cols:
         return []

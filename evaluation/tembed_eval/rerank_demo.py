@@ -28,8 +28,8 @@ QUESTION_ID = "DEV_0_QUERY_0"  # 《战国无双3》是由哪两个公司合作�
 
 def prepare_repository(repo: Path, models: list[str], fixtures: Path = ROOT / "fixtures") -> Path:
     """Build the fixture folders that are missing and export each model not yet in ``repo``."""
-    from tembed_fixtures.build import build_fixtures
     from tembed.pipeline import ExportOptions, export_model
+    from tembed_fixtures.build import build_fixtures
     from tembed_serving.contract import Layout
 
     missing = [m for m in models if not Layout(repo, m).onnx_file.is_file()]

@@ -28,6 +28,8 @@ log = logging.getLogger("tembed")
 
 CALIBRATION_FILE = Path(__file__).with_name("calibration_texts.txt")
 BATCH_TEXTS = 32  # texts per encoder call (at most the model's max_texts)
+# The ranges are measured at full precision, whatever dtype the served runner uses.
+CALIBRATION_DTYPE = "float32"
 
 Runner = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
@@ -82,7 +84,7 @@ def calibrate(runner: Runner, profile: ModelProfile, tokenizer_file: Path, texts
     return ranges(vectors, calibrated_dimensions(profile))
 
 
-def served_runner(layout: Layout, profile: ModelProfile, backend: str, torch_dtype: str = "float32") -> Runner:
+def served_runner(layout: Layout, profile: ModelProfile, backend: str, torch_dtype: str = CALIBRATION_DTYPE) -> Runner:
     """The encoder as served: ONNX Runtime on the exported graph, or the PyTorch runner on the copy
     of the Hugging Face folder (``pytorch`` backend; on CPU when no GPU is there)."""
     from tembed_serving.runners import load_runner
@@ -97,7 +99,7 @@ def served_runner(layout: Layout, profile: ModelProfile, backend: str, torch_dty
 
 
 def calibrate_repository(
-    profile: ModelProfile, layout: Layout, backend: str = "python-onnx", torch_dtype: str = "float32"
+    profile: ModelProfile, layout: Layout, backend: str = "python-onnx", torch_dtype: str = CALIBRATION_DTYPE
 ) -> list[int]:
     """Measure ``profile.int8_ranges`` with the served encoder and write the profile back into the
     repository; the calibrated sizes."""

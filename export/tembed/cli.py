@@ -8,7 +8,8 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from tembed_serving.contract import TASKS, TORCH_DTYPES
+from tembed_serving.contract import IDS_DTYPES, TASKS, TORCH_DTYPES
+from tembed_serving.profile import ModelProfile
 
 from .repository import ENCODER_BACKENDS
 from .tensorrt_build import register as register_engine
@@ -86,11 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--padding-side", choices=("left", "right"))
     ex.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
     ex.add_argument("--min-dimension", type=int, help="smallest Matryoshka dimension a request may ask for")
-    ex.add_argument("--max-texts", type=int, default=64, help="texts per request and encoder batch size")
+    ex.add_argument(
+        "--max-texts", type=int, default=ModelProfile.max_texts, help="texts per request and encoder batch size"
+    )
     ex.add_argument("--query-prompt", help="override the model's query prompt")
     ex.add_argument("--document-prompt", help="override the model's document prompt")
     ex.add_argument("--end-token", help="token that must end every sequence (last-token pooling)")
-    ex.add_argument("--ids-dtype", choices=("int64", "int32"), default="int64")
+    ex.add_argument("--ids-dtype", choices=IDS_DTYPES, default=ModelProfile.ids_dtype)
     ex.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -105,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         " runner (pytorch) in the GPU container",
     )
     ex.add_argument("--encoder-instances", type=int, default=1)
-    ex.add_argument("--torch-dtype", choices=TORCH_DTYPES, default="bfloat16")
+    ex.add_argument("--torch-dtype", choices=TORCH_DTYPES, default=ServingOptions.torch_dtype)
     ex.add_argument(
         "--torch-device", choices=("cuda", "cpu"), default="cuda", help="pytorch backend: GPU instances, or CPU"
     )

@@ -318,11 +318,11 @@ def read_profile(
     pooling: str | None = None,
     max_length: int | None = None,
     min_dimension: int | None = None,
-    max_texts: int = 64,
+    max_texts: int = ModelProfile.max_texts,
     padding_side: str | None = None,
     prompts: dict[str, str] | None = None,
     end_token: str | None = None,
-    ids_dtype: str = "int64",
+    ids_dtype: str = ModelProfile.ids_dtype,
     task: str | None = None,
     trust_remote_code: bool = False,
 ) -> ModelProfile:

@@ -28,11 +28,11 @@ class ExportOptions:
     padding_side: str | None = None
     max_length: int | None = None
     min_dimension: int | None = None
-    max_texts: int = 64
+    max_texts: int = ModelProfile.max_texts
     query_prompt: str | None = None
     document_prompt: str | None = None
     end_token: str | None = None
-    ids_dtype: str = "int64"
+    ids_dtype: str = ModelProfile.ids_dtype
     task: str | None = None  # None: what the model's files say (hf_folder.read_task)
     # Folders with their own model code (config.json's auto_map) are refused unless this is set:
     # the export imports and runs that code (nomic-embed-text and other custom architectures).

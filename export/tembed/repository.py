@@ -59,7 +59,7 @@ class ServingOptions:
     # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).
     seq_buckets: tuple[int, ...] = DEFAULT_SEQ_BUCKETS
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
-    torch_dtype: str = "bfloat16"  # pytorch backend
+    torch_dtype: str = c.TORCH_DTYPES[0]  # pytorch backend
     torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
     # The encoder's queue policy, off by default (0): in tritonserver 2.51 any ``default_queue_policy``
     # (a timeout, a size, or both) makes the dynamic batcher sit idle ~0.5 s now and then while requests
@@ -198,6 +198,16 @@ def _io(msg, name: str, dtype: int, dims: list[int], optional: bool = False):
     return t
 
 
+# An option's Triton datatype (contract.Option.datatype) as model_config's enum.
+_OPTION_TYPES = {"BYTES": mc.TYPE_STRING, "INT32": mc.TYPE_INT32}
+
+
+def _option_inputs(cfg: mc.ModelConfig, task: str) -> None:
+    """The task's request options (``contract.options_for``): one optional input of one value each."""
+    for option in c.options_for(task):
+        _io(cfg.input, option.name, _OPTION_TYPES[option.datatype], [1], optional=True)
+
+
 def queue_size(p: ModelProfile, opts: ServingOptions) -> int:
     """Requests the encoder may hold waiting: ``queue_tokens`` worth of full-length texts, at least 16
     (e5-small, 512 tokens: 128 requests; a 32k-token model: 16)."""
@@ -281,12 +291,7 @@ class EmbedTask(Task):
     @staticmethod
     def _text_inputs(cfg: mc.ModelConfig) -> None:
         _io(cfg.input, c.TEXT, mc.TYPE_STRING, [-1])
-        _io(cfg.input, c.INSTRUCTION, mc.TYPE_STRING, [1], optional=True)
-        _io(cfg.input, c.INPUT_TYPE, mc.TYPE_STRING, [1], optional=True)
-        _io(cfg.input, c.DIMENSIONS, mc.TYPE_INT32, [1], optional=True)
-        _io(cfg.input, c.TRUNCATE, mc.TYPE_STRING, [1], optional=True)
-        _io(cfg.input, c.LONG_TEXT, mc.TYPE_STRING, [1], optional=True)
-        _io(cfg.input, c.EMBEDDING_TYPE, mc.TYPE_STRING, [1], optional=True)
+        _option_inputs(cfg, c.TASK_EMBED)
 
     # The tokenizer's outputs the postprocess step reads, besides the encoder's rows.
     _POST_INPUTS = (c.DIMENSIONS_CHECKED, c.EMBEDDING_TYPE_CHECKED, c.ROW_TEXT, c.ROW_WEIGHT)
@@ -400,7 +405,7 @@ class RerankTask(Task):
     def _pair_inputs(cfg: mc.ModelConfig) -> None:
         _io(cfg.input, c.QUERY, mc.TYPE_STRING, [1])
         _io(cfg.input, c.DOCUMENTS, mc.TYPE_STRING, [-1])
-        _io(cfg.input, c.INSTRUCTION, mc.TYPE_STRING, [1], optional=True)
+        _option_inputs(cfg, c.TASK_RERANK)
 
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         return tokenizer_model(p, opts, self._pair_inputs)
@@ -424,8 +429,8 @@ class RerankTask(Task):
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
-        for key in (c.QUERY, c.DOCUMENTS, c.INSTRUCTION):
-            tok.input_map[key] = key
+        for t in cfg.input:
+            tok.input_map[t.name] = t.name
         for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)

@@ -252,7 +252,7 @@ class Gateway:
         entries += [(a, name, {}) for a, name in sorted(self.settings.aliases.items()) if name in served]
         # Every embedding model (and alias of one) again with QUERY_SUFFIX: the query embedder.
         entries += [
-            (i + QUERY_SUFFIX, root, {"input_type": QUERY})
+            (i + QUERY_SUFFIX, root, {INPUT_TYPE: QUERY})
             for i, root, _ in list(entries)
             if served[root].info.task == TASK_EMBED and i + QUERY_SUFFIX not in served
         ]

@@ -10,6 +10,7 @@ import signal
 import threading
 import urllib.request
 
+from tembed_client.contract import INPUT_TYPE, INPUT_TYPES
 from tembed_serving.supervisor import ServerError, TritonServer, add_server_args, server_from_args
 
 
@@ -19,7 +20,7 @@ def show_embedding(url: str, text: str) -> None:
 
     with EmbeddingClient(url) as client:
         info = client.model_info()
-        result = client.encode([text], input_type="query")
+        result = client.encode([text], input_type=INPUT_TYPES[0])
     vec = result.embeddings[0]
     head = ", ".join(f"{x:+.4f}" for x in vec[:8])
     print(
@@ -35,7 +36,7 @@ def show_openai_embedding(base_url: str, text: str, api_key: str) -> None:
         import openai
     except ImportError:  # the test extra brings it; plain HTTP shows the same
         openai = None
-    extra = {"input_type": "query"}  # as the gRPC demo, so the numbers match
+    extra = {INPUT_TYPE: INPUT_TYPES[0]}  # a query, as the gRPC demo, so the numbers match
     if openai is not None:
         client = openai.Client(base_url=f"{base_url}/v1", api_key=api_key)
         model = client.models.list().data[0].id
@@ -80,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     add_server_args(ap)
     ap.add_argument("--demo", metavar="TEXT", help="once ready, embed TEXT through the gRPC client and print it")
     ap.add_argument("--exit-after-demo", action="store_true", help="stop the server after the demo")
-    ap.add_argument("--gateway-port", type=int, default=30000, help="OpenAI-compatible /v1/embeddings port")
-    ap.add_argument("--gateway-host", default="127.0.0.1")
+    from . import GatewaySettings
+
+    ap.add_argument(
+        "--gateway-port", type=int, default=GatewaySettings.port, help="OpenAI-compatible /v1/embeddings port"
+    )
+    ap.add_argument("--gateway-host", default=GatewaySettings.host)
     ap.add_argument("--no-gateway", action="store_true", help="serve gRPC/HTTP only, no OpenAI-compatible gateway")
     ap.add_argument(
         "--grace", type=float, default=30.0, help="seconds in-flight requests get to finish on SIGTERM/SIGINT"

@@ -29,9 +29,9 @@ def uvicorn_config(settings: GatewaySettings, host: str, port: int, log_level: s
     )
 
 
-def serve(settings: GatewaySettings, host: str = "127.0.0.1", port: int = 30000, **kw: object) -> None:
-    """Serve in the foreground until SIGINT/SIGTERM."""
-    uvicorn.Server(uvicorn_config(settings, host, port, **kw)).run()  # type: ignore[arg-type]
+def serve(settings: GatewaySettings, **kw: object) -> None:
+    """Serve on ``settings.host:settings.port`` in the foreground until SIGINT/SIGTERM."""
+    uvicorn.Server(uvicorn_config(settings, settings.host, settings.port, **kw)).run()  # type: ignore[arg-type]
 
 
 class GatewayThread:

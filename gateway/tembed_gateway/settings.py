@@ -7,12 +7,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tembed_client.contract import DEFAULT_URL
+
 API_KEYS_ENV = "TEMBED_API_KEYS"
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    triton_url: str = "localhost:8001"  # Triton's gRPC endpoint (one replica)
+    """Every setting of the gateway and its default: the CLIs (``python -m tembed_gateway``, ``tembed
+    serve``) take their defaults from here."""
+
+    triton_url: str = DEFAULT_URL  # Triton's gRPC endpoint (one replica)
+    host: str = "127.0.0.1"  # where the gateway listens
+    port: int = 30000
     aliases: Mapping[str, str] = field(default_factory=dict)  # requested name -> served ensemble
     api_keys: frozenset[str] = frozenset()  # empty: no authentication
     model_repository: Path | None = None  # lets token-id input be decoded with the served tokenizer

@@ -58,6 +58,9 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TOO_LARGE,
     TRUNCATE,
     TRUNCATE_DEFAULT,
+    TRUNCATE_END,
+    TRUNCATE_NONE,
+    TRUNCATE_START,
     TRUNCATE_VALUES,
     UNSUPPORTED,
     Option,
@@ -100,7 +103,9 @@ TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 HF_DIR = "hf"  # the Hugging Face folder the torch runner loads
-TORCH_DTYPES = ("bfloat16", "float16", "float32")  # the torch runner's PARAM_DTYPE values
+TORCH_DTYPES = ("bfloat16", "float16", "float32")  # the torch runner's PARAM_DTYPE values; the first is the default
+
+IDS_DTYPES = ("int64", "int32")  # token-id tensors between the models; the first is the default
 
 ROLES = ("ensemble", "tokenizer", "encoder", "postprocess")
 

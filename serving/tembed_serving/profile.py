@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .contract import INPUT_TYPES, PROFILE_FILE, TASK_EMBED, TASK_RERANK, TASKS
+from .contract import IDS_DTYPES, INPUT_TYPES, PROFILE_FILE, TASK_EMBED, TASK_RERANK, TASKS
 
 POOLINGS = ("mean", "cls", "last")
 PAIR_FORMATS = ("prompt", "pair")
@@ -44,7 +44,7 @@ class ModelProfile:
     default_instruction: str | None = None
     max_texts: int = 64
     length_buckets: list[int] = field(default_factory=list)
-    ids_dtype: str = "int64"
+    ids_dtype: str = IDS_DTYPES[0]
     source: str = ""
     task: str = TASK_EMBED
     vocab_size: int | None = None  # the encoder's token id range: larger ids are refused per request

@@ -24,6 +24,9 @@ from .contract import (
     TOO_LARGE,
     TRUNCATE,
     TRUNCATE_DEFAULT,
+    TRUNCATE_END,
+    TRUNCATE_NONE,
+    TRUNCATE_START,
     UNSUPPORTED,
     options_for,
 )
@@ -269,7 +272,9 @@ class TextEncoder:
             prefix = p.prompt_for(input_type or p.default_input_type)
         # The character cap keeps the side that truncation keeps; NONE must count every token, and
         # chunk embeds every token (or refuses the text): both stay within max_text_bytes.
-        cap = {"END": slice(None, self.char_cap), "START": slice(-self.char_cap, None)}.get(truncate, slice(None))
+        cap = {TRUNCATE_END: slice(None, self.char_cap), TRUNCATE_START: slice(-self.char_cap, None)}.get(
+            truncate, slice(None)
+        )
         if long_text == LONG_TEXT_CHUNK:
             cap = slice(None)
         out = []
@@ -309,17 +314,17 @@ class TextEncoder:
         limit = self.profile.max_length
         if len(ids) <= limit:
             return ids
-        if prompted.truncate == "NONE":
+        if prompted.truncate == TRUNCATE_NONE:
             raise RequestError(
                 f"text[{i}] is {len(ids)} tokens; the limit is {limit} tokens for model {self.profile.name!r}"
                 " (truncate NONE; END or START cut it instead)",
                 CONTEXT_LENGTH_EXCEEDED,
                 TEXT,
             )
-        start = prompted.truncate == "START"
+        start = prompted.truncate == TRUNCATE_START
         head, prompt_end, tail = self._spans(enc, prompted.prompt_chars if start else 0)
         room = max(limit - head - (len(ids) - tail), 0)
-        if prompted.truncate == "END":
+        if prompted.truncate == TRUNCATE_END:
             body = ids[head : head + room]
         else:  # START: the prompt's tokens, then the text's last ones
             prompt = min(prompt_end - head, room)
@@ -381,7 +386,7 @@ class TextEncoder:
     def encode(self, texts: list[str] | Prompted) -> TokenBatch:
         prompted = texts if isinstance(texts, Prompted) else Prompted(list(texts), 0)
         chunk = prompted.long_text == LONG_TEXT_CHUNK
-        needs_offsets = (prompted.truncate == "START" or chunk) and prompted.prompt_chars > 0
+        needs_offsets = (prompted.truncate == TRUNCATE_START or chunk) and prompted.prompt_chars > 0
         encodings = (self.tokenizer.encode_batch if needs_offsets else self._encode)(prompted.texts)
         original = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(encodings))
         if chunk:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..contract import HF_DIR, ONNX_FILE, PARAM_DTYPE
+from ..contract import HF_DIR, ONNX_FILE, PARAM_DTYPE, TORCH_DTYPES
 from ..profile import ModelProfile
 
 
@@ -40,7 +40,7 @@ def _onnxruntime(folder: Path, profile: ModelProfile, params: Mapping[str, str],
 def _torch(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
     from .torch import TorchEncoder
 
-    return TorchEncoder.load(folder / HF_DIR, profile, dtype=params.get(PARAM_DTYPE, "bfloat16"), device=device)
+    return TorchEncoder.load(folder / HF_DIR, profile, dtype=params.get(PARAM_DTYPE, TORCH_DTYPES[0]), device=device)
 
 
 RUNNERS: dict[str, RunnerFactory] = {"onnxruntime": _onnxruntime, "torch": _torch}

@@ -45,7 +45,7 @@ class TorchEncoder:
 
     @classmethod
     def load(
-        cls, folder: Path, profile: ModelProfile, *, dtype: str = "bfloat16", device: str = "cuda"
+        cls, folder: Path, profile: ModelProfile, *, dtype: str = TORCH_DTYPES[0], device: str = "cuda"
     ) -> TorchEncoder:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")

@@ -46,11 +46,6 @@ def input_arrays(request) -> dict[str, object]:
     return {t.name(): t.as_numpy() for t in request.inputs()}
 
 
-def optional_input(request, name: str):
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else tensor.as_numpy()
-
-
 def tensor_names(args: dict, kind: str) -> set[str]:
     """The names of the config's ``kind`` ("input" or "output") tensors."""
     return {t["name"] for t in json.loads(args["model_config"]).get(kind, [])}

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-from ..contract import ATTENTION_MASK, DOCUMENTS, INPUT_IDS, INSTRUCTION, QUERY, TOKEN_COUNT, TOKENIZER_FILE
+from ..contract import ATTENTION_MASK, DOCUMENTS, INPUT_IDS, QUERY, TASK_RERANK, TOKEN_COUNT, TOKENIZER_FILE
 from ..errors import RequestError
 from ..pairs import PairEncoder
 from ..profile import ModelProfile
-from ..textproc import check_bytes, decode_option, decode_texts
-from ._util import error_response, optional_input, version_dir
+from ..textproc import check_bytes, decode_option, decode_texts, read_options
+from ._util import error_response, input_arrays, version_dir
 
 
 class TritonPythonModel:
@@ -19,14 +19,13 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                raw_query = pb_utils.get_input_tensor_by_name(request, QUERY).as_numpy()
-                raw_docs = pb_utils.get_input_tensor_by_name(request, DOCUMENTS).as_numpy()
+                given = input_arrays(request)
+                raw_query, raw_docs = given[QUERY], given[DOCUMENTS]
                 check_bytes(raw_query, self.encoder.profile, QUERY)
                 check_bytes(raw_docs, self.encoder.profile, DOCUMENTS)
                 query = decode_option(raw_query, QUERY)
                 documents = decode_texts(raw_docs, DOCUMENTS)
-                instruction = decode_option(optional_input(request, INSTRUCTION), INSTRUCTION)
-                batch = self.encoder.encode(query, documents, instruction)
+                batch = self.encoder.encode(query, documents, **read_options(given, TASK_RERANK))
             except RequestError as exc:
                 responses.append(error_response(exc))
                 continue

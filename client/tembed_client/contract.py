@@ -195,9 +195,11 @@ class Option:
                     return f"{self.name} must be between {low} and {high}{where}, got {value}"
                 return f"{self.name} must be a positive integer, got {value!r}"
             return None
-        if not isinstance(value, str):
+        if not isinstance(value, str) and self.values is None:
             return f"{self.name} must be a string, not {type(value).__name__}"
-        if self.values is not None and (value.upper() if self.any_case else value) not in self.values:
+        if self.values is not None and (
+            not isinstance(value, str) or (value.upper() if self.any_case else value) not in self.values
+        ):
             return f"{self.name} must be one of {', '.join(self.values)}, got {value!r}"
         return None
 

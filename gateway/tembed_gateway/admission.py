@@ -41,12 +41,14 @@ def endpoint(handler: Callable[[Gateway, Request], Awaitable[Response]]) -> Call
         try:
             return await handler(self, request)
         except ApiError as exc:
-            return exc.response(self.settings.retry_after_s)
+            error = exc
         except EmbeddingError as exc:
-            return ApiError.from_client(exc, self.settings.triton_label).response(self.settings.retry_after_s)
+            error = ApiError.from_client(exc, self.settings.triton_label)
         except Exception:
             log.exception("unexpected error on %s %s", request.method, request.scope["path"])
-            return ApiError(INTERNAL, "internal error in the gateway").response()
+            error = ApiError(INTERNAL, "internal error in the gateway")
+        self.metrics.count_error(error.reason)
+        return error.response(self.settings.retry_after_s)
 
     async def measured(self: Gateway, request: Request) -> Response:
         started = time.perf_counter()

@@ -40,6 +40,10 @@ class GatewayMetrics:
         self.refused = Counter(
             "tembed_gateway_overloaded", "Requests answered 429 (the gateway full, or Triton's queue).", registry=r
         )
+        self.errors = Counter(
+            "tembed_gateway_errors", "Requests answered with an error, by reason (contract.REASONS).", ["reason"],
+            registry=r,
+        )  # fmt: skip
         self.retries = Counter(
             "tembed_gateway_triton_retries", "Triton calls retried by the client (UNAVAILABLE, RESOURCE_EXHAUSTED).",
             registry=r,
@@ -59,6 +63,9 @@ class GatewayMetrics:
         children[1].observe(seconds)
         if status == 429:
             self.refused.inc()
+
+    def count_error(self, reason: str) -> None:
+        self.errors.labels(reason).inc()  # a dozen reasons: the label's values are bounded
 
     def count_tokens(self, model: str, tokens: int) -> None:
         child = self._tokens.get(model)

@@ -38,7 +38,10 @@ def replace_region(doc: Path, name: str, body: str) -> bool:
 
 
 def table(head: list[str], rows: list[list], right_from: int = 1) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < right_from else "---:" for i in range(len(head))) + "|"]
+    out = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if i < right_from else "---:" for i in range(len(head))) + "|",
+    ]
     return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]) + "\n"
 
 
@@ -71,7 +74,13 @@ def harness(rec: dict, png: str | None) -> str:
             lat, vs = r["latency_ms"], r.get(f"vs_{ref}", {})
             cpu = sum(r["cpu_ms_per_request"].values())
             rows.append(
-                [systems.get(k, k), r["concurrency"], f(r["texts_per_s"]), f(r["tokens_per_s"], 0), f(vs.get("median"), 2)]
+                [
+                    systems.get(k, k),
+                    r["concurrency"],
+                    f(r["texts_per_s"]),
+                    f(r["tokens_per_s"], 0),
+                    f(vs.get("median"), 2),
+                ]
                 + [f(lat.get("p50"), 2), f(lat.get("p99"), 2), f(cpu, 2), f(rec["targets"][k]["min_cosine"], 4)]
             )
         if "triton" in res and "gateway" in res:
@@ -111,11 +120,22 @@ def plot_harness(rec: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- rerank
 def rerank(rec: dict, png: str | None) -> str:
     rows = [
-        [k, f(r["pairs_per_s"]), f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f}", f(r["tokens_per_s"], 0)]
+        [
+            k,
+            f(r["pairs_per_s"]),
+            f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f}",
+            f(r["tokens_per_s"], 0),
+        ]
         + [r["latency_ms"]["n"]]
         for k, r in rec["results"].items()
     ]
-    head = ["system", "pairs/s (median of rounds)", f"per call ({rec['pairs']} pairs) P50 / P99 ms", "tokens/s", "calls"]
+    head = [
+        "system",
+        "pairs/s (median of rounds)",
+        f"per call ({rec['pairs']} pairs) P50 / P99 ms",
+        "tokens/s",
+        "calls",
+    ]
     r = rec["ratio"]
     return (
         stamp(rec)
@@ -141,7 +161,10 @@ def parts_table(runs: dict[str, list[dict]], walls: dict[str, float]) -> str:
             p = next((p for p in ps if p["name"] == name), None)
             row += [f"{p['ms']:.2f}", f"{100 * p['ms'] / walls[r]:.0f}"] if p else ["", ""]
         rows.append(row)
-    rows.append(["**client wall time (mean)**"] + [x for ps in runs.values() for x in (f"**{sum(p['ms'] for p in ps):.2f}**", "100")])
+    rows.append(
+        ["**client wall time (mean)**"]
+        + [x for ps in runs.values() for x in (f"**{sum(p['ms'] for p in ps):.2f}**", "100")]
+    )
     return table(["where the time goes"] + [x for r in runs for x in (f"{r}: ms", "%")], rows)
 
 
@@ -157,13 +180,22 @@ def budget(rec: dict, png: str | None) -> str:
         rows.append([f"**added by serving** ({label} − in-process)", f"**{s[key]['mean'] - inp['mean']:+.2f}**"]
                     + [f"**{s[key]['p50'] - inp['p50']:+.2f}**", ""])  # fmt: skip
     for model, v in floor.items():
-        rows.append([f"machine floor: `{model}` over gRPC, wall − busy", f(v["mean"], 2), f(v["p50"], 2), f(v["p99"], 2)])
+        rows.append(
+            [f"machine floor: `{model}` over gRPC, wall − busy", f(v["mean"], 2), f(v["p50"], 2), f(v["p99"], 2)]
+        )
     if "floor-two" in floor:
         ours = [s["wall"][k] - inp[k] - floor["floor-two"][k] for k in ("mean", "p50")]
         rows.append(["**ours**: added by serving − the two-step floor", *(f"**{x:+.2f}**" for x in ours), ""])
     if gw:
         a = gw["added"]
-        rows.append(["**added by the gateway** over direct gRPC", f"**{a['mean']:+.2f}**", f"**{a['p50']:+.2f}**", f"{a['p99']:+.2f}"])
+        rows.append(
+            [
+                "**added by the gateway** over direct gRPC",
+                f"**{a['mean']:+.2f}**",
+                f"**{a['p50']:+.2f}**",
+                f"{a['p99']:+.2f}",
+            ]
+        )
     out = stamp(rec) + table(["one short query at a time", "mean ms", "P50 ms", "P99 ms"], rows)
     if png:
         plot_budget(rec, DOC.parent / png)
@@ -177,11 +209,21 @@ def budget(rec: dict, png: str | None) -> str:
     walls = {k: (s if k.startswith("c=1") else load)["wall"]["mean"] for k in rec["parts"]}
     out += "\nFrom Triton's per-model statistics:\n\n" + parts_table(rec["parts"], walls)
     c1, n, cores = s["cpu_ms_per_request"], load["requests"], rec["machine"]["cores"]
-    rows = [[k, f(c1.get(k, 0.0), 2), f(load["cpu_s"].get(k, 0.0) * 1e3 / n), f(load["cpu_s"].get(k, 0.0))] for k in dict.fromkeys([*c1, *load["cpu_s"]])]
+    rows = [
+        [k, f(c1.get(k, 0.0), 2), f(load["cpu_s"].get(k, 0.0) * 1e3 / n), f(load["cpu_s"].get(k, 0.0))]
+        for k in dict.fromkeys([*c1, *load["cpu_s"]])
+    ]
     if gw:
         rows.append(["gateway (its own process)", f(gw["gateway_cpu_ms_per_request"], 2), "", ""])
     total, io = sum(load["cpu_s"].values()), load["inproc_seconds"]
-    rows.append(["**all**", f(sum(c1.values()), 2), f(total * 1e3 / n), f"**{total:.1f}** of {cores} cores × {load['seconds']:.1f} s"])
+    rows.append(
+        [
+            "**all**",
+            f(sum(c1.values()), 2),
+            f(total * 1e3 / n),
+            f"**{total:.1f}** of {cores} cores × {load['seconds']:.1f} s",
+        ]
+    )
     rows.append(["*in-process tokenizer + ORT, the same requests*", f(s["inproc_cpu_ms_per_request"], 2)]
                 + [f(io["cpu"] * 1e3 / n), f"{io['cpu']:.1f} of {io['tokenize'] + io['ort']:.1f} s"])  # fmt: skip
     head = ["process", "c=1 query: CPU ms per request", "mixed load: CPU ms per request", "mixed load: CPU s"]
@@ -232,9 +274,13 @@ def plot_budget(rec: dict, path: Path) -> None:
                        edgecolor="white", linewidth=0.5, label=None if p["group"] in seen else p["group"])  # fmt: skip
                 seen.add(p["group"])
                 if p["ms"] > 0.045 * total:
-                    ax.text(x, bottom + p["ms"] / 2, p["name"].split(": ", 1)[-1][:34], ha="center", va="center", fontsize=6)
+                    ax.text(
+                        x, bottom + p["ms"] / 2, p["name"].split(": ", 1)[-1][:34], ha="center", va="center", fontsize=6
+                    )
                 bottom += p["ms"]
-            ax.text(x, bottom, f"{total:.2f} ms" if total < 10 else f"{total:.1f} ms", ha="center", va="bottom", fontsize=8)
+            ax.text(
+                x, bottom, f"{total:.2f} ms" if total < 10 else f"{total:.1f} ms", ha="center", va="bottom", fontsize=8
+            )
         ax.set_xticks(range(len(bars)), list(bars), fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("mean ms per request")

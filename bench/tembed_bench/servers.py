@@ -166,7 +166,12 @@ def st_worker(folder: Path, backend: str = "onnx", threads: int = 2) -> Iterator
     env.pop("VIRTUAL_ENV", None)
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            [*cmd, "--threads", str(threads)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f, text=True
+            [*cmd, "--threads", str(threads)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=f,
+            text=True,
         )
     try:
         line = proc.stdout.readline() if proc.stdout else ""

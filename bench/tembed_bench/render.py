@@ -317,16 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", default=list(RENDERERS))
     ap.add_argument("--quick", action="store_true", help="render quick records too")
-    ap.add_argument("--doc", type=Path, default=DOC)
+    ap.add_argument("--doc", type=Path, default=None, help="default: docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
+    global DOC
+    DOC = args.doc or DOC
+    shown = DOC.parent / "bench"  # the PNGs and the shown records go beside the doc
     for name in args.names:
         rec = record.latest(name, quick=args.quick)
         if rec is None:
             print(f"{name}: no record", flush=True)
             continue
         png = PNG.get(name, f"bench/{name}.png") if name in ("compare", "gateway", "budget") else None
-        if replace_region(args.doc, name, section(name, rec, png)):
-            record.SHOWN.mkdir(parents=True, exist_ok=True)
-            (record.SHOWN / f"{name}.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
-            print(f"{args.doc}: region {name} from the record of {rec['date']}", flush=True)
+        if replace_region(DOC, name, section(name, rec, png)):
+            shown.mkdir(parents=True, exist_ok=True)
+            (shown / f"{name}.json").write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n")
+            print(f"{DOC}: region {name} from the record of {rec['date']}", flush=True)
     return 0

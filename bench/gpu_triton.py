@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tembed_bench.stats import drive, summary  # bench/ is this script's folder: on sys.path
+
 # The published Qwen3-Embedding-0.6B sizes (config.json); tiny is the CPU dry run.
 SHAPES = {
     "0.6b": dict(
@@ -92,19 +94,6 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs) * 1e3, q))
-
-
-def _timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def _throughput(fn, texts_per_call: int, concurrency: int, seconds: float) -> dict:
     """Calls of ``fn`` from ``concurrency`` threads for ``seconds``: texts/s and call latency."""
     lat: list[float] = []
@@ -126,12 +115,10 @@ def _throughput(fn, texts_per_call: int, concurrency: int, seconds: float) -> di
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {
-        "concurrency": concurrency,
-        "calls": len(lat),
-        "texts_per_s": len(lat) * texts_per_call / wall,
-        "p50_ms": _pct(lat, 50),
-        "p99_ms": _pct(lat, 99),
+    ms = summary(lat)
+    return {"concurrency": concurrency, "calls": len(lat), "texts_per_s": len(lat) * texts_per_call / wall} | {
+        "p50_ms": ms["p50"],
+        "p99_ms": ms["p99"],
     }
 
 
@@ -159,13 +146,13 @@ def in_process(repo: Path, name: str, seconds: float, device: str) -> dict:
     for _ in range(3):
         embed([SHORT_QUERY], "query")
         embed(docs, "document")
-    short = _timed(lambda: embed([SHORT_QUERY], "query"), 200)
+    short = summary(drive(lambda _: embed([SHORT_QUERY], "query"), range(200))[0])
     bulk = _throughput(lambda i: lambda: embed(docs, "document"), 16, 1, seconds)
     out = {
         "query": embed([SHORT_QUERY], "query"),
         "docs": embed(PARITY_TEXTS, "document"),
-        "short_p50_ms": _pct(short, 50),
-        "short_p99_ms": _pct(short, 99),
+        "short_p50_ms": short["p50"],
+        "short_p99_ms": short["p99"],
         "bulk": bulk,
         "doc_tokens": int(tok(docs, "document").token_count.mean()),
     }
@@ -192,7 +179,7 @@ def through_triton(repo: Path, name: str, seconds: float) -> dict:
             query = c.embed([SHORT_QUERY], input_type="query")
             served = c.embed(PARITY_TEXTS)
             alone = np.stack([c.embed([t])[0] for t in PARITY_TEXTS])
-            short = _timed(lambda: c.embed([SHORT_QUERY], input_type="query"), 200)
+            short = summary(drive(lambda _: c.embed([SHORT_QUERY], input_type="query"), range(200))[0])
 
         def client_call(i: int):
             client = EmbeddingClient(srv.grpc_url, name)
@@ -204,8 +191,8 @@ def through_triton(repo: Path, name: str, seconds: float) -> dict:
         "query": query,
         "docs": served,
         "alone": alone,
-        "short_p50_ms": _pct(short, 50),
-        "short_p99_ms": _pct(short, 99),
+        "short_p50_ms": short["p50"],
+        "short_p99_ms": short["p99"],
         "bulk": bulk,
         "log": str(log),
     }

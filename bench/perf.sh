@@ -13,4 +13,4 @@ fi
 if [ ! -e .cache/perf-deps/nvidia/cuda_runtime/lib/libcudart.so.12 ]; then
   "$VENV/bin/pip" install -q --no-deps --target .cache/perf-deps nvidia-cuda-runtime-cu12==12.4.127
 fi
-exec "$VENV/bin/python" -m tembed_bench.perf "$@"
+exec "$VENV/bin/python" -m tembed_bench perf "$@"

@@ -12,8 +12,8 @@ pieces (``TimedClient``), runs our tokenizer and ONNX Runtime encoder in-process
 reads the CPU seconds of every process (client, tritonserver, each Python stub, the gateway). Some of
 the single queries are sent again with Triton's TIMESTAMPS traces on: one timeline per request on the
 client's clock, which splits the gRPC part into the way there and the way back. Then the gateway's added
-time for the same single queries. Writes docs/BENCHMARKS.md (between the budget markers) and
-docs/budget.png, prints the tables and, last, one JSON line.
+time for the same single queries. Writes a record (tembed_bench.record); a full run renders it into
+docs/BENCHMARKS.md (region ``budget``) and docs/budget.png.
 
 How Triton accounts a Python-backend step (python_backend ``ProcessRequests``, tritonserver 2.51):
 ``queue`` is the wait in the model's scheduler; ``compute_input`` builds the responses and copies the
@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -42,17 +41,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from . import data, systems
-from .compare import token_counts, write_doc
+from tembed_client.contract import INPUT_TYPE
+
+from . import data, procs, record, render, servers
 from .data import Item
 from .floor import ONE as FLOOR_ONE
 from .floor import TWO as FLOOR_TWO
 from .floor import FloorClient
 from .floor import write_repo as write_floor_repo
+from .stats import summary
+from .targets import Raw
 
-START, END = "<!-- budget:start -->", "<!-- budget:end -->"
 FIELDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -100,30 +100,6 @@ def parse_stats(stats: dict) -> dict[str, ModelStats]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 when it has gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def server_processes(server_pid: int) -> dict[int, str]:
-    """tritonserver and its Python stubs, labelled ``tritonserver`` or by the stub's model folder."""
-    out = {server_pid: "tritonserver"}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != server_pid:
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            # triton_python_backend_stub <repository>/<model>/<version>/model.py <shm region> ...
-            out[int(entry.name)] = Path(argv[1].decode()).parts[-3] if len(argv) > 1 else "?"
-    return out
-
-
 @dataclass
 class Snapshot:
     """Triton's statistics and the CPU seconds of each process, at one moment or over a span."""
@@ -151,7 +127,8 @@ class Counters:
     tritonserver and its stubs (found once: a stub restarted meanwhile would be missed)."""
 
     def __init__(self, stats_client, server_pid: int) -> None:
-        self.client, self.pids = stats_client, server_processes(server_pid)
+        self.client, self.pids = stats_client, procs.tree(server_pid)
+        self.pids[server_pid] = "tritonserver"
 
     def read(self, since: Snapshot | None = None, requests: int = 0) -> Snapshot:
         """A span's start (``since`` None) reads the statistics first and this process's clock last;
@@ -162,7 +139,7 @@ class Counters:
         stats = self.settled() if since is None else None
         cpu: dict[str, float] = {CLIENT: time.process_time()}
         for pid, label in self.pids.items():
-            cpu[label] = cpu.get(label, 0.0) + cpu_seconds(pid)
+            cpu[label] = cpu.get(label, 0.0) + procs.cpu_seconds(pid)
         if since is None:
             cpu[CLIENT] = time.process_time()
         if stats is None:
@@ -211,7 +188,7 @@ class TimedClient:
         from tritonclient.grpc import InferResult, service_pb2
         from tritonclient.grpc._utils import _get_inference_request
 
-        from tembed_client._common import Call
+        from tembed_client.calls import Call
 
         t0 = time.monotonic_ns()
         call = Call.prepare(self.info, [i.text for i in items], input_type=items[0].input_type)
@@ -246,10 +223,10 @@ class TimedClient:
 
 
 class InProcess:
-    """Our tokenizer and ONNX Runtime encoder in this process (``systems.Raw``), each timed."""
+    """Our tokenizer and ONNX Runtime encoder in this process (``targets.Raw``), each timed."""
 
     def __init__(self, repo: Path, threads: int) -> None:
-        self.raw = systems.Raw(repo, threads=threads)
+        self.raw = Raw(repo, threads=threads)
 
     def embed(self, items: list[Item]) -> tuple[np.ndarray, dict[str, float]]:
         """The embeddings, and seconds: tokenize, ort (wall) and cpu (this process's CPU for both: the
@@ -401,11 +378,6 @@ def ensemble_steps(stats_client, ensemble: str) -> list[str]:
     return [s["model_name"] for s in cfg["ensemble_scheduling"]["step"]]
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values) * 1e3
-    return {"mean": float(a.mean()), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(-1), b.reshape(-1)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -440,7 +412,7 @@ def single_queries(
     plain_wall, tok, cos, inproc_cpu = [], [], [], []
     ort_warm = len(ort)
     spans: Snapshot | None = None
-    for n, q in enumerate(tqdm(queries, desc="single queries (timed, EmbeddingClient, in-process)", leave=False)):
+    for n, q in enumerate(queries):
         got: dict = {}
 
         def via_timed(q: list[Item] = q, got: dict = got) -> None:
@@ -515,7 +487,7 @@ def traced_queries(timed: TimedClient, stats_client, admin_key: str, queries: li
     traces themselves are written when the server stops)."""
     stamps = []
     with tracing(stats_client, admin_key):
-        for q in tqdm(queries, desc="single queries, traced", leave=False):
+        for q in queries:
             timed.embed(q)
             stamps.append(timed.last)
     return stamps
@@ -541,15 +513,13 @@ def mixed_load(
                 pieces[k].append(v)
 
     before = counters.read()
-    with tqdm(total=len(reqs), desc=f"mixed load x{concurrency}", leave=False) as bar:
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            for _ in pool.map(one, reqs):
-                bar.update()
-        seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, reqs))
+    seconds = time.perf_counter() - t0
     span = counters.read(before, requests=len(reqs)) - before
     tok, ort, cpu = [], [], []
-    for req in tqdm(reqs, desc="mixed load in-process", leave=False):
+    for req in reqs:
         _, r = inproc.embed(req)
         tok.append(r["tokenize"])
         ort.append(r["ort"])
@@ -575,10 +545,8 @@ def gateway_run(
     import httpx
 
     from tembed_client import AsyncEmbeddingClient
-    from tembed_serving.supervisor import free_port
 
-    from .gateway import gateway_process
-    from .pyspy import record
+    from .pyspy import record as pyspy_record
 
     async def run(url: str, pid: int) -> dict:
         direct, via = [], []
@@ -591,7 +559,7 @@ def gateway_run(
                 await client.encode([i.text for i in q], input_type=q[0].input_type)
 
             async def http_call(q: list[Item]) -> None:
-                body = {"model": model, "input": [i.text for i in q], "input_type": q[0].input_type}
+                body = {"model": model, "input": [i.text for i in q], INPUT_TYPE: q[0].input_type}
                 r = await http.post("/v1/embeddings", json={**body, "encoding_format": "base64"})
                 r.raise_for_status()
 
@@ -599,19 +567,19 @@ def gateway_run(
                 await grpc_call(q)
                 await http_call(q)
             cpu = 0.0
-            for q in tqdm(queries, desc="gateway vs direct", leave=False):
+            for q in queries:
                 t = time.perf_counter()
                 await grpc_call(q)
                 direct.append(time.perf_counter() - t)
-                c0 = cpu_seconds(pid)
+                c0 = procs.cpu_seconds(pid)
                 t = time.perf_counter()
                 await http_call(q)
                 via.append(time.perf_counter() - t)
-                cpu += cpu_seconds(pid) - c0
+                cpu += procs.cpu_seconds(pid) - c0
             if profile is not None:  # a pass of its own: the sampler's CPU would slow the one above
-                with record(pid, profile):
+                with pyspy_record(pid, profile):
                     for _ in range(profile_rounds):
-                        for q in tqdm(queries, desc="gateway under py-spy", leave=False):
+                        for q in queries:
                             await http_call(q)
         d, g = summary(direct), summary(via)
         return {
@@ -622,218 +590,13 @@ def gateway_run(
             "profile_rounds": profile_rounds if profile is not None else 0,
         }
 
-    with gateway_process(triton_url, free_port()) as (url, pid):
+    with servers.gateway([triton_url]) as (url, pid):
         return asyncio.run(run(url, pid))
-
-
-# ---------------------------------------------------------------------------------------------- output
-def table(parts_by_run: dict[str, list[Part]], walls: dict[str, float]) -> str:
-    """Markdown: one row per part, one column per run (mean ms and share of that run's wall)."""
-    runs = list(parts_by_run)
-    names = list(dict.fromkeys(p.name for ps in parts_by_run.values() for p in ps))
-    head = "| where the time goes | " + " | ".join(f"{r}: ms | %" for r in runs) + " |\n"
-    head += "|---|" + "---:|---:|" * len(runs) + "\n"
-    rows = ""
-    for name in names:
-        cells = []
-        for r in runs:
-            p = next((p for p in parts_by_run[r] if p.name == name), None)
-            cells.append(f"{p.ms:.2f} | {100 * p.ms / walls[r]:.0f}" if p else " | ")
-        rows += f"| {name} | " + " | ".join(cells) + " |\n"
-    total = " | ".join(f"**{sum(p.ms for p in parts_by_run[r]):.2f}** | 100" for r in runs)
-    return head + rows + f"| **client wall time (mean)** | {total} |\n"
-
-
-def timeline_table(parts: list[Part], medians: dict[str, float]) -> str:
-    rows = "| along the request's own clock | mean ms | P50 ms |\n|---|---:|---:|\n"
-    rows += "".join(f"| {p.name} | {p.ms:.2f} | {medians[p.name]:.2f} |\n" for p in parts)
-    return rows + f"| **client wall time** | **{sum(p.ms for p in parts):.2f}** | |\n"
-
-
-GROUP_COLORS = {
-    "client": "tab:gray",
-    "gRPC": "tab:purple",
-    "ensemble": "tab:olive",
-    "tokenizer": "tab:blue",
-    "encoder": "tab:orange",
-    "postprocess": "tab:green",
-    "gateway": "tab:red",
-    "machine": "tab:brown",
-}
-
-
-def plot(panels: list[tuple[str, dict[str, list[Part]]]], path: Path) -> None:
-    """One stacked bar per run, a panel per kind of load; parts in the order they are spent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    widths = [len(b) for _, b in panels]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * sum(widths) + 1, 6.5), gridspec_kw={"width_ratios": widths})
-    for ax, (title, bars) in zip(np.atleast_1d(axes), panels):
-        seen: set[str] = set()
-        for x, parts in enumerate(bars.values()):
-            total = sum(p.ms for p in parts)
-            bottom = 0.0
-            for p in parts:
-                if p.ms <= 0:  # a negative difference of statistics is shown in the table, not stacked
-                    continue
-                legend = p.group if p.group not in seen else None
-                seen.add(p.group)
-                color = GROUP_COLORS.get(p.group, "tab:cyan")
-                ax.bar(x, p.ms, 0.65, bottom=bottom, color=color, edgecolor="white", linewidth=0.5, label=legend)
-                if p.ms > 0.045 * total:
-                    ax.text(x, bottom + p.ms / 2, p.name.split(": ", 1)[-1][:34], ha="center", va="center", fontsize=6)
-                bottom += p.ms
-            ax.text(
-                x, bottom, f"{total:.2f} ms" if total < 10 else f"{total:.1f} ms", ha="center", va="bottom", fontsize=8
-            )
-        ax.set_xticks(range(len(bars)), list(bars), fontsize=7)
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel("mean ms per request")
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def cpu_table(single: dict, load: dict, gateway: dict | None) -> str:
-    c1 = single["cpu_ms_per_request"]
-    n = load["requests"]
-    rows = "| process | c=1 query: CPU ms per request | mixed load: CPU ms per request | mixed load: CPU s |\n"
-    rows += "|---|---:|---:|---:|\n"
-    for label in dict.fromkeys([*c1, *load["cpu_s"]]):
-        s = load["cpu_s"].get(label, 0.0)
-        rows += f"| {label} | {c1.get(label, 0.0):.2f} | {s * 1e3 / n:.1f} | {s:.1f} |\n"
-    if gateway:
-        rows += f"| gateway (its own process) | {gateway['gateway_cpu_ms_per_request']:.2f} | | |\n"
-    cores, total = os.cpu_count() or 1, sum(load["cpu_s"].values())
-    rows += f"| **all** | {sum(c1.values()):.2f} | {total * 1e3 / n:.1f} | **{total:.1f}** of {cores} cores × {load['seconds']:.1f} s |\n"
-    io = load["inproc_seconds"]
-    return rows + (
-        f"| *in-process tokenizer + ORT, the same requests (for comparison)* | {single['inproc_cpu_ms_per_request']:.2f}"
-        f" | {io['cpu'] * 1e3 / n:.1f} | {io['cpu']:.1f} of {io['tokenize'] + io['ort']:.1f} s |\n"
-    )
-
-
-MAPPING = (
-    "How the rows map to Triton's numbers. *Statistics* (per model, cumulative): a Python-backend step's"
-    " `queue` is the wait in its scheduler; `compute_input` builds the responses and copies the inputs into"
-    " the stub's shared memory; `compute_infer` runs from handing the batch to the stub until its answer is"
-    " back (IPC both ways, the stub's `pb_utils` objects, `model.py`'s `execute`, the outputs into shared"
-    " memory), split here into the same work run in-process and the rest, *the stub* (below zero when the"
-    " in-process run, in the bench process, was the slower one at that moment: the cost of a stub hop reads"
-    " better off the tokenizer's and the postprocess's); `compute_output` copies"
-    " the outputs into Triton's response and sends it — and the ensemble starts the next step from inside"
-    " that send, so a step's `compute_output` overlaps the next step's start, and *ensemble total − Σ steps*"
-    " (the ensemble's `success` − its `queue` − every step's queue and compute) can come out below zero: the"
-    " hand-offs are inside the steps' `compute_output`. The ensemble's own `compute_*` are the sums of its"
-    " steps'. *gRPC both ways + front end* = the client's RPC time − the ensemble's `success`. *Traces*"
-    " (`--trace-config level=TIMESTAMPS`, one request at a time, the client's stamps on the same"
-    " CLOCK_MONOTONIC): consecutive timestamps, so nothing overlaps and the rows add up to the wall time;"
-    " they split the gRPC part into the way there and the way back. Under the mixed load a step's"
-    " `compute_infer` per request is its whole batch's (the dynamic batcher merges requests), so the"
-    " in-process split is shown for single queries only; the throughput line compares the encoder's busy"
-    " time with the same requests' ONNX Runtime time instead."
-)
-
-
-def markdown(res: dict, args: argparse.Namespace, tables: dict[str, str]) -> str:
-    s, load, gw = res["single"], res["load"], res.get("gateway")
-    inp = s["inproc"]["total"]
-    head = "| one short query at a time | mean ms | P50 ms | P99 ms |\n|---|---:|---:|---:|\n"
-    for label, v in (
-        ("Triton over gRPC: the timed client path (the budget below)", s["wall"]),
-        ("Triton over gRPC: `EmbeddingClient.encode`, the same queries", s["encode_wall"]),
-        ("in-process: our tokenizer + ONNX Runtime, the same queries", inp),
-    ):
-        head += f"| {label} | {v['mean']:.2f} | {v['p50']:.2f} | {v['p99']:.2f} |\n"
-    head += (
-        f"| **added by serving** (timed path − in-process) | **{s['wall']['mean'] - inp['mean']:+.2f}**"
-        f" | **{s['wall']['p50'] - inp['p50']:+.2f}** | |\n"
-        f"| **added by serving** (`EmbeddingClient.encode` − in-process) | **{s['encode_wall']['mean'] - inp['mean']:+.2f}**"
-        f" | **{s['encode_wall']['p50'] - inp['p50']:+.2f}** | |\n"
-    )
-    floor = s.get("floor") or {}
-    for model, label in (
-        (FLOOR_TWO, "an ensemble of two pass-through Python steps"),
-        (FLOOR_ONE, "one pass-through Python step"),
-    ):
-        if model in floor:
-            v = floor[model]
-            head += (
-                f"| machine floor: {label} over gRPC, busy as long as ORT"
-                f" (wall − busy; `tembed_bench.floor`) | {v['mean']:.2f} | {v['p50']:.2f} | {v['p99']:.2f} |\n"
-            )
-    if FLOOR_TWO in floor:
-        two = floor[FLOOR_TWO]
-        ours = {k: s["wall"][k] - inp[k] - two[k] for k in ("mean", "p50")}
-        if min(ours.values()) < 0:  # the floor is not a tight bound: say so rather than print a negative share
-            head += (
-                "| **ours**: added by serving − the two-step floor | ≤ 0 | ≤ 0 | the whole added time lies within"
-                " what two do-nothing Python steps cost here |\n"
-            )
-        else:
-            head += f"| **ours**: added by serving − the two-step floor | **{ours['mean']:+.2f}** | **{ours['p50']:+.2f}** | |\n"
-    if gw:
-        head += (
-            "| **added by the gateway** over direct gRPC (httpx → gateway vs `AsyncEmbeddingClient`, alternated)"
-            f" | **{gw['added']['mean']:+.2f}** | **{gw['added']['p50']:+.2f}** | {gw['added']['p99']:+.2f} |\n"
-        )
-    io, ens = load["inproc_seconds"], load["stats"][res["ensemble"]]
-    enc = next(v for k, v in load["stats"].items() if step_label(res["ensemble"], k) == "encoder")
-    served, ceiling = load["tokens"] / load["seconds"], load["tokens"] / (io["tokenize"] + io["ort"])
-    thr = (
-        f"Mixed load: {load['texts']} texts in {load['requests']} requests, {load['tokens']} tokens in"
-        f" {load['seconds']:.1f} s = **{served:.0f} tokens/s** through Triton against **{ceiling:.0f}** in-process"
-        f" (tokenizer {io['tokenize']:.1f} s + ORT {io['ort']:.1f} s, one request at a time): **{served / ceiling:.2f}×**."
-        f" The encoder was busy {enc.busy_ns / 1e9:.1f} s of the {load['seconds']:.1f} s ({enc.executions} executions"
-        f" for {enc.count} requests) against {io['ort']:.1f} s of ORT in-process for the same requests; the"
-        f" ensemble held a request {ens.ms('success', ens.count):.0f} ms on average, the client waited"
-        f" {load['wall']['mean']:.0f} ms (P50 {load['wall']['p50']:.0f})."
-    )
-    traced = ""
-    if "timeline" in tables:
-        traced = (
-            f"### One query along its own clock (Triton's traces, {res['traced']} queries)\n\n"
-            f"{tables['timeline']}\n(The traced pass's wall time includes tracing's own cost; the statistics"
-            " below come from the untraced pass.)\n\n"
-        )
-    notes = "".join(f"- {n}\n" for n in res["notes"])
-    return (
-        f"{START}\n## Latency budget: where each millisecond goes (`make budget`)\n\n"
-        f"`python -m tembed_bench.budget{' --quick' if args.quick else ''}` on {os.cpu_count()} cores"
-        f" ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d %H:%M')}, multilingual-e5-small,"
-        f" ORT threads = {args.threads}, client and server on the same machine. (a) {s['requests']} single short"
-        " queries, each sent through the timed client path, through `EmbeddingClient.encode` and run in-process,"
-        f" interleaved; (b) the mixed load of `tembed_bench.compare` ({load['texts']} texts in requests of"
-        f" {args.batch}, {args.concurrency} in flight), served from the repository as `tembed export` writes it."
-        " Server parts are Triton's own statistics (read around each"
-        " timed call; over the whole mixed load) and traces; the client's pieces are timed in the client; the"
-        " in-process rows run our tokenizer and ONNX Runtime encoder in the bench process on the same inputs."
-        " Means add up, medians do not: the budget is in means.\n\n"
-        + notes
-        + "\n"
-        + head
-        + "\n![latency budget](budget.png)\n\n"
-        + traced
-        + "### From Triton's per-model statistics\n\n"
-        + tables["stats"]
-        + "\nCPU by process (Linux /proc; c=1: over the timed calls only):\n\n"
-        + tables["cpu"]
-        + "\n"
-        + thr
-        + "\n\n"
-        + MAPPING
-        + "\n"
-        + END
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small counts: checks that it works (well under a minute)")
+    ap.add_argument("--quick", action="store_true", help="small counts: checks that it works; the doc is left alone")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="ORT intra-op threads")
     ap.add_argument("--queries", type=int, default=200, help="single short queries")
     ap.add_argument("--traced", type=int, default=100, help="of which sent again with Triton's tracing on (0: none)")
@@ -842,13 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight under load")
     ap.add_argument("--no-gateway", action="store_true", help="skip the gateway's added time")
     ap.add_argument("--no-floor", action="store_true", help="skip the machine's floor (tembed_bench.floor)")
-    ap.add_argument(
-        "--profile-gateway",
-        action="store_true",
-        help="then the single queries through the gateway again under py-spy; top functions into the doc",
-    )
-    ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
-    ap.add_argument("--doc", type=Path, default=systems.ROOT / "docs" / "BENCHMARKS.md")
+    ap.add_argument("--profile-gateway", action="store_true", help="then the gateway again under py-spy")
     args = ap.parse_args(argv)
     if args.quick:
         args.queries, args.traced, args.load_texts = (
@@ -859,63 +616,49 @@ def main(argv: list[str] | None = None) -> int:
     from tritonclient.grpc import InferenceServerClient
 
     from tembed_client import EmbeddingClient
-    from tembed_serving.supervisor import TritonServer
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
+    work = servers.WORK
+    repo = servers.export_repo(work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
     queries = [[q] for q in data.short_queries(args.queries)]
     load_reqs = data.requests(data.mixed(args.load_texts), args.batch)
-    tokens = token_counts(repo, [i for r in load_reqs for i in r])
-    warm = 3 if args.quick else 10
     inproc = InProcess(repo, args.threads)
-    trace_file = args.work / "budget-trace.json"
+    tokens = {i.text: inproc.raw.tokens([i]) for r in load_reqs for i in r}
+    warm = 3 if args.quick else 10
+    trace_file = work / "budget-trace.json"
     for old in trace_file.parent.glob(trace_file.name + "*"):
         old.unlink()
     # The trace file is fixed at start (not settable over the network); tracing stays off until asked.
     trace_args = [f"--trace-config=triton,file={trace_file}", "--trace-config=level=OFF"]
     res: dict = {"notes": []}
     stamps: list = []
-    floor_repo = args.work / "floor-repo"
     with contextlib.ExitStack() as stack:
-        srv = stack.enter_context(
-            TritonServer.on_free_ports(repo, log_file=args.work / "tritonserver-budget.log", extra_args=trace_args)
-        )
-        stats = InferenceServerClient(srv.grpc_url)
-        plain = EmbeddingClient(srv.grpc_url)
+        srv = stack.enter_context(servers.triton(repo, extra_args=trace_args))
+        stats = stack.enter_context(contextlib.closing(InferenceServerClient(srv.grpc_url)))
+        plain = stack.enter_context(EmbeddingClient(srv.grpc_url))
         info = plain.model_info()
         floor = None
         if not args.no_floor:  # the same tritonserver and launcher, a repository of its own
-            floor_repo.mkdir(parents=True, exist_ok=True)
-            write_floor_repo(floor_repo, info.dimension)
-            floor_srv = stack.enter_context(
-                TritonServer.on_free_ports(floor_repo, log_file=args.work / "tritonserver-floor.log")
-            )
-            floor = FloorClient(floor_srv.grpc_url)
-            stack.callback(floor.close)
+            floor_srv = stack.enter_context(servers.triton(write_floor_repo(work / "floor-repo", info.dimension)))
+            floor = stack.enter_context(contextlib.closing(FloorClient(floor_srv.grpc_url)))
         res["ensemble"] = info.name
         steps = ensemble_steps(stats, info.name)
-        timed = TimedClient(srv.grpc_url, info)
+        timed = stack.enter_context(contextlib.closing(TimedClient(srv.grpc_url, info)))
         counters = Counters(stats, srv.proc.pid)
-        try:
-            res["single"] = single_queries(timed, plain, inproc, counters, queries, warm, floor)
-            if args.traced:
-                stamps = traced_queries(timed, stats, srv.admin_key, queries[: args.traced])
-            for r in load_reqs[:2]:  # warm the long-text shapes too
-                timed.embed(r)
-            res["load"] = mixed_load(timed, inproc, counters, load_reqs, tokens, args.concurrency)
-            if not args.no_gateway:
-                profile = args.work / "gateway-pyspy.txt" if args.profile_gateway else None
-                res["gateway"] = gateway_run(srv.grpc_url, info.name, queries, warm, profile)
-                if profile is not None:
-                    from .pyspy import top
+        res["single"] = single_queries(timed, plain, inproc, counters, queries, warm, floor)
+        if args.traced:
+            stamps = traced_queries(timed, stats, srv.admin_key, queries[: args.traced])
+        for r in load_reqs[:2]:  # warm the long-text shapes too
+            timed.embed(r)
+        res["load"] = mixed_load(timed, inproc, counters, load_reqs, tokens, args.concurrency)
+        if not args.no_gateway:
+            profile = work / "gateway-pyspy.txt" if args.profile_gateway else None
+            res["gateway"] = gateway_run(srv.grpc_url, info.name, queries, warm, profile)
+            if profile is not None:
+                from .pyspy import RATE, top
 
-                    res["gateway_profile"] = top(profile, root=systems.ROOT)
-        finally:
-            timed.close()
-            plain.close()
-            stats.close()
+                res["gateway_profile"] = top(profile, root=servers.ROOT)
+                res["gateway_profile"] |= {"rate": RATE, "requests": res["gateway"]["profile_rounds"] * len(queries)}
     # Triton writes the traces when it stops (log_frequency 0: no file I/O while measuring).
-
     s, load = res["single"], res["load"]
     if s["min_cosine"] < 0.999:
         res["notes"].append(f"the timed path's vectors differ from in-process: min cosine {s['min_cosine']:.4f}")
@@ -923,127 +666,69 @@ def main(argv: list[str] | None = None) -> int:
         counts = {k: v.count for k, v in run["stats"].items()}
         if len(set(counts.values())) > 1:
             res["notes"].append(f"per-model request counts differ (rejected or stray requests?): {counts}")
-    load_avg = os.getloadavg()[0]
-    res["notes"].append(
-        f"**Provisional**: load average {load_avg:.1f} on {os.cpu_count()} cores when done (other work shares"
-        " them); rerun on a quiet machine before quoting a number."
-        if load_avg > 0.5 * (os.cpu_count() or 1)
-        else f"Load average when done: {load_avg:.1f}."
-    )
     tok_ms, ort_ms = s["inproc"]["tokenize"]["mean"], s["inproc"]["ort"]["mean"]
-    inproc_split = {"tokenizer": ("tokenize", tok_ms), "encoder": ("ONNX Runtime", ort_ms)}
+    inproc_of = {"tokenizer": ("tokenize", tok_ms), "encoder": ("ONNX Runtime", ort_ms)}
     c1, mixed = "c=1 query", f"mixed load x{args.concurrency}"
-    stat_parts = {
-        c1: budget_parts(s["client_ms"], s["stats"], info.name, steps, inproc_split),
+    parts = {
+        c1: budget_parts(s["client_ms"], s["stats"], info.name, steps, inproc_of),
         mixed: budget_parts(load["client_ms"], load["stats"], info.name, steps),
     }
-    tables = {
-        "stats": table(stat_parts, {c1: s["wall"]["mean"], mixed: load["wall"]["mean"]}),
-        "cpu": cpu_table(s, load, res.get("gateway")),
-    }
-    single_bar = stat_parts[c1]
+    encoder = next(v for k, v in load["stats"].items() if step_label(info.name, k) == "encoder")
+    load["encoder_busy_s"], load["encoder_executions"] = encoder.busy_ns / 1e9, encoder.executions
+    single_bar = parts[c1]
     matched = match_traces(read_traces(trace_file), stamps) if stamps else []
     if stamps and len(matched) < len(stamps):
         res["notes"].append(f"{len(stamps) - len(matched)} of {len(stamps)} traced queries had no usable trace")
     if matched:
-        runs = [timeline(t, c, info.name) for t, c in matched]
-        mean, medians = mean_parts(runs)
-        res["traced"], res["timeline"] = len(matched), [asdict(p) for p in mean]
-        tables["timeline"] = timeline_table(mean, medians)
-        # The bar: the traced timeline, its tokenizer and encoder stubs split with the in-process times.
+        mean, medians = mean_parts([timeline(t, c, info.name) for t, c in matched])
+        res["timeline"] = {"n": len(matched), "mean": [asdict(p) for p in mean], "p50": medians}
+        # The bar: the traced timeline, its tokenizer and encoder stubs split with the in-process times,
+        # clamped: the in-process run can be the slower one; the bar then shows no stub overhead.
         single_bar = []
-        inproc_of = {"tokenizer": ("tokenize", tok_ms), "encoder": ("ONNX Runtime", ort_ms)}
         for p in mean:
             step = p.name.split(":")[0]
             if p.name.endswith(": stub (compute_infer)") and step in inproc_of:
-                # Clamped: the in-process run (another process, another pass) can be the slower one; the
-                # bar then shows no stub overhead rather than a negative one, and still adds up.
                 what, ms = inproc_of[step]
-                single_bar += [Part(step, f"{what} (in-process time)", min(ms, p.ms))]
+                single_bar.append(Part(step, f"{what} (in-process time)", min(ms, p.ms)))
                 p = Part(step, f"{step}: stub overhead", max(p.ms - ms, 0.0))
             single_bar.append(p)
     bars = {
-        "in-process\n(tokenizer + ORT)": [
-            Part("tokenizer", "tokenize (in-process time)", tok_ms),
-            Part("encoder", "ONNX Runtime (in-process time)", ort_ms),
-        ],
+        "in-process\n(tokenizer + ORT)": [Part("tokenizer", "tokenize (in-process time)", tok_ms),
+                                          Part("encoder", "ONNX Runtime (in-process time)", ort_ms)],
         "Triton over gRPC" + ("\n(traced timeline)" if matched else "\n(statistics)"): single_bar,
-    }
+    }  # fmt: skip
     if "gateway" in res:
         added = Part("gateway", "gateway + HTTP client (added)", res["gateway"]["added"]["mean"])
         bars["via the gateway\n(OpenAI HTTP API)"] = [*single_bar, added]
-    # What serving adds, with the in-process work taken out: the parts the issue's 1 ms is about.
+    # What serving adds, with the in-process work taken out.
     added_bars = {
         k: [p for p in v if "(in-process time)" not in p.name] for k, v in bars.items() if "in-process" not in k
     }
-    n, io = load["requests"], load["inproc_seconds"]
     if FLOOR_TWO in s.get("floor", {}):
         added_bars["machine floor\n(2 pass-through\nPython steps)"] = [
             Part("machine", "gRPC + Triton + 2 Python steps", s["floor"][FLOOR_TWO]["mean"])
         ]
+    n, io = load["requests"], load["inproc_seconds"]
     load_bars = {
-        "in-process,\none at a time": [
-            Part("tokenizer", "tokenize", io["tokenize"] * 1e3 / n),
-            Part("encoder", "ONNX Runtime", io["ort"] * 1e3 / n),
-        ],
-        f"Triton,\n{args.concurrency} in flight": stat_parts[mixed],
+        "in-process,\none at a time": [Part("tokenizer", "tokenize", io["tokenize"] * 1e3 / n),
+                                       Part("encoder", "ONNX Runtime", io["ort"] * 1e3 / n)],
+        f"Triton,\n{args.concurrency} in flight": parts[mixed],
+    }  # fmt: skip
+    as_dicts = lambda bs: {k: [asdict(p) for p in v] for k, v in bs.items()}  # noqa: E731
+    res["bars"] = {
+        "one short query at a time": as_dicts(bars),
+        "…of which serving adds (in-process work taken out)": as_dicts(added_bars),
+        f"mixed load, {args.concurrency} in flight": as_dicts(load_bars),
     }
-    for name, text in tables.items():
-        print(f"\n{name}:\n{text}")
-    write_doc(args.doc, markdown(res, args, tables), START, END)
-    plot(
-        [
-            ("one short query at a time", bars),
-            ("…of which serving adds (in-process work taken out)", added_bars),
-            (f"mixed load, {args.concurrency} in flight", load_bars),
-        ],
-        args.doc.with_name("budget.png"),
-    )
-    if "gateway_profile" in res:
-        rounds = res["gateway"]["profile_rounds"]
-        write_doc(
-            args.doc, profile_markdown(res["gateway_profile"], res["gateway"], rounds * len(queries)), PSTART, PEND
-        )
-    out = {k: v for k, v in res.items() if k not in ("single", "load")}
+    res["parts"] = as_dicts(parts)
     for k in ("single", "load"):
-        out[k] = {**res[k], "stats": {m: asdict(v) for m, v in res[k]["stats"].items()}}
-    out["parts"] = {r: [asdict(p) for p in ps] for r, ps in stat_parts.items()}
-    print(json.dumps(out))
+        res[k] = {**res[k], "stats": {m: asdict(v) for m, v in res[k]["stats"].items()}}
+    rec = json.loads(json.dumps(res, default=str))
+    record.write("budget", rec, quick=args.quick, args=vars(args))
+    print(render.section("budget", record.latest("budget", quick=True)))
+    if not args.quick:
+        render.main(["budget"])
     return 0
-
-
-PSTART, PEND = "<!-- gateway-profile:start -->", "<!-- gateway-profile:end -->"
-
-
-def profile_markdown(prof: dict, gw: dict, requests: int) -> str:
-    from .pyspy import RATE, WAITS
-
-    busy = max(prof["busy"], 1)
-
-    def rows(items: list[tuple[str, int]]) -> str:
-        return "".join(f"| `{name}` | {100 * k / busy:.1f} |\n" for name, k in items)
-
-    # Frames on (nearly) every sample are the server's own loop: they say nothing about a request.
-    inclusive = [(f, k) for f, k in prof["inclusive"] if k < 0.9 * busy]
-    per_request = prof["busy"] / RATE * 1e3 / max(requests, 1)
-    waits = ", ".join(f"`{w}`" for w in WAITS)
-    return (
-        f"{PSTART}\n### The gateway's per-request CPU under py-spy (`python -m tembed_bench.budget --profile-gateway`)\n\n"
-        f"{time.strftime('%Y-%m-%d %H:%M')}, load average {os.getloadavg()[0]:.1f}: the budget's single queries sent"
-        f" through the gateway again, {requests} requests one at a time, with `py-spy record --nonblocking`"
-        f" attached. {prof['samples']} samples, of which {prof['idle']} waiting ({waits} on top) are left out;"
-        f" the other {prof['busy']} = {per_request:.2f} ms per request, against {gw['gateway_cpu_ms_per_request']:.2f}"
-        " ms of CPU per request measured (/proc, without py-spy; it also counts native work: grpc's C core,"
-        " httptools, the kernel's socket calls). On a machine busier than its cores, a thread waiting for a core"
-        " is sampled where it was preempted, so the shares below are fair only when the two figures agree."
-        " Share of the busy samples:\n\n| package (self) | % |\n|---|---:|\n"
-        + rows(prof["packages"][:12])
-        + "\n| function (self) | % |\n|---|---:|\n"
-        + rows(prof["self"][:20])
-        + "\n| function, anywhere in the stack (inclusive) | % |\n|---|---:|\n"
-        + rows(inclusive[:20])
-        + PEND
-    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tembed_client.contract import INPUT_TYPE
+
 ONE, TWO, STEP = "floor-one", "floor-two", "floor-step"
 
 _MODEL_PY = '''"""A bench fixture (tembed_bench.floor): pass the text on, or keep busy for wait_us and answer zeros."""
@@ -56,7 +58,7 @@ def _step_config(name: str, dim: int) -> str:
 backend: "python"
 max_batch_size: 0
 input {{ name: "text" data_type: TYPE_STRING dims: -1 }}
-input {{ name: "input_type" data_type: TYPE_STRING dims: 1 optional: true }}
+input {{ name: "{INPUT_TYPE}" data_type: TYPE_STRING dims: 1 optional: true }}
 input {{ name: "wait_us" data_type: TYPE_INT32 dims: 1 optional: true }}
 output {{ name: "text_out" data_type: TYPE_STRING dims: -1 }}
 output {{ name: "embedding" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
@@ -69,13 +71,13 @@ _ENSEMBLE = f"""name: "{TWO}"
 platform: "ensemble"
 max_batch_size: 0
 input {{ name: "text" data_type: TYPE_STRING dims: -1 }}
-input {{ name: "input_type" data_type: TYPE_STRING dims: 1 }}
+input {{ name: "{INPUT_TYPE}" data_type: TYPE_STRING dims: 1 }}
 input {{ name: "wait_us" data_type: TYPE_INT32 dims: 1 }}
 output {{ name: "embedding" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
 ensemble_scheduling {{
   step {{
     model_name: "{STEP}" model_version: -1
-    input_map {{ key: "text" value: "text" }} input_map {{ key: "input_type" value: "input_type" }}
+    input_map {{ key: "text" value: "text" }} input_map {{ key: "{INPUT_TYPE}" value: "{INPUT_TYPE}" }}
     output_map {{ key: "text_out" value: "passed" }}
   }}
   step {{
@@ -123,7 +125,7 @@ class FloorClient:
     def inputs(self, texts: list[str], input_type: str, wait_s: float) -> list:
         return [
             self._input("text", np.array([s.encode() for s in texts], dtype=np.object_), "BYTES"),
-            self._input("input_type", np.array([input_type.encode()], dtype=np.object_), "BYTES"),
+            self._input(INPUT_TYPE, np.array([input_type.encode()], dtype=np.object_), "BYTES"),
             self._input("wait_us", np.array([round(wait_s * 1e6)], dtype=np.int32), "INT32"),
         ]
 

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import data, systems
+from tembed_client.contract import INPUT_TYPE
 
-DEPS = systems.ROOT / ".cache" / "perf-deps"
+from . import data, servers
+
+DEPS = servers.ROOT / ".cache" / "perf-deps"
 COLUMNS = ("Concurrency", "Inferences/Second", "p50 latency", "p90 latency", "p95 latency", "p99 latency")
 
 
@@ -61,7 +63,7 @@ def input_data(path: Path, n: int = 400, batch: int = 4, seed: int = 0) -> Path:
         entries.append(
             {
                 "text": {"content": [t.text for t in chunk], "shape": [len(chunk)]},
-                "input_type": {"content": [chunk[0].input_type], "shape": [1]},
+                INPUT_TYPE: {"content": [chunk[0].input_type], "shape": [1]},
             }
         )
     path.write_text(json.dumps({"data": entries}, ensure_ascii=False), encoding="utf-8")
@@ -101,14 +103,14 @@ def sweep(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="gRPC url of a running server (default: start one on free ports)")
-    ap.add_argument("--model", default=systems.MODEL)
+    ap.add_argument("--model", default=servers.MODEL)
     ap.add_argument("--concurrency", default="1,2,4,8,16")
     ap.add_argument("--window-ms", type=int, default=10000, help="perf_analyzer --measurement-interval")
     ap.add_argument("--percentile", type=int, default=99, help="latency percentile used for stability")
     ap.add_argument("--stability", type=int, default=500, help="perf_analyzer --stability-percentage")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
-    ap.add_argument("--out", type=Path, default=systems.ROOT / "docs" / "perf_analyzer.csv")
+    ap.add_argument("--work", type=Path, default=servers.ROOT / ".cache" / "bench")
+    ap.add_argument("--out", type=Path, default=servers.ROOT / "docs" / "perf_analyzer.csv")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,10 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         url = args.url
         if url is None:
-            repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
-            from tembed_serving.supervisor import TritonServer
-
-            url = stack.enter_context(TritonServer.on_free_ports(repo, log_file=args.work / "perf-server.log")).grpc_url
+            repo = servers.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
+            url = stack.enter_context(servers.triton(repo, args.work / "perf-server.log")).grpc_url
         out = sweep(url, args.model, data_file, args.out, levels, args.window_ms, args.percentile, args.stability)
     print(out.read_text())
     return 0

@@ -4,20 +4,23 @@
 The model is all-MiniLM-L6-v2's trained encoder under a one-label classification head initialised
 at random with a fixed seed: a cross-encoder of MiniLM size whose speed is a real one and whose scores
 mean nothing (its README says random-weight). Built offline from ``fixtures/all-minilm-l6-v2``.
+
+    python -m tembed_bench rerank            # make bench-rerank: about 2-3 minutes on 2 cores
+    python -m tembed_bench rerank --quick    # a quick look
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tembed_serving.profile import ModelProfile
+
+from . import record, render, servers, stats
 from .data import DATA
-from .systems import ROOT
 
 SOURCE = "all-minilm-l6-v2"
 WEIGHTS = "model.safetensors"
@@ -28,7 +31,7 @@ README = (
 )
 
 
-def build_cross_encoder(out: Path, *, seed: int = 0, fixtures: Path = ROOT / "fixtures") -> Path:
+def build_cross_encoder(out: Path, *, seed: int = 0, fixtures: Path = servers.FIXTURES) -> Path:
     """A MiniLM cross-encoder folder that both ``CrossEncoder`` (offline) and ``export_model`` read."""
     out = Path(out)
     if (out / WEIGHTS).is_file():
@@ -105,73 +108,66 @@ class InProcess:
         return np.asarray(scores, dtype=np.float32)
 
 
-@dataclass
-class Stats:
-    system: str
-    calls: int
-    pairs_per_s: float  # median over rounds of (pairs scored / wall time of the round)
-    pairs_per_s_rounds: list[float]
-    p50_ms: float
-    p99_ms: float
-    tokens_per_s: float
+NAME = "minilm-cross-encoder"
 
 
-def interleaved(
-    systems: dict[str, Callable[[], object]], *, pairs: int, tokens: int, rounds: int, calls: int
-) -> dict[str, Stats]:
-    """``rounds`` rounds; in each, every system makes ``calls`` back-to-back calls, in alternating
-    order from round to round (A B, B A, ...), so load from elsewhere hits both alike."""
-    lat: dict[str, list[float]] = {k: [] for k in systems}
-    tput: dict[str, list[float]] = {k: [] for k in systems}
-    names = list(systems)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t_round = time.perf_counter()
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                systems[name]()
-                lat[name].append(time.perf_counter() - t0)
-            tput[name].append(pairs * calls / (time.perf_counter() - t_round))
-    out = {}
-    for name in names:
-        ms = np.asarray(lat[name]) * 1e3
-        median = float(np.median(tput[name]))
-        out[name] = Stats(
-            system=name,
-            calls=len(ms),
-            pairs_per_s=round(median, 2),
-            pairs_per_s_rounds=[round(x, 2) for x in tput[name]],
-            p50_ms=round(float(np.percentile(ms, 50)), 1),
-            p99_ms=round(float(np.percentile(ms, 99)), 1),
-            tokens_per_s=round(median * tokens / pairs),
-        )
-    return out
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads = torch threads (%(default)s)")
+    ap.add_argument("--passages", type=int, default=100)
+    ap.add_argument("--tokens", type=int, default=200, help="word pieces per passage")
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds (A B, B A, ...)")
+    ap.add_argument("--calls", type=int, default=3, help="calls per system and round")
+    ap.add_argument("--batch-size", type=int, default=32, help="CrossEncoder.predict batch_size (its default: 32)")
+    ap.add_argument(
+        "--max-texts",
+        type=int,
+        default=ModelProfile.max_texts,
+        help="server's documents per request (export's default)",
+    )
+    ap.add_argument("--quick", action="store_true", help="2 rounds x 1 call, 20 passages; the doc is left alone")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.calls, args.passages = 2, 1, min(args.passages, 20)
+    from tembed.pipeline import ExportOptions, export_model
+    from tembed.repository import ServingOptions
+    from tembed_serving.contract import Layout
 
+    folder = build_cross_encoder(servers.WORK / NAME)
+    repo = servers.WORK / f"rerank-repo-t{args.threads}-m{args.max_texts}"
+    if not Layout(repo, NAME).onnx_file.is_file():
+        serving = ServingOptions(intra_op_threads=args.threads)
+        result = export_model(folder, repo, ExportOptions(name=NAME, max_texts=args.max_texts, serving=serving))
+        assert result.profile.task == "rerank", result.profile.task
+    query, docs = workload(folder / "tokenizer.json", args.passages, args.tokens)
+    theirs = InProcess(folder, threads=args.threads, batch_size=args.batch_size)
+    with servers.triton(repo) as srv:
+        ours = Served(srv.grpc_url, NAME)
+        # Same weights, same pairs: the scores must agree (ONNX vs PyTorch float32) before any timing.
+        max_diff = float(np.abs(ours(query, docs) - theirs(query, docs)).max())
+        if max_diff > 1e-4:
+            raise SystemExit(f"scores differ by {max_diff:.2e}: not the same model or tokenization")
+        tokens = int(ours.token_counts(query, docs).sum())
+        lat: dict[str, list[float]] = {ours.name: [], theirs.name: []}
+        rates: dict[str, list[float]] = {ours.name: [], theirs.name: []}
 
-def round_ratios(stats: dict[str, Stats], ours: str, theirs: str) -> list[float]:
-    """ours / theirs within each round: both sides of a round ran seconds apart, under the same load."""
-    return [round(a / b, 3) for a, b in zip(stats[ours].pairs_per_s_rounds, stats[theirs].pairs_per_s_rounds)]
+        def share(system, r: int) -> None:
+            got, wall = stats.drive(lambda _: system(query, docs), range(args.calls))
+            lat[system.name] += got
+            rates[system.name].append(len(docs) * args.calls / wall)
 
-
-def markdown(stats: dict[str, Stats], ours: str, theirs: str, target: float = 0.9) -> list[str]:
-    lines = [
-        "| system | pairs/s (median of rounds) | per call (100 pairs) P50 / P99 ms | tokens/s | calls |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for s in stats.values():
-        lines.append(
-            f"| {s.system} | {s.pairs_per_s:.1f} | {s.p50_ms:.0f} / {s.p99_ms:.0f} | {s.tokens_per_s:,.0f} | {s.calls} |"
-        )
-    ratio = stats[ours].pairs_per_s / stats[theirs].pairs_per_s
-    per_round = round_ratios(stats, ours, theirs)
-    verdict = "met" if ratio >= target else "missed"
-    lines += [
-        "",
-        f"ours / in-process throughput: **{ratio:.2f}** (target ≥ {target}: {verdict}); "
-        f"per round: median {np.median(per_round):.2f}, min {min(per_round):.2f}, max {max(per_round):.2f}",
-    ]
-    return lines
-
-
-def results_json(stats: dict[str, Stats]) -> list[dict]:
-    return [asdict(s) for s in stats.values()]
+        stats.rounds({s.name: (lambda r, s=s: share(s, r)) for s in (ours, theirs)}, args.rounds)
+    results = {
+        k: {"pairs_per_s": float(np.median(rates[k])), "rounds": rates[k], "latency_ms": stats.summary(lat[k])}
+        | {"tokens_per_s": float(np.median(rates[k])) * tokens / len(docs)}
+        for k in lat
+    }
+    ratio = stats.ratio(rates[ours.name], rates[theirs.name])
+    ratio["overall"] = results[ours.name]["pairs_per_s"] / results[theirs.name]["pairs_per_s"]
+    numbers = {"results": results, "ratio": ratio, "pairs": len(docs), "tokens_per_call": tokens}
+    numbers |= {"max_texts": ours.max_texts, "max_abs_score_diff": max_diff}
+    record.write("rerank", numbers, quick=args.quick, args=vars(args))
+    print(render.section("rerank", record.latest("rerank", quick=True)))
+    if not args.quick:
+        render.main(["rerank"])
+    return 0

@@ -278,7 +278,7 @@ def markdown(result: dict[str, Any], command: str, date: str, limits: str) -> li
         f"Bytes per vector on the wire (mean over the {wire_task} documents; uint8/ubinary are int8/binary + 128): "
         "the gRPC output tensor, the gateway's JSON `embedding` array (`encoding_format` float: numbers, "
         "integers for the compact types) and its base64 string (`encoding_format` base64: float32 or the "
-        "compact bytes). `python bench/compact_wire.py --model-repository REPO` measures whole responses.",
+        "compact bytes). `python bench/experiments/compact_wire.py --model-repository REPO` measures whole responses.",
         "",
         "| embedding_type | gRPC tensor | JSON array | base64 |",
         "|---|---:|---:|---:|",

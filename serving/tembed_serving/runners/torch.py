@@ -2,7 +2,7 @@
 
 It runs the same ``EmbeddingModel`` that is exported to ONNX and used as the reference, so a served
 vector differs from the reference only by dtype and attention kernel. The encoder model (runner
-``torch``) and ``bench/gpu_bench.py`` both call this class.
+``torch``) and ``python -m tembed_bench gpu`` both call this class.
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """Soak: two Triton replicas and one gateway, separate processes, under saturation for N minutes, with one
 replica killed (kill -9) and started again in the middle.
 
-    make soak                                   # 10 minutes (SOAK_MINUTES), multilingual-e5-small
-    python bench/soak.py --minutes 2            # a short trial
-    python bench/soak.py --repo model_repository --workers 8 --out .cache/soak.md
+    make soak                                          # 10 minutes (SOAK_MINUTES), multilingual-e5-small
+    python -m tembed_bench soak --minutes 2            # a short trial
+    python -m tembed_bench soak --repo model_repository --workers 8 --out .cache/soak.md
 
 Each replica is ``python -m tembed_serving.supervisor`` (the supervised launcher: its own process, its
 tritonserver and Python stubs); the gateway is ``python -m tembed_gateway --triton A --triton B``. Workers
 call the gateway with the real ``openai`` client (``max_retries=0``: every failure counts), mixing short and
 long texts; with a reranker in the repository, one request in ten goes to ``/v1/rerank``. Prints a line a
 minute and, at the end, a Markdown table per minute (requests, errors, throughput, P50/P99 latency) and the
-resident memory of every process at the start and the end; writes both to ``--out``. Exits 1 if any
-request failed.
+resident memory of every process at the start and the end; writes both to ``--out`` and a record
+(tembed_bench.record). Exits 1 if any request failed.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import procs, record
+from .stats import summary
+
+ROOT = record.ROOT
 SHORT = [
     "北京是中华人民共和国的首都。",
     "如何在家里做一杯好喝的咖啡？",
@@ -44,33 +46,6 @@ SHORT = [
 LONG = "检索增强生成把向量数据库召回的段落交给大模型，再由模型生成回答。" * 10
 LONG_SHARE = 0.2  # of embedding requests: 4 long passages; the rest 1-8 short texts
 RERANK_SHARE = 0.1  # of requests, when the repository has a reranker
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return sorted(found)
 
 
 class Replica:
@@ -113,9 +88,9 @@ class Replica:
         yield f"{name}: supervisor (python)", self.proc.pid
         from tembed_serving.supervisor import python_stubs
 
-        for child in children(self.proc.pid):
-            if not command(child).endswith("tritonserver"):
-                yield f"{name}: watchdog ({Path(command(child)).name})", child
+        for child in procs.children(self.proc.pid):
+            if procs.label(child) != "tritonserver":
+                yield f"{name}: watchdog ({procs.label(child)})", child
                 continue
             yield f"{name}: tritonserver", child
             for pid, model in sorted(python_stubs(child).items(), key=lambda x: x[1]):
@@ -126,13 +101,13 @@ class Replica:
         (they die with it: PR_SET_PDEATHSIG, and stubs that lose their server exit), and the roles of
         those still alive after ``wait_s``, which are then killed."""
         assert self.proc is not None
-        procs = list(self.processes())
+        started = list(self.processes())
         t = time.monotonic()
         self.proc.kill()
         self.proc.wait()
 
         def alive() -> list[tuple[str, int]]:
-            return [(role, p) for role, p in procs if state(p) != "Z"]
+            return [(role, p) for role, p in started if procs.state(p) != "Z"]
 
         while alive() and time.monotonic() - t < wait_s:
             time.sleep(0.05)
@@ -150,14 +125,6 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def state(pid: int) -> str:
-    """The process' state letter; "Z" for a zombie or a process that is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "Z"
 
 
 @dataclass
@@ -275,7 +242,7 @@ def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int |
     for k in sorted(rows):
         got = rows[k]
         span = bucket_s if last is not None else min(bucket_s, max(o.end for o in got) - t0 - k * bucket_s)
-        lat = np.array([o.seconds for o in got]) * 1000
+        lat = summary([o.seconds for o in got])
         end = round((k + 1) * bucket_s)
         table.append(
             {
@@ -284,8 +251,8 @@ def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int |
                 "errors": sum(o.error is not None for o in got),
                 "rerank": sum(o.route == "rerank" for o in got),
                 "req_s": len(got) / max(span, 1e-9),
-                "p50_ms": float(np.percentile(lat, 50)),
-                "p99_ms": float(np.percentile(lat, 99)),
+                "p50_ms": lat["p50"],
+                "p99_ms": lat["p99"],
             }
         )
     return table
@@ -294,7 +261,7 @@ def minute_rows(outcomes: list[Outcome], t0: float, bucket_s: float, last: int |
 def processes_rss(processes: Iterable[tuple[str, int]]) -> dict[str, float]:
     rss: dict[str, float] = {}
     for role, pid in processes:
-        mib = rss_mib(pid)
+        mib = procs.rss_mib(pid)
         if mib is not None:
             # Several stubs of one model (instances) are numbered to stay apart.
             n = sum(k == role or k.startswith(f"{role} #") for k in rss)
@@ -427,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(f"written to {args.out}")
+        numbers = {"minutes": rows, "rss_start_mib": rss_start, "rss_end_mib": rss_end, "notes": notes}
+        record.write("soak", numbers | {"failed": len(errors)}, quick=args.minutes < 5, args=vars(args))
         return 1 if errors else 0
     finally:
         if load is not None:

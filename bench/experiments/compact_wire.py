@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             tensor, response = grpc_sizes(srv.grpc_url, info.name, texts, kind)
             row = {"type": kind, "grpc_tensor": tensor, "grpc_response": response}
             for fmt in ("float", "base64"):
-                body = {"model": info.name, "input": texts, "encoding_format": fmt, "embedding_type": kind}
+                body = {"model": info.name, "input": texts, "encoding_format": fmt, EMBEDDING_TYPE: kind}
                 resp = httpx.post(f"{gw.url}/v1/embeddings", json=body, timeout=600)
                 resp.raise_for_status()
                 item = resp.json()["data"][0]["embedding"]

@@ -1,8 +1,8 @@
 """A/B measurements behind the serving defaults, each pair interleaved in one run (A B A B ...)
 so that load from elsewhere on a shared machine hits both sides alike.
 
-    python -m tembed_bench.ab                 # all experiments
-    python -m tembed_bench.ab raw tokenizer   # some of: raw tokenizer triton int8
+    python bench/experiments/ab.py                 # all experiments
+    python bench/experiments/ab.py raw tokenizer   # some of: raw tokenizer triton int8
 """
 
 from __future__ import annotations
@@ -18,11 +18,36 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tembed_bench import data, servers, stats
+from tembed_bench.servers import variant_repo
+from tembed_bench.targets import Raw, Triton
 from tembed_serving.contract import Layout
 
-from . import data, systems
-from .compare import drive, token_counts
-from .systems import variant_repo
+
+class Load:
+    def __init__(self, lat: list[float], wall: float, tokens: int) -> None:
+        self.tokens_per_s, self.p50_ms = tokens / wall, stats.summary(lat)["p50"]
+
+
+def drive(embed, reqs, tokens: dict[str, int], concurrency: int, *_) -> Load:
+    lat, wall = stats.drive(embed, reqs, concurrency)
+    return Load(lat, wall, sum(tokens[i.text] for r in reqs for i in r))
+
+
+def token_counts(repo: Path, items) -> dict[str, int]:
+    raw = Raw(repo)
+    return {i.text: raw.tokens([i]) for i in items}
+
+
+class triton_server:  # noqa: N801
+    def __init__(self, repo: Path, log: Path) -> None:
+        self.cm = servers.triton(repo, log)
+
+    def __enter__(self) -> Triton:
+        return Triton(self.cm.__enter__().grpc_url)
+
+    def __exit__(self, *exc) -> None:
+        self.cm.__exit__(*exc)
 
 
 def interleave(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
@@ -48,11 +73,11 @@ def raw_experiments(repo: Path, threads: int, rounds: int) -> dict:
         ],
     }
     for title, options in pairs.items():
-        runners = {json.dumps(o): systems.Raw(repo, threads=threads, **o) for o in options}
+        runners = {json.dumps(o): Raw(repo, threads=threads, **o) for o in options}
         for r in runners.values():
             r.embed(reqs[0])
 
-        def tps(r: systems.Raw) -> float:
+        def tps(r: Raw) -> float:
             return drive(r.embed, reqs, tokens, 1, 1e9, "").tokens_per_s
 
         out[title + " (tokens/s)"] = interleave({k: (lambda r=r: tps(r)) for k, r in runners.items()}, rounds)
@@ -67,7 +92,7 @@ def tokenizer_cost() -> dict:
     texts = [i.text for i in data.mixed(1000, seed=7)]
     out = {}
     for name in ("multilingual-e5-small", "qwen3-embedding-tiny"):
-        folder = systems.ROOT / "fixtures" / name
+        folder = servers.FIXTURES / name
         enc = TextEncoder(read_profile(folder), folder / "tokenizer.json")
         best = []
         for _ in range(3):
@@ -102,7 +127,7 @@ def triton_experiments(repo: Path, work: Path, rounds: int) -> dict:
     for _ in range(rounds):
         for name, (enc, params) in tqdm(variants.items(), desc="triton variants", leave=False):
             vrepo = variant_repo(repo, work / "ab-repo", enc, params)
-            with systems.triton_server(vrepo, work / "ab-server.log") as t:
+            with triton_server(vrepo, work / "ab-server.log") as t:
                 t.embed(reqs[0])
                 load = drive(t.embed, reqs, tokens, 8, 60, "")
                 q1 = drive(t.embed, queries, tokens, 1, 30, "")
@@ -121,12 +146,12 @@ def int8_experiment(repo: Path, work: Path, threads: int, rounds: int) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     q = work / "int8-repo"
-    target = Layout(q, systems.MODEL).onnx_file
+    target = Layout(q, servers.MODEL).onnx_file
     if not target.exists():
         shutil.copytree(repo, q, copy_function=os.link, dirs_exist_ok=True)
         target.unlink()
-        quantize_dynamic(str(Layout(repo, systems.MODEL).onnx_file), str(target), weight_type=QuantType.QInt8)
-    fp32, int8 = systems.Raw(repo, threads=threads), systems.Raw(q, threads=threads)
+        quantize_dynamic(str(Layout(repo, servers.MODEL).onnx_file), str(target), weight_type=QuantType.QInt8)
+    fp32, int8 = Raw(repo, threads=threads), Raw(q, threads=threads)
     items = data.mixed(200, seed=11)
     cos = []
     for i in range(0, len(items), 16):
@@ -158,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("which", nargs="*", default=["tokenizer", "raw", "triton", "int8"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--work", type=Path, default=systems.ROOT / ".cache" / "bench")
+    ap.add_argument("--work", type=Path, default=servers.ROOT / ".cache" / "bench")
     args = ap.parse_args(argv)
-    repo = systems.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
+    repo = servers.export_repo(args.work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
     out: dict = {}
     if "tokenizer" in args.which:
         out["tokenizer_ms"] = tokenizer_cost()

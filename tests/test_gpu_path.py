@@ -344,14 +344,14 @@ def test_engine_builds_and_validates(qwen_onnx, tmp_path, precision):
 
 def test_gpu_bench_tiny_on_cpu():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu_bench.py"), "--tiny", "--device", "cpu", "--seconds", "0.2"],
+        [sys.executable, "-m", "tembed_bench", "gpu", "--tiny", "--device", "cpu", "--seconds", "0.2"],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
     lines = proc.stdout.strip().splitlines()
-    summary = json.loads(lines[-1])
+    summary = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
     assert summary["device"] == "cpu" and summary["matmul_peak_tflops"] > 0
     assert [r["workload"] for r in summary["results"]] == [
         "batch 4 x 64",

@@ -74,7 +74,7 @@ def test_e5_qdrant_agrees_with_numpy(e5):
 
 
 def test_e5_long_text_and_latency(e5, server):
-    long = e5["long_text"]
+    long = e5["long_document"]
     assert long["chars"] >= 3000 and long["tokens_embedded"] == 512  # truncated at max length
     assert -1 <= long["para_to_doc_min"] <= long["para_to_doc_mean"] <= 1
     truncate, chunk = long["modes"]["truncate"], long["modes"]["chunk"]
@@ -115,7 +115,7 @@ def test_qwen3_pipeline_through_the_cli(server, tmp_path, capsys):
     qwen = summary["models"][QWEN]
     assert set(qwen["tasks"]) == {"cmrc2018", "tatoeba zh→en", "tatoeba en→zh", "msmarco-5k"}
     assert all(list(t["sweep"]) == ["32", "64"] for t in qwen["tasks"].values())  # JSON keys; full dim 64
-    assert qwen["long_text"]["tokens_embedded"] > 512  # an 8192-token model takes the whole 2000 chars
+    assert qwen["long_document"]["tokens_embedded"] > 512  # an 8192-token model takes the whole 2000 chars
     text = out.read_text()
     assert QWEN in text and "| Matryoshka d=32 (128 B) |" in text and "--limit 12" in text
     assert f"| | {QWEN} truncate | {QWEN} chunk |" in text  # the long document both ways

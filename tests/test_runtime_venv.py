@@ -41,13 +41,13 @@ def test_runtime_venv_holds_no_build_time_packages(runtime_python):
 
 def test_runtime_venv_serves_an_exported_repository(runtime_python, model_repository, references, tmp_path):
     from tembed_client import EmbeddingClient
-    from tembed_serving.server import free_port
+    from tembed_serving.supervisor import free_port
 
     repo = tmp_path / "repo"
     copy_served(model_repository, repo, MODEL)
     grpc, http, metrics = free_port(), free_port(), free_port()
     log = tmp_path / "tritonserver.log"
-    cmd = [str(runtime_python), "-m", "tembed_serving.server", "--model-repository", str(repo)]
+    cmd = [str(runtime_python), "-m", "tembed_serving.supervisor", "--model-repository", str(repo)]
     cmd += ["--grpc-port", str(grpc), "--http-port", str(http), "--metrics-port", str(metrics), "--log-file", str(log)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -19,11 +19,11 @@ import tritonclient.grpc as grpcclient
 from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
-from tembed_fixtures.qwen3_tiny import base_tokenizer_folder
 from tembed.repository import ServingOptions, encoder_config
 from tembed.trt_profiles import optimization_profiles, select_profile
 from tembed_client import AsyncEmbeddingClient, EmbeddingError
 from tembed_client._common import Call, chunk_windows, chunked_rows
+from tembed_fixtures.qwen3_tiny import base_tokenizer_folder
 from tembed_gateway import GatewaySettings, GatewayThread
 from tembed_serving.profile import chunk_defaults
 from tembed_serving.textproc import RequestError, TextEncoder, window_starts, window_weights

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from .conftest import TEXTS, copy_served
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.isolated]  # own servers and launchers, killed
 E5 = "multilingual-e5-small"
 LONG = "检索增强生成把向量数据库召回的段落交给大模型。" * 24  # ~500 tokens
 

@@ -16,7 +16,11 @@ EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 SOAK_MINUTES ?= 10
 
+<<<<<<< HEAD
 .PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact rerank-demo bench-rerank soak
+=======
+.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway budget eval eval-compact rerank-demo bench-rerank soak
+>>>>>>> tiers
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +48,12 @@ demo: export  ## like serve, but stop after printing the embedding
 rerank-demo: setup  ## e5-small top 100 of 300 CMRC2018 paragraphs, reranked by qwen3-reranker-tiny (random weights); ~1-2 min
 	$(BIN)/python -m tembed_eval.rerank_demo --repo $(RERANK_REPO)
 
-test: fixtures  ## the test suite against a real tritonserver
+test: fixtures  ## every test, all tiers (CI): fixture models, a real tritonserver, faults, venvs (≈ 10-14 min on 2 cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+FAST = not server and not isolated and not slow
+test-fast: setup  ## the inner loop: every test that starts no server and is not slow (< 60 s on 2 cores; builds only the fixture models it reads)
+	$(BIN)/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 engine:  ## build NAME's TensorRT engine inside the tritonserver 24.10 image (GPU + Docker; docs/GPU.md)
 	docker build -f docker/Dockerfile --target builder -t tembed-builder:24.10 .

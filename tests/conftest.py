@@ -1,14 +1,29 @@
 """Shared fixtures: offline model folders, one exported model repository, one real tritonserver.
 
 Everything runs on CPU against the tritonserver shipped in nvidia-pytriton. The model folders are
-built once into ``<repo>/fixtures`` (``make fixtures``) and reused; the repository is exported per
-session into a temporary folder, so a test run always serves what the current code exports.
+built once into ``<repo>/fixtures`` (``make fixtures``) and reused, each on first use (a test that
+reads one tokenizer builds one folder); the repository is exported per session into a temporary
+folder, so a test run always serves what the current code exports.
+
+Tiers, by what a test starts (README "Tests"; registered in pyproject.toml):
+- ``server``: uses the shared session tritonserver (``server``, ``clients``, ``rerank_server`` here);
+  marked automatically from the fixtures a test uses.
+- ``isolated``: starts processes of its own (its own tritonservers, launchers, venvs) or kills them;
+  marked automatically when a test uses ``replicas`` or a fixture of its module named ``*_server``,
+  otherwise by ``pytestmark``/``@pytest.mark.isolated`` in the module.
+- neither (the fast tier, ``make test-fast``): starts no tritonserver and no server process; ``slow``
+  takes out the few of these that are heavy anyway (an ONNX export with torch, a CLI run).
+A guard (``TierGuard``) fails a test that starts a tritonserver outside its tier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -55,19 +70,62 @@ def copy_served(model_repository: Path, dest: Path, model: str) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def fixture_dirs() -> dict[str, Path]:
-    from tembed_fixtures.build import build_fixtures
+class LazyFixtures(Mapping):
+    """Fixture model folders built on first access (cached on disk by the builders), so a test that
+    reads one tokenizer does not wait for every model."""
 
-    return build_fixtures(FIXTURES)
+    def __init__(self, root: Path, names: tuple[str, ...] | None = None) -> None:
+        from tembed_fixtures.build import FIXTURES as KNOWN
+
+        self.root, self.names, self._built = root, tuple(names or KNOWN), {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> Path:
+        if name not in self.names:
+            raise KeyError(name)
+        with self._lock:
+            if name not in self._built:
+                from tembed_fixtures.build import build_fixtures
+
+                self._built.update(build_fixtures(self.root, only=[name]))
+            return self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class LazyProfiles(Mapping):
+    def __init__(self, dirs: Mapping[str, Path], names: tuple[str, ...], **kw) -> None:
+        self.dirs, self.names, self.kw, self._read = dirs, names, kw, {}
+
+    def __getitem__(self, name: str):
+        if name not in self.names:
+            raise KeyError(name)
+        if name not in self._read:
+            from tembed.hf_folder import read_profile
+
+            self._read[name] = read_profile(self.dirs[name], **self.kw)
+        return self._read[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+@pytest.fixture(scope="session")
+def fixture_dirs() -> Mapping[str, Path]:
+    return LazyFixtures(FIXTURES)
 
 
 @pytest.fixture(scope="session")
 def profiles(fixture_dirs):
-    from tembed.hf_folder import read_profile
-
     # max_texts 8 keeps the "too many texts" and client chunking paths cheap to reach.
-    return {name: read_profile(fixture_dirs[name], max_texts=8) for name in SERVED}
+    return LazyProfiles(fixture_dirs, SERVED, max_texts=8)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +153,7 @@ def server(model_repository, tmp_path_factory):
     from tembed_serving.supervisor import TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "tritonserver.log"
-    with TritonServer.on_free_ports(model_repository, log_file=log) as srv:
+    with GUARD.shared(TritonServer.on_free_ports(model_repository, log_file=log)) as srv:
         yield srv
 
 
@@ -127,10 +185,8 @@ def references(fixture_dirs):
 
 
 @pytest.fixture(scope="session")
-def rerank_dirs():
-    from tembed_fixtures.build import build_fixtures
-
-    return build_fixtures(FIXTURES, only=list(RERANKERS))
+def rerank_dirs() -> Mapping[str, Path]:
+    return LazyFixtures(FIXTURES, RERANKERS)
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +201,7 @@ def rerank_server(rerank_dirs, model_repository, tmp_path_factory):
         assert result.profile.task == "rerank" and result.max_abs_err < 1e-4
     copy_served(model_repository, repo, EMBEDDER)
     log = tmp_path_factory.mktemp("rerank-triton") / "tritonserver.log"
-    with TritonServer.on_free_ports(repo, log_file=log) as srv:
+    with GUARD.shared(TritonServer.on_free_ports(repo, log_file=log)) as srv:
         yield srv
 
 
@@ -165,3 +221,132 @@ def replicas(model_repository, tmp_path):
     finally:
         for srv in servers:
             srv.stop()
+
+
+# --- tiers -------------------------------------------------------------------------------------------
+
+SHARED_SERVERS = {"server", "clients", "rerank_server"}  # the session fixtures above
+OWN_PROCESSES = {"replicas"}  # and any fixture of a test module named *_server
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    """``isolated``, ``server`` or None (the fast tier): explicit marks, then the fixtures it uses."""
+    if item.get_closest_marker("isolated"):
+        return "isolated"
+    info = getattr(item, "_fixtureinfo", None)
+    shared = False
+    for name in getattr(item, "fixturenames", ()):
+        for fixturedef in info.name2fixturedefs.get(name, ()) if info else ():
+            here = getattr(fixturedef.func, "__module__", "") == __name__
+            if here and name in SHARED_SERVERS:
+                shared = True
+            elif (here and name in OWN_PROCESSES) or (not here and name.endswith("_server")):
+                return "isolated"
+    return "server" if shared or item.get_closest_marker("server") else None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # every collected item, client/tests too
+        tier = tier_of(item)
+        if tier and not item.get_closest_marker(tier):
+            item.add_marker(tier)
+
+
+def launches_server(argv: list[str]) -> str | None:
+    """What ``argv`` starts, if it is tritonserver or one of our server launchers."""
+    for i, arg in enumerate(argv):
+        if os.path.basename(arg) == "tritonserver":
+            return arg
+        if arg == "-m" and argv[i + 1 : i + 2] in (["tembed_serving.supervisor"], ["tembed_gateway"]):
+            return argv[i + 1]
+        if arg == "serve" and i and os.path.basename(argv[i - 1]) == "tembed":
+            return "tembed serve"
+    return None
+
+
+class TierGuard:
+    """Fails, loudly, a test that starts a tritonserver or a server process outside its tier: in the
+    fast tier any, in the server tier any but the shared session servers. ``pytest.fail`` raises an
+    exception that no ``except Exception`` (such as a skip on "no tritonserver") swallows."""
+
+    def __init__(self) -> None:
+        self.current: tuple[str, str | None] | None = None  # (nodeid, tier) of the running test
+        self.sharing = False
+        self._mp: pytest.MonkeyPatch | None = None
+
+    @contextlib.contextmanager
+    def shared(self, srv):
+        """Start ``srv`` as a shared session server, then stop it when the session ends."""
+        self.sharing = True
+        try:
+            srv.start()
+        finally:
+            self.sharing = False
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
+    def check(self, what: str) -> None:
+        if self.current is None or threading.current_thread() is not threading.main_thread():
+            return  # outside a test, or a supervisor thread restarting a server it already runs
+        nodeid, tier = self.current
+        if tier == "isolated" or (tier == "server" and self.sharing):
+            return
+        name = "the fast tier (neither server nor isolated)" if tier is None else "the server tier"
+        pytest.fail(
+            f"{nodeid} is in {name} but starts {what}. A test that starts processes of its own is "
+            "`isolated` (pytestmark, or a fixture named *_server); one on the shared server uses the "
+            "`server`, `clients` or `rerank_server` fixture (tests/conftest.py).",
+            pytrace=False,
+        )
+
+    def install(self) -> None:
+        from tembed_serving import supervisor
+
+        start, root, popen_init = supervisor.TritonServer.start, supervisor.pytriton_root, subprocess.Popen.__init__
+        guard = self
+
+        def guarded_start(srv, *a, **kw):
+            guard.check(f"a tritonserver on {srv.model_repository}")
+            return start(srv, *a, **kw)
+
+        def guarded_root():  # where every real tritonserver binary is found (docker/entrypoint.sh runs too)
+            guard.check("a tritonserver (it looks up the binary: tembed_serving.supervisor.pytriton_root)")
+            return root()
+
+        def guarded_popen(proc, *a, **kw):
+            args = a[0] if a else kw.get("args", ())
+            argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+            what = launches_server([os.fsdecode(x) for x in argv])
+            if what:
+                guard.check(f"a server process ({what})")
+            return popen_init(proc, *a, **kw)
+
+        self._mp = pytest.MonkeyPatch()
+        self._mp.setattr(supervisor.TritonServer, "start", guarded_start)
+        self._mp.setattr(supervisor, "pytriton_root", guarded_root)
+        self._mp.setattr(subprocess.Popen, "__init__", guarded_popen)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        if self._mp is None:
+            self.install()
+        self.current = (item.nodeid, tier_of(item))
+        try:
+            return (yield)
+        finally:
+            self.current = None
+
+    def pytest_unconfigure(self, config):
+        if self._mp is not None:
+            self._mp.undo()
+
+
+GUARD = TierGuard()
+
+
+def pytest_configure(config):
+    # Registered as a plugin, not as this conftest's hooks: those would see only tests/ items.
+    if not config.pluginmanager.is_registered(GUARD):
+        config.pluginmanager.register(GUARD, "tembed-tier-guard")

@@ -38,6 +38,7 @@ def test_plan_without_trim_is_one_call():
     assert rows.tolist() == [0, 1] and cols == slice(0, 64)
 
 
+@pytest.mark.slow  # two torch models of qwen3-embedding-tiny: ~11 s on 2 cores
 def test_torch_runner_trims_without_changing_vectors(fixture_dirs, profiles):
     from tembed_serving.runners.torch import TorchEncoder
     from tembed_serving.textproc import TextEncoder

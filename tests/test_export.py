@@ -20,6 +20,8 @@ from tembed.onnx_export import (
 from tembed.repository import parse
 from tembed_serving.runners.torch_model import EmbeddingModel, load_embedding_model
 
+pytestmark = pytest.mark.slow  # torch ONNX exports and `tembed export` runs: ~2 min on 2 cores
+
 
 @pytest.fixture(scope="module")
 def qwen(fixture_dirs, profiles):

@@ -18,7 +18,7 @@ import pytest
 
 from .conftest import TEXTS, copy_served
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.isolated]  # replicas of its own, killed and restarted
 E5 = "multilingual-e5-small"
 
 

@@ -342,6 +342,7 @@ def test_engine_builds_and_validates(qwen_onnx, tmp_path, precision):
 # --- benchmark and Docker files -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess that imports torch and times every workload: ~11 s
 def test_gpu_bench_tiny_on_cpu():
     proc = subprocess.run(
         [sys.executable, "-m", "tembed_bench", "gpu", "--tiny", "--device", "cpu", "--seconds", "0.2"],

@@ -389,6 +389,7 @@ def _http_status(url: str) -> int:
         return exc.code
 
 
+@pytest.mark.isolated  # tritonserver through docker/entrypoint.sh
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_commands_run_and_serve_the_probe_paths(overlay, tmp_path):
     """The rendered Triton arguments through docker/entrypoint.sh with tritonserver 2.51 (the image's release),

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from .conftest import TEXTS, copy_served
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.isolated]  # own servers and launchers, killed
 E5 = "multilingual-e5-small"
 LONG = "检索增强生成把向量数据库召回的段落交给大模型。" * 24  # ~500 tokens
 
@@ -219,8 +219,11 @@ def test_gateway_overload_answers_429_at_once(server):
             got = list(pool.map(call, range(8)))
     refused = [g for g in got if g[0] == 429]
     assert refused and all(g[1] == "1" for g in refused)
-    assert max(g[2] for g in refused) < 0.5
     assert {g[0] for g in got} <= {200, 429} and any(g[0] == 200 for g in got), got
+    # "At once": well before one admitted request (seconds of encoder work) is served, on this run's own
+    # admitted requests, not a wall-clock threshold that a busy machine misses (0.52 s beside `yes`).
+    ok = [g[2] for g in got if g[0] == 200]
+    assert max(g[2] for g in refused) < min(ok) / 4, ([g[2] for g in refused], ok)
     print(f"\n8 concurrent requests, cap 2: {len(refused)} got 429 in <= {max(g[2] for g in refused) * 1000:.0f} ms")
 
 
@@ -362,33 +365,64 @@ def test_killed_launcher_leaves_no_process_even_under_load(model_repository, tmp
             os.kill(int(pid), signal.SIGKILL)
 
 
+@pytest.mark.xfail(
+    strict=True,  # passes once the gap is closed: then update docs/RELIABILITY.md and drop the mark
+    reason="Triton 2.51 computes an encoder request already queued when its ensemble call's deadline passes "
+    "(measured: 8 of 8 queued behind one busy batch computed, ~10 s of encoder time, for callers gone)",
+)
 def test_a_callers_deadline_frees_the_encoder_queue(server):
     """No queue policy by default (tritonserver 2.51's batcher stalls ~0.5 s at times with one): a request
-    whose caller's deadline passed while it waited is dropped unrun, so a burst of callers that give up
-    costs no compute after they have gone."""
+    whose caller's deadline passed while it waited in the encoder's queue should be dropped unrun, so a burst
+    of callers that give up costs no compute after they have gone.
+
+    Load-independent by construction: the encoder is held busy by one request of its own (a blocker, as long
+    as a request measured alone just before), the callers' deadline is a third of that, so each deadline
+    passes while its request waits behind the blocker; what is counted is the cause, the requests the
+    encoder computed (Triton's statistics), closed by a last request that runs after anything queued."""
     from tembed_client import EmbeddingClient, EmbeddingError
 
     stats = grpcclient.InferenceServerClient(server.grpc_url)
 
-    def encoder() -> tuple[int, int]:
-        s = stats.get_inference_statistics(f"{E5}-encoder", as_json=True)["model_stats"][0]
-        return int(s.get("execution_count", 0)), int(s["inference_stats"]["success"].get("count", 0))
+    def computed(model: str) -> int:
+        s = stats.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return int(s["inference_stats"]["success"].get("count", 0))
+
+    def embed(texts, timeout=120.0) -> float:
+        with EmbeddingClient(server.grpc_url, E5, timeout=timeout) as c:
+            t = time.monotonic()
+            c.embed(texts)
+            return time.monotonic() - t
+
+    embed(["x"])  # after anything an earlier test left in the queue (first in, first out)
+    alone = embed([f"alone {LONG}"] * 8)  # one request (max_texts 8): seconds on 2 cores, more under load
+    before = computed(f"{E5}-encoder"), computed(f"{E5}-tokenizer")
+    blocker = ThreadPoolExecutor(1)
+    blocked = blocker.submit(embed, [f"blocker {LONG}"] * 8)
+    waited = time.monotonic()
+    while computed(f"{E5}-tokenizer") == before[1] and time.monotonic() - waited < 60:
+        time.sleep(0.005)  # tokenized: the blocker is in the (idle) encoder, which starts it at once
 
     def call(i: int) -> str:
-        with EmbeddingClient(server.grpc_url, E5, timeout=1.5) as c:
+        with EmbeddingClient(server.grpc_url, E5, timeout=alone / 3) as c:
+            c.model_info()  # outside the measured call: its deadline is for the embedding request
             try:
-                c.embed([f"{i} {LONG}"] * 16)  # ~1 s of encoder time each on 2 cores
+                c.embed([f"{i} {LONG}"] * 8)
                 return "ok"
             except EmbeddingError as exc:
                 return exc.code
 
-    before = encoder()
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(call, range(8)))
-    at_last_answer = encoder()
-    time.sleep(3)  # what is still queued would run now
-    settled = encoder()
-    assert codes.count("DEADLINE_EXCEEDED") >= 4, codes
-    # At most the batch that was running when the last caller gave up ends after it; nothing queued runs.
-    assert settled[0] - at_last_answer[0] <= 1, (before, at_last_answer, settled)
-    assert settled[1] - before[1] <= 4, ("requests computed for callers that had gone", codes, before, settled)
+    still_blocked = not blocked.done()
+    blocked.result(timeout=120)
+    blocker.shutdown()
+    embed(["x"])  # runs after whatever is still queued
+    encoder = computed(f"{E5}-encoder") - before[0]
+    tokenized = computed(f"{E5}-tokenizer") - before[1] - 2  # less the blocker's and the last request's
+    print(
+        f"\n8 callers, deadline {alone / 3:.2f} s behind a {alone:.2f} s blocker: {tokenized} reached the "
+        f"encoder's queue, {encoder - 2} computed after their callers left"
+    )
+    assert codes == ["DEADLINE_EXCEEDED"] * 8, codes
+    assert still_blocked, "the blocker ended before the callers gave up: nothing was queued behind it"
+    assert encoder - 2 == 0, ("requests computed for callers that had gone", encoder - 2, "of", tokenized)

@@ -16,7 +16,7 @@ import pytest
 
 from .conftest import ROOT, TEXTS, copy_served
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.isolated]  # a venv and a launcher of its own
 MODEL = "multilingual-e5-small"
 
 

@@ -9,6 +9,7 @@ import socket
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
 
 from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 from tembed_client.replicas import (
@@ -119,7 +120,8 @@ def test_resolution_adds_new_addresses_retires_vanished_ones_and_survives_a_fail
 
 def test_what_counts_as_a_failed_replica():
     def err(code: str, message: str) -> EmbeddingError:
-        return EmbeddingError(message, code=code)
+        # As tritonclient raises it: the reason is classify's reading of the status and Triton's prose.
+        return EmbeddingError.from_triton(InferenceServerException(message, f"StatusCode.{code}"))
 
     assert replica_failed(err("UNAVAILABLE", "failed to connect to all addresses"))
     assert replica_failed(err("UNAVAILABLE", "Socket closed"))

@@ -48,7 +48,11 @@ def test_client_over_two_replicas_fails_over_and_takes_a_restarted_one_back(repl
         np.testing.assert_allclose(client.embed(TEXTS), expected, atol=1e-5)
         assert {r.url.rsplit(":", 1)[0].strip("[]") for r in client._triton.set.replicas} == addresses
 
-    with EmbeddingClient(f"{a.grpc_url},{b.grpc_url}", EMBEDDER, timeout=30) as client:
+    from tembed_gateway.registry import ObservedRetry
+
+    retries: list[int] = []
+    retry = ObservedRetry(on_retry=lambda: retries.append(1))
+    with EmbeddingClient(f"{a.grpc_url},{b.grpc_url}", EMBEDDER, timeout=30, retry=retry) as client:
         # Spread: sequential calls alternate, and each server computed its share.
         before = [served(a), served(b)]
         for i in range(10):
@@ -76,6 +80,8 @@ def test_client_over_two_replicas_fails_over_and_takes_a_restarted_one_back(repl
             list(pool.map(load, range(4)))
         a.proc.wait()
         assert failed == [] and wrong == [], (failed, wrong)
+        # Failover first: the calls that met the dead replica went on at once, none paused for a retry.
+        assert retries == [] and client._triton.set.failovers >= 1, (retries, client._triton.set)
         pool_state = client._triton.set
         print(f"\nclient: replica killed under 40 calls from 4 threads: {len(failed)} failed;"
               f" failovers: {pool_state.failovers}")  # fmt: skip

@@ -87,6 +87,10 @@ def test_gateway_spreads_over_replicas_and_survives_a_dead_one(replicas):
         assert killed.is_set()
         lost = sum(s != 200 for s in statuses)
         assert lost == 0 and len(statuses) == 40, statuses
+        # Failover first: the requests that met the dead replica went on to the other at once, none
+        # was retried with backoff (the RetryPolicy wraps the whole replicated call, not one replica).
+        assert metrics(gw)("tembed_gateway_triton_retries_total") == 0
+        assert gw.gateway.registry.failovers >= 1
         time.sleep(1.5)  # the background readiness check
         assert up(gw, a) == 0.0 and up(gw, b) == 1.0
         print(f"\nreplica killed under 40 requests from 4 threads: {lost} failed; failovers:"
@@ -260,7 +264,7 @@ def test_a_dns_name_is_resolved_again_pods_come_and_go(replicas):
             before = registry.replicas[0].requests
             await model.embed([TEXTS[0]])
             assert registry.replicas[0].requests == before + 1
-            registry._resolver = lambda names: socket.getaddrinfo("no-such-host.invalid", 1)  # a failed lookup
+            registry.triton.resolver = lambda names: socket.getaddrinfo("no-such-host.invalid", 1)  # a failed lookup
             await registry.resolve_addresses()
             assert [r.url for r in registry.replicas] == [b.grpc_url]  # keeps what there is
         finally:

@@ -1,33 +1,42 @@
-"""One client over several Triton replicas serving the same models.
+"""One layer over several Triton replicas serving the same models, for the client and the gateway alike.
 
 ``EmbeddingClient("10.0.0.11:8001,10.0.0.12:8001")`` (or a list, or ``"dns:///tembed-triton-headless:8001"``,
 a name resolving to several addresses, resolved again every ``RESOLVE_INTERVAL_S``) gets one channel per
 replica behind the same face as tritonclient's ``InferenceServerClient``, so the clients' request logic,
-chunking and :class:`~tembed_client.RetryPolicy` are the same over one replica or ten:
+chunking and :class:`~tembed_client.RetryPolicy` are the same over one replica or ten. The gateway
+(``tembed_gateway.registry``) runs its model clients over the same :class:`AsyncReplicatedTriton`.
 
 - each call goes to the replica with the fewest of this client's calls in flight (the least recently
-  chosen among equals: round robin when idle), among those not marked down;
-- a call that fails there because the replica is gone (:func:`replica_failed`) is sent once more, at
-  once, to another replica, within what is left of the call's timeout (every call is idempotent); the
-  failed replica is marked down, and its readiness is asked in the background every
-  ``PROBE_INTERVAL_S`` (only while it is down, and only when calls come) until it answers again;
+  chosen among equals: round robin when idle), among those not marked down and, when the owner told
+  the layer what each replica serves (the gateway does), among those serving the call's model;
+- failover first: a call that fails because its replica is gone or draining (``exc.failover``) is sent
+  once more, at once, to another replica, within what is left of the call's timeout (every call is
+  idempotent); the failed replica is marked down, and its readiness is asked in the background every
+  ``PROBE_INTERVAL_S`` (only while it is down, and only when calls come, or when the owner asks:
+  :meth:`AsyncReplicatedTriton.check`) until it answers again;
+- a replica that answers ``overloaded`` (its queue is full) is not marked down: the call is sent once
+  to another replica that is up, at once; only when that one cannot take it either does the call fail,
+  as ``overloaded``;
+- retries with backoff wrap the whole replicated call, never one replica: when no replica could take
+  the call (every one tried was gone, draining or busy), the error is retryable and the caller's
+  RetryPolicy pauses and sends it again, to whichever replica is then the best;
 - with every replica down, calls still go to them (readiness may be stale; a dead one refuses at once),
-  so the error comes fast and names each replica; the RetryPolicy then retries the whole call.
+  so the error comes fast and names each replica.
 
 One plain address (``"localhost:8001"``) is exactly today's client: one tritonclient with its own channel
 defaults, no health calls, none of this module on the path. The bookkeeping (:class:`ReplicaSet`) does no
-I/O; :class:`ReplicatedTriton` and :class:`AsyncReplicatedTriton` are its thin sync and asyncio shells.
-The gateway's registry (tembed_gateway) uses the same failure test, ordering and channel arguments."""
+I/O; :class:`ReplicatedTriton` and :class:`AsyncReplicatedTriton` are its thin sync and asyncio shells."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
+import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, Union
@@ -35,6 +44,7 @@ from typing import Any, Protocol, TypeVar, Union
 from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
 from tritonclient.utils import InferenceServerException
 
+from . import contract as c
 from .errors import EmbeddingError
 
 # How often a replica marked down has its readiness asked (while calls come).
@@ -44,6 +54,8 @@ PROBE_TIMEOUT_S = 2.0
 # How often a ``dns:///`` name is resolved again (pods come and go behind a headless Service).
 RESOLVE_INTERVAL_S = 10.0
 DNS_PREFIX = "dns:"
+
+log = logging.getLogger("tembed_client")
 
 Targets = Union[str, Sequence[str]]
 
@@ -158,18 +170,31 @@ class Replica:
     probe_at: float = 0.0  # when its readiness is next asked while it is down
     probing: bool = False
     retired: bool = False  # no longer among the resolved addresses: closed once idle
+    # The models it serves, when its owner reads them (the gateway); None: not known (yet).
+    models: frozenset[str] | None = None
 
     def __repr__(self) -> str:
         return f"Replica({self.url!r}, up={self.up}, in_flight={self.in_flight})"
 
 
 class ReplicaSet:
-    """Which replicas there are, which are up, which is next; no I/O (the shells do it)."""
+    """Which replicas there are, which are up, which is next; no I/O (the shells do it).
 
-    def __init__(self, addresses: Sequence[str], names: Sequence[DnsName], connect: Callable[[str], Any]) -> None:
+    ``by_model``: the owner says what each replica serves (``Replica.models``, read by its ``discover``);
+    a call for a model then goes only to a replica known to serve it, and a new replica gets calls once
+    it has been read."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        names: Sequence[DnsName],
+        connect: Callable[[str], Any],
+        by_model: bool = False,
+    ) -> None:
         self.static = list(dict.fromkeys(addresses))
         self.names = list(names)
         self.connect = connect
+        self.by_model = by_model
         self.replicas: list[Replica] = []
         self.picks = 0
         self.failovers = 0  # calls sent again to another replica
@@ -185,8 +210,14 @@ class ReplicaSet:
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if not r.retired]
 
-    def pick(self, exclude: Sequence[Replica] = ()) -> Replica | None:
-        replica = least_busy(r for r in self.live if r not in exclude)
+    def serving(self, model: str | None, exclude: Sequence[Replica] = ()) -> list[Replica]:
+        """The live replicas a call for ``model`` may go to (any, for a call naming none)."""
+        known = self.by_model and model
+        return [r for r in self.live if r not in exclude and not (known and model not in (r.models or ()))]
+
+    def pick(self, model: str | None = None, exclude: Sequence[Replica] = (), up_only: bool = False) -> Replica | None:
+        candidates = self.serving(model, exclude)
+        replica = least_busy(r for r in candidates if r.up or not up_only)
         if replica is not None:
             replica.in_flight += 1
             replica.requests += 1
@@ -202,8 +233,10 @@ class ReplicaSet:
             return replica.triton
         return None
 
-    def mark_down(self, replica: Replica, now: float) -> None:
+    def mark_down(self, replica: Replica, now: float, why: object = "") -> None:
         replica.failures += 1
+        if replica.up:
+            log.warning("Triton replica %s marked down: %s", replica.url, why)
         replica.up = False
         replica.probe_at = now + PROBE_INTERVAL_S
 
@@ -218,9 +251,15 @@ class ReplicaSet:
         return probes, resolve_now
 
     def probed(self, replica: Replica, ready: bool, now: float) -> None:
+        if ready and not replica.up:
+            log.warning("Triton replica %s is ready again", replica.url)
         replica.probing = False
         replica.up = ready
         replica.probe_at = now + PROBE_INTERVAL_S
+
+    def unread(self) -> list[Replica]:
+        """Live replicas whose models are still to be read (``by_model`` only)."""
+        return [r for r in self.live if r.models is None] if self.by_model else []
 
     def update(self, resolved: Sequence[str] | None, now: float | None = None) -> list[Any]:
         """The replicas for the static addresses plus ``resolved`` (None: resolution failed, keep what
@@ -237,6 +276,7 @@ class ReplicaSet:
         closing = []
         for replica in have.values():
             if replica.url not in wanted:
+                log.warning("Triton replica %s no longer resolves; dropped", replica.url)
                 replica.retired = True
                 if replica.in_flight == 0:
                     closing.append(replica.triton)
@@ -244,16 +284,65 @@ class ReplicaSet:
         self.replicas = kept + [Replica(url, self.connect(url)) for url in wanted if url not in have]
         return closing
 
-    def unavailable(self, errors: list[tuple[Replica, InferenceServerException]]) -> InferenceServerException:
-        """The error of a call no replica answered: each replica's, in one message."""
+    def attempt(self, method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Attempt:
+        return Attempt(self, call_model(method, args, kw), kw)
+
+    def unavailable(self, errors: Sequence[tuple[Replica, EmbeddingError]], model: str | None) -> EmbeddingError:
+        """The error of a call no replica could take: each replica's, in one message. ``overloaded`` when
+        one of them was busy (the call may succeed later), else the replicas are gone or draining."""
         if not errors:
             detail = f": {self.resolve_error}" if self.resolve_error else ""
             where = ", ".join([*self.static, *map(str, self.names)])
-            return InferenceServerException(f"no Triton replica to send to ({where}){detail}", "StatusCode.UNAVAILABLE")
-        if len(errors) == 1:
-            return errors[0][1]
-        detail = "; ".join(f"{r.url}: {EmbeddingError.from_triton(e).message}" for r, e in errors)
-        return InferenceServerException(f"no Triton replica answered ({detail})", errors[-1][1].status())
+            serving = f" serving {model!r}" if self.by_model and model else ""
+            return EmbeddingError(f"no Triton replica{serving} to send to ({where}){detail}", c.REPLICA_GONE)
+        reasons = {e.reason for _, e in errors}
+        reason = c.OVERLOADED if c.OVERLOADED in reasons else c.DRAINING if reasons == {c.DRAINING} else c.REPLICA_GONE
+        detail = "; ".join(f"{r.url}: {e.message}" for r, e in errors)
+        return EmbeddingError(f"no Triton replica answered ({detail})", reason)
+
+
+def call_model(method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> str | None:
+    """The model a tritonclient call is for (``infer``'s, ``get_model_config``'s ``model_name``), or None."""
+    if method == "get_server_metadata":
+        return None
+    name = kw.get("model_name", args[0] if args else None)
+    return name or None
+
+
+class Attempt:
+    """One replicated call's walk over the replicas: where it goes next, and whether a failure there
+    sends it on to another replica or ends it (with the error to raise). No I/O, no pause: the pause
+    between attempts is the caller's RetryPolicy, around the whole call."""
+
+    def __init__(self, rs: ReplicaSet, model: str | None, kw: dict[str, Any]) -> None:
+        self.rs, self.model, self.kw = rs, model, kw
+        self.started = time.monotonic()
+        self.errors: list[tuple[Replica, EmbeddingError]] = []
+        self.up_only = False  # after a busy replica: only another that is up is worth trying at once
+
+    def next(self) -> Replica:
+        replica = self.rs.pick(self.model, [r for r, _ in self.errors], self.up_only)
+        if replica is None:
+            raise self.rs.unavailable(self.errors, self.model)
+        return replica
+
+    def failed(self, replica: Replica, exc: InferenceServerException) -> None:
+        """Returns when the call goes on to another replica; raises the call's error otherwise."""
+        error = EmbeddingError.from_triton(exc)
+        if error.failover:
+            self.rs.mark_down(replica, time.monotonic(), error)
+        elif error.reason != c.OVERLOADED:
+            raise exc  # this request's own fault, or a deadline: another replica would answer the same
+        self.errors.append((replica, error))
+        self.up_only = self.up_only or error.reason == c.OVERLOADED
+        left = remaining(self.kw, self.started)
+        others = [r for r in self.rs.serving(self.model, [r for r, _ in self.errors]) if r.up or not self.up_only]
+        if len(self.errors) > 1 or left is None or not others:  # one failover per call
+            if len(self.errors) == 1:
+                raise exc
+            raise self.rs.unavailable(self.errors, self.model) from None
+        self.kw = left
+        self.rs.failovers += 1
 
 
 def remaining(kw: dict[str, Any], started: float) -> dict[str, Any] | None:
@@ -269,8 +358,15 @@ class ReplicatedTriton:
     """The part of tritonclient's ``InferenceServerClient`` this package's sync client uses, over
     several replicas; safe to share between threads like tritonclient's own."""
 
-    def __init__(self, url: Targets, triton_class: type, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        url: Targets,
+        triton_class: type,
+        verbose: bool = False,
+        resolver: Callable[[Sequence[DnsName]], list[str]] = resolve,
+    ) -> None:
         addresses, names = parse_targets(url)
+        self.resolver = resolver
         self._lock = threading.Lock()
         self._background = ThreadPoolExecutor(1, thread_name_prefix="tembed-replicas")
         self._closed = False
@@ -302,30 +398,18 @@ class ReplicatedTriton:
                 replica.triton.close()
 
     def _call(self, method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-        started = time.monotonic()
-        self._maintain(started)
+        self._maintain(time.monotonic())
         if not self.set.live and self.set.names:
             self._resolve(block=True)  # nothing resolved yet (DNS was not ready): try now
-        errors: list[tuple[Replica, InferenceServerException]] = []
+        attempt = self.set.attempt(method, args, kw)
         while True:
             with self._lock:
-                replica = self.set.pick(exclude=[r for r, _ in errors])
-            if replica is None:
-                raise self.set.unavailable(errors)
+                replica = attempt.next()
             try:
-                return getattr(replica.triton, method)(*args, **kw)
+                return getattr(replica.triton, method)(*args, **attempt.kw)
             except InferenceServerException as exc:
-                if not replica_failed(EmbeddingError.from_triton(exc)):
-                    raise
                 with self._lock:
-                    self.set.mark_down(replica, time.monotonic())
-                errors.append((replica, exc))
-                left = remaining(kw, started)
-                if len(errors) > 1 or left is None:  # one failover per call; the RetryPolicy does the rest
-                    raise self.set.unavailable(errors) from None
-                kw = left
-                with self._lock:
-                    self.set.failovers += 1
+                    attempt.failed(replica, exc)
             finally:
                 with self._lock:
                     idle = self.set.done(replica)
@@ -351,7 +435,7 @@ class ReplicatedTriton:
 
     def _resolve(self, block: bool = False) -> None:
         try:
-            found: list[str] | None = resolve(self.set.names)
+            found: list[str] | None = self.resolver(self.set.names)
             self.set.resolve_error = None
         except OSError as exc:
             found, self.set.resolve_error = None, exc
@@ -365,18 +449,32 @@ class ReplicatedTriton:
 
 class AsyncReplicatedTriton:
     """The asyncio version of :class:`ReplicatedTriton`, for tritonclient's ``grpc.aio`` client.
-    Probes and re-resolution run as tasks on the loop of the calls that start them."""
+    Probes and re-resolution run as tasks on the loop of the calls that start them.
 
-    def __init__(self, url: Targets, triton_class: type, verbose: bool = False) -> None:
+    ``discover``: reads what a replica serves into ``Replica.models`` (raising if it cannot); given,
+    calls are routed by model, and a replica is read before it gets calls: when it first appears, and
+    each time it comes back up. ``resolver``: the addresses of the ``dns:///`` names now (blocking)."""
+
+    def __init__(
+        self,
+        url: Targets,
+        triton_class: type,
+        verbose: bool = False,
+        resolver: Callable[[Sequence[DnsName]], list[str]] = resolve,
+        discover: Callable[[Replica], Awaitable[None]] | None = None,
+    ) -> None:
         addresses, names = parse_targets(url)
+        self.resolver = resolver
+        self._discover = discover
         self._tasks: set[asyncio.Task[None]] = set()
         connect = lambda u: triton_class(u, verbose=verbose, channel_args=channel_args())  # noqa: E731
-        self.set = ReplicaSet(addresses, names, connect)
+        self.set = ReplicaSet(addresses, names, connect, by_model=discover is not None)
         if names:  # resolved once here, blocking (construction); later in the background
             try:
-                self.set.update(resolve(names), time.monotonic())
+                self.set.update(resolver(names), time.monotonic())
             except OSError as exc:
                 self.set.resolve_error = exc
+                log.warning("cannot resolve %s yet: %s", ", ".join(map(str, names)), exc)
 
     def __repr__(self) -> str:
         return f"AsyncReplicatedTriton({self.set.replicas})"
@@ -400,28 +498,34 @@ class AsyncReplicatedTriton:
             with contextlib.suppress(Exception):
                 await replica.triton.close()
 
-    async def _call(self, method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
-        started = time.monotonic()
-        self._maintain(started)
-        if not self.set.live and self.set.names:
+    async def check(self) -> bool:
+        """Ask every replica's readiness now (and resolve the names when due): the ones that answer are
+        up (read first, if they were down), the others down. True if any is up."""
+        probes, resolve_now = self.set.due(time.monotonic())
+        if resolve_now:
             await self._resolve()
-        errors: list[tuple[Replica, InferenceServerException]] = []
+        others = [r for r in self.set.live if not r.probing]
+        for replica in others:
+            replica.probing = True
+        await asyncio.gather(*(self._probe(r) for r in [*probes, *others]))
+        return any(r.up for r in self.set.live)
+
+    async def resolve_now(self) -> None:
+        """Resolve the ``dns:///`` names at once; new replicas are read before this returns."""
+        self.set.resolving = True
+        await self._resolve()
+
+    async def _call(self, method: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        self._maintain(time.monotonic())
+        if not self.set.live and self.set.names:
+            await self.resolve_now()
+        attempt = self.set.attempt(method, args, kw)
         while True:
-            replica = self.set.pick(exclude=[r for r, _ in errors])
-            if replica is None:
-                raise self.set.unavailable(errors)
+            replica = attempt.next()
             try:
-                return await getattr(replica.triton, method)(*args, **kw)
+                return await getattr(replica.triton, method)(*args, **attempt.kw)
             except InferenceServerException as exc:
-                if not replica_failed(EmbeddingError.from_triton(exc)):
-                    raise
-                self.set.mark_down(replica, time.monotonic())
-                errors.append((replica, exc))
-                left = remaining(kw, started)
-                if len(errors) > 1 or left is None:
-                    raise self.set.unavailable(errors) from None
-                kw = left
-                self.set.failovers += 1
+                attempt.failed(replica, exc)
             finally:
                 idle = self.set.done(replica)
                 if idle is not None:
@@ -442,18 +546,28 @@ class AsyncReplicatedTriton:
     async def _probe(self, replica: Replica) -> None:
         try:
             ready = bool(await replica.triton.is_server_ready(client_timeout=PROBE_TIMEOUT_S))
-        except Exception:
+            if ready and self._discover is not None and (not replica.up or replica.models is None):
+                await self._discover(replica)  # back: read what it serves before it gets calls again
+        except Exception:  # any failure to reach it (or to read it) means "not ready", which is the answer
             ready = False
         self.set.probed(replica, ready, time.monotonic())
 
     async def _resolve(self) -> None:
         try:
-            found: list[str] | None = await asyncio.get_running_loop().run_in_executor(None, resolve, self.set.names)
+            found: list[str] | None = await asyncio.get_running_loop().run_in_executor(
+                None, self.resolver, self.set.names
+            )
             self.set.resolve_error = None
         except OSError as exc:
             found, self.set.resolve_error = None, exc
+            log.warning("cannot resolve %s: %s; keeping %d replicas", self.set.names, exc, len(self.set.live))
         for triton in self.set.update(found, time.monotonic()):
             await triton.close()
+        for replica in self.set.unread():
+            try:
+                await self._discover(replica)  # type: ignore[misc]
+            except Exception:  # cannot be read yet: down, and read again when its probe answers
+                self.set.probed(replica, False, time.monotonic())
 
 
 def connect(url: Targets, triton_class: type, verbose: bool = False) -> Any:

@@ -120,7 +120,8 @@ def test_resolution_adds_new_addresses_retires_vanished_ones_and_survives_a_fail
 
 def test_what_counts_as_a_failed_replica():
     def err(code: str, message: str) -> EmbeddingError:
-        return EmbeddingError.from_triton(InferenceServerException(message, status=f"StatusCode.{code}"))
+        # As tritonclient raises it: the reason is classify's reading of the status and Triton's prose.
+        return EmbeddingError.from_triton(InferenceServerException(message, f"StatusCode.{code}"))
 
     assert replica_failed(err("UNAVAILABLE", "failed to connect to all addresses"))
     assert replica_failed(err("UNAVAILABLE", "Socket closed"))

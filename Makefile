@@ -16,11 +16,7 @@ EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 SOAK_MINUTES ?= 10
 
-<<<<<<< HEAD
-.PHONY: setup fixtures export serve demo test lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact rerank-demo bench-rerank soak
-=======
-.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway budget eval eval-compact rerank-demo bench-rerank soak
->>>>>>> tiers
+.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact rerank-demo bench-rerank soak
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)

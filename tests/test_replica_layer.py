@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, ModelInfo, RetryPolicy
+from tembed_client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError, ModelInfo
 from tembed_client import contract as c
+from tembed_gateway.registry import ObservedRetry
 
 A, B = "a:8001", "b:8001"
 MODEL, OTHER = "m", "n"
@@ -120,17 +120,8 @@ class AsyncFakeTriton(FakeTriton):
         pass
 
 
-@dataclass(frozen=True)
-class CountedRetry(RetryPolicy):
-    """Short pauses (the test measures counts, not time), each one granted counted."""
-
-    on_retry: Callable[[], None] | None = None
-
-    def again(self, attempt: int, started: float, timeout: float | None) -> float | None:
-        pause = super().again(attempt, started, timeout)
-        if pause is not None and self.on_retry is not None:
-            self.on_retry()
-        return pause
+# The gateway's RetryPolicy that counts each pause it grants; the tests give it short pauses.
+CountedRetry = ObservedRetry
 
 
 class User:

@@ -64,7 +64,8 @@ class ServingOptions:
     # The encoder's queue policy, off by default (0): in tritonserver 2.51 any ``default_queue_policy``
     # (a timeout, a size, or both) makes the dynamic batcher sit idle ~0.5 s now and then while requests
     # wait: 8 concurrent short queries had P99 0.6-1.1 s with it, 0.10 s without (docs/RELIABILITY.md).
-    # Without it a caller's deadline still frees the queue: Triton drops a cancelled request unrun.
+    # Without it a request queued at the encoder is computed even after its caller's deadline passed
+    # (tritonserver 2.51; tests/test_reliability.py pins the gap): max_in_flight bounds the backlog.
     # queue_timeout_s: longest wait before a request is refused (UNAVAILABLE); queue_tokens sizes a
     # bounded queue (queue_size; RESOURCE_EXHAUSTED past it).
     queue_timeout_s: float = 0.0

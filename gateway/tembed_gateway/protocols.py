@@ -38,13 +38,6 @@ class EmbeddingRequest:
     options: dict[str, Any]  # contract.options_for(TASK_EMBED), checked; absent: the server's default
 
 
-def optional_str(body: dict[str, Any], key: str) -> str | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise bad_request(f"{key} must be a string, not {type(value).__name__}", key)
-    return value
-
-
 def parse_input(value: object, max_inputs: int) -> tuple[list[str] | None, list[list[int]] | None]:
     """OpenAI's four input forms: str, list of str, list of int (one text), list of lists of int."""
     shapes = "a string, a list of strings, a list of token ids or a list of lists of token ids"

@@ -19,6 +19,7 @@ _EXPORTS = {
     "ModelInfo": "discovery",
     "RerankResult": "results",
     "RetryPolicy": "retry",
+    "SparseEmbedding": "results",
     "TokenizeResult": "results",
     "classify": "errors",
     "discover_models": "discovery",

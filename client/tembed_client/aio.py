@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
+from . import contract as c
+from . import m3
 from .base import ClientBase
 from .calls import Call, RerankCall, Text, Texts, TokenizeCall
 from .discovery import ModelInfo, loaded_models, parse_model_config, pick_model
@@ -113,10 +115,12 @@ class AsyncEmbeddingClient(ClientBase):
                 await asyncio.sleep(pause)
                 attempt += 1
 
-    async def embed(self, texts: Texts, **options: Any) -> np.ndarray:
+    async def embed(self, texts: Texts, **options: Any) -> np.ndarray | EmbeddingResult:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str (or the compact
-        ``embedding_type``'s values, as :meth:`encode` says)."""
-        return (await self.encode(texts, **options)).embeddings
+        ``embedding_type``'s values, as :meth:`encode` says). With bge-m3's ``outputs`` beyond dense:
+        the :class:`EmbeddingResult` (``sparse``, ``multi_vectors``), as the blocking client."""
+        result = await self.encode(texts, **options)
+        return result if result.sparse is not None or result.multi_vectors is not None else result.embeddings
 
     async def tokenize(self, texts: Texts, **options: Any) -> TokenizeResult:
         """The token ids the model would embed (prompt and special tokens included, after
@@ -128,7 +132,12 @@ class AsyncEmbeddingClient(ClientBase):
 
     async def score(self, query: Text, documents: Iterable[Text], **options: Any) -> RerankResult:
         """Relevance of each document to ``query``, in the documents' order; chunks go concurrently."""
-        call = RerankCall.prepare(await self.model_info(), query, documents, **options)
+        info = await self.model_info()
+        if m3.reranks(info):  # bge-m3: its M3 score from one embedding call (weights=[dense, sparse, colbert])
+            weights = m3.check_weights(options.pop(m3.WEIGHTS, None))
+            texts = m3.rerank_texts(query, documents)
+            return m3.rerank_result(await self.encode(texts, outputs=c.OUTPUT_KINDS, **options), weights)
+        call = RerankCall.prepare(info, query, documents, **options)
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)
 

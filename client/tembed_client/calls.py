@@ -29,7 +29,7 @@ from .contract import (
 )
 from .discovery import ModelInfo, check_task
 from .errors import EmbeddingError, invalid
-from .results import EmbeddingResult, RerankResult, TokenizeResult
+from .results import EmbeddingResult, RerankResult, SparseEmbedding, TokenizeResult
 
 Text = Union[str, bytes]
 Texts = Union[Text, Iterable[Text]]
@@ -131,18 +131,35 @@ class Call:
     width: int  # columns expected back
     options: dict[str, np.ndarray]  # the optional inputs the caller gave
     embedding_type: str = EMBEDDING_TYPE_DEFAULT
+    outputs: tuple[str, ...] = (c.OUTPUT_DENSE,)  # bge-m3: the kinds asked for (contract.OUTPUT_KINDS)
     option_names: ClassVar[tuple[str, ...] | None] = None  # the options this call takes (None: all of its task's)
 
     @classmethod
     def prepare(cls, info: ModelInfo, texts: Texts, **options: Any) -> Call:
-        """Check the texts and the options (``contract.options_for(TASK_EMBED)``; None: not given)."""
+        """Check the texts and the options (``contract.options_for(TASK_EMBED)``; None: not given).
+        ``outputs`` may be a list of kinds (``["dense", "sparse"]``) or the option's text."""
         check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
         check_sizes(encoded, info, "texts")
+        if options.get(c.OUTPUTS) is not None:
+            options = {**options, c.OUTPUTS: c.outputs_value(options[c.OUTPUTS])}
         arrays = option_arrays(info, c.TASK_EMBED, options, cls.option_names)
         width = int(arrays[DIMENSIONS][0]) if DIMENSIONS in arrays else info.dimension
         kind = arrays[EMBEDDING_TYPE][0].decode() if EMBEDDING_TYPE in arrays else EMBEDDING_TYPE_DEFAULT
-        return cls(info, encoded, single, width, arrays, kind)
+        kinds = c.output_kinds(arrays[c.OUTPUTS][0].decode()) if c.OUTPUTS in arrays else (c.OUTPUT_DENSE,)
+        has = c.output_kinds(info.parameters.get(c.PARAM_OUTPUTS, c.OUTPUT_DENSE))
+        if set(kinds) - set(has):
+            missing = ", ".join(k for k in kinds if k not in has)
+            raise EmbeddingError(
+                f"{c.OUTPUTS} {missing}: model {info.name!r} has only {', '.join(has)}", c.UNSUPPORTED, param=c.OUTPUTS
+            )
+        if kinds == (c.OUTPUT_DENSE,):
+            arrays.pop(c.OUTPUTS, None)  # the default: a model exported before the option serves it too
+        return cls(info, encoded, single, width, arrays, kind, kinds)
+
+    @property
+    def dense(self) -> bool:
+        return c.OUTPUT_DENSE in self.outputs
 
     @property
     def vector_output(self) -> str:
@@ -151,8 +168,21 @@ class Call:
 
     @property
     def columns(self) -> int:
-        """Columns of the vector output: ``width`` dimensions, or their bytes for compact types."""
+        """Columns of the vector output: ``width`` dimensions, or their bytes for compact types (0 when
+        dense was not asked for)."""
+        if not self.dense:
+            return 0
         return c.packed_width(self.embedding_type, self.width) or self.width
+
+    @property
+    def extra_outputs(self) -> tuple[str, ...]:
+        """bge-m3's tensors this call asks for (``contract.M3_TENSORS``)."""
+        names: tuple[str, ...] = ()
+        if c.OUTPUT_SPARSE in self.outputs:
+            names += (c.SPARSE_IDS, c.SPARSE_WEIGHTS, c.SPARSE_COUNT)
+        if c.OUTPUT_COLBERT in self.outputs:
+            names += (c.MULTI_VECTORS, c.MULTI_VECTOR_COUNT)
+        return names
 
     @property
     def wants_original(self) -> bool:
@@ -183,6 +213,7 @@ class Call:
             inputs += [tensor(name, data) for name, data in self.options.items()]
             vec = self.vector_output
             names = (vec, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL) if self.wants_original else (vec, TOKEN_COUNT)
+            names += self.extra_outputs
             outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for texts[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
             yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
@@ -194,7 +225,13 @@ class Call:
         embeddings = [np.empty((0, columns), dtype)]
         token_counts = [np.empty(0, np.int32)]
         originals = [np.empty(0, np.int32)]
+        sparse: list[SparseEmbedding] = []
+        multi: list[np.ndarray] = []
         for chunk, result in zip(self.chunks(), results):
+            if self.extra_outputs:
+                more_sparse, more_multi = self.m3_outputs(result, len(chunk))
+                sparse += more_sparse
+                multi += more_multi
             emb, tok = result.as_numpy(vec), result.as_numpy(TOKEN_COUNT)
             if emb is None or tok is None:
                 raise EmbeddingError(f"response lacks {vec!r} or {TOKEN_COUNT!r}", reason=c.INTERNAL)
@@ -211,9 +248,36 @@ class Call:
         tok = np.concatenate(token_counts).astype(np.int32, copy=False)
         orig = np.concatenate(originals).astype(np.int32, copy=False) if self.wants_original else None
         kind = self.embedding_type
+        sp = sparse if c.OUTPUT_SPARSE in self.outputs else None
+        mv = multi if c.OUTPUT_COLBERT in self.outputs else None
         if self.single:
-            return EmbeddingResult(emb[0], tok[0, ...], self.info.name, None if orig is None else orig[0, ...], kind)
-        return EmbeddingResult(emb, tok, self.info.name, orig, kind)
+            return EmbeddingResult(
+                emb[0], tok[0, ...], self.info.name, None if orig is None else orig[0, ...], kind,
+                None if sp is None else sp[0], None if mv is None else mv[0],
+            )  # fmt: skip
+        return EmbeddingResult(emb, tok, self.info.name, orig, kind, sp, mv)
+
+    def m3_outputs(self, result: grpcclient.InferResult, n: int) -> tuple[list[SparseEmbedding], list[np.ndarray]]:
+        """One response's per-text sparse weights and multi-vectors, cut by their counts."""
+        sparse: list[SparseEmbedding] = []
+        multi: list[np.ndarray] = []
+        if c.OUTPUT_SPARSE in self.outputs:
+            ids, weights, count = (result.as_numpy(k) for k in (c.SPARSE_IDS, c.SPARSE_WEIGHTS, c.SPARSE_COUNT))
+            if ids is None or weights is None or count is None or count.size != n or ids.size != int(count.sum()):
+                raise EmbeddingError(f"the response's {c.SPARSE_IDS} do not match {c.SPARSE_COUNT}", reason=c.INTERNAL)
+            cuts = np.cumsum(count.reshape(-1))[:-1]
+            sparse = [
+                SparseEmbedding(i.astype(np.int32, copy=False), w.astype(np.float32, copy=False))
+                for i, w in zip(np.split(ids.reshape(-1), cuts), np.split(weights.reshape(-1), cuts))
+            ]
+        if c.OUTPUT_COLBERT in self.outputs:
+            vectors, count = result.as_numpy(c.MULTI_VECTORS), result.as_numpy(c.MULTI_VECTOR_COUNT)
+            if vectors is None or count is None or count.size != n or len(vectors) != int(count.sum()):
+                raise EmbeddingError(
+                    f"the response's {c.MULTI_VECTORS} do not match {c.MULTI_VECTOR_COUNT}", reason=c.INTERNAL
+                )
+            multi = np.split(vectors, np.cumsum(count.reshape(-1))[:-1])
+        return sparse, multi
 
 
 def original_counts(result: grpcclient.InferResult, n: int) -> np.ndarray:

@@ -82,6 +82,54 @@ EMBEDDING_TYPE_DEFAULT = "float"
 EMBEDDING_DTYPES = {"float": "float32", "int8": "int8", "uint8": "uint8", "binary": "int8", "ubinary": "uint8"}
 BIT_PACKED_TYPES = ("binary", "ubinary")  # 8 dimensions per byte; int8 and uint8 one per dimension
 
+# bge-m3's three outputs from one forward pass (FlagEmbedding's BGEM3FlagModel; a model whose profile
+# lists them, see ModelProfile.outputs): OUTPUTS, a request option, says which a request gets back.
+#   dense    the embedding (EMBEDDING / EMBEDDING_PACKED): CLS, unit length; dimensions and
+#            embedding_type apply to it alone;
+#   sparse   lexical weights: relu(sparse_linear(h)) per token, the maximum per token id, the special
+#            tokens (CLS, EOS, PAD, UNK) and weights <= 0 left out, ids in order of first occurrence;
+#   colbert  multi-vectors: colbert_linear(h) of every token but the first (CLS), each unit length
+#            (tokens - 1 vectors of the model's hidden size per text).
+# Not asked for, an output comes back empty ([n, 0] or no rows). Under long_text chunk the sparse weights
+# are the maximum over the text's windows (the windows' union, as if one sequence); colbert is refused
+# (a window's vectors attend only inside it, and overlapping windows would repeat tokens).
+OUTPUTS = "outputs"  # BYTES [1], optional: a comma-separated set of OUTPUT_KINDS, in that order
+OUTPUT_KINDS = ("dense", "sparse", "colbert")
+OUTPUT_DENSE, OUTPUT_SPARSE, OUTPUT_COLBERT = OUTPUT_KINDS
+OUTPUTS_VALUES = tuple(
+    ",".join(k for i, k in enumerate(OUTPUT_KINDS) if bits >> i & 1) for bits in range(1, 1 << len(OUTPUT_KINDS))
+)
+OUTPUTS_DEFAULT = OUTPUT_DENSE
+# Sparse: every text's (token id, weight) pairs, concatenated; SPARSE_COUNT says how many are each text's.
+SPARSE_IDS = "sparse_ids"  # INT32 [pairs, 1]
+SPARSE_WEIGHTS = "sparse_weights"  # FP32 [pairs, 1]
+SPARSE_COUNT = "sparse_count"  # INT32 [n, 1]
+# Multi-vectors: every text's vectors, concatenated; MULTI_VECTOR_COUNT says how many are each text's.
+MULTI_VECTORS = "multi_vectors"  # FP32 [vectors, hidden]
+MULTI_VECTOR_COUNT = "multi_vector_count"  # INT32 [n, 1]
+M3_TENSORS = (SPARSE_IDS, SPARSE_WEIGHTS, SPARSE_COUNT, MULTI_VECTORS, MULTI_VECTOR_COUNT)
+PARAM_OUTPUTS = "outputs"  # ensemble parameter: the OUTPUT_KINDS the model has, comma-separated
+# The M3 score of a (query, document) pair, FlagEmbedding's compute_score "colbert+sparse+dense":
+# (w_dense * dense + w_sparse * sparse + w_colbert * colbert) / (w_dense + w_sparse + w_colbert), with its
+# default weights [1, 1, 1] (BGEM3FlagModel.compute_score_single_device, FlagEmbedding 1.4.2).
+M3_WEIGHTS_DEFAULT = (1.0, 1.0, 1.0)
+
+
+def outputs_value(kinds: object) -> str:
+    """The OUTPUTS option's value for a set of kinds ("dense,colbert"; a str passes through unchanged)."""
+    if isinstance(kinds, str):
+        return kinds
+    wanted = set(kinds)  # type: ignore[call-overload]
+    unknown = wanted - set(OUTPUT_KINDS)
+    if unknown or not wanted:
+        return ",".join(sorted(map(str, unknown))) or ""
+    return ",".join(k for k in OUTPUT_KINDS if k in wanted)
+
+
+def output_kinds(value: str) -> tuple[str, ...]:
+    return tuple(k for k in value.split(",") if k)
+
+
 # Rerank ensemble: inputs (INSTRUCTION, optional, for models whose prompt carries one) and outputs
 # (TOKEN_COUNT, one per document: tokens of its pair as scored).
 QUERY = "query"  # BYTES [1]
@@ -220,6 +268,7 @@ OPTIONS = {
         Option(TRUNCATE, "BYTES", (TASK_EMBED,), TRUNCATE_VALUES, TRUNCATE_DEFAULT, any_case=True, tokens=True),
         Option(LONG_TEXT, "BYTES", (TASK_EMBED,), LONG_TEXT_VALUES, LONG_TEXT_DEFAULT),
         Option(EMBEDDING_TYPE, "BYTES", (TASK_EMBED,), EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT),
+        Option(OUTPUTS, "BYTES", (TASK_EMBED,), OUTPUTS_VALUES, OUTPUTS_DEFAULT),  # bge-m3: which outputs
     )
 }
 

@@ -10,6 +10,18 @@ from .contract import EMBEDDING_TYPE_DEFAULT
 
 
 @dataclass(frozen=True, eq=False)
+class SparseEmbedding:
+    """One text's lexical weights (bge-m3 ``outputs`` sparse): token ids and their weights, in order of
+    first occurrence, the special tokens and weights <= 0 left out (FlagEmbedding's ``lexical_weights``)."""
+
+    ids: np.ndarray  # int32 [k]
+    weights: np.ndarray  # float32 [k]
+
+    def as_dict(self) -> dict[int, float]:
+        return {int(i): float(w) for i, w in zip(self.ids, self.weights)}
+
+
+@dataclass(frozen=True, eq=False)
 class EmbeddingResult:
     """Embeddings (float32, L2-normalised) and token counts (int32), one row per text in order.
 
@@ -29,6 +41,11 @@ class EmbeddingResult:
     # ``original_token_counts > token_counts`` is exactly "this text was truncated".
     original_token_counts: np.ndarray | None = None
     embedding_type: str = EMBEDDING_TYPE_DEFAULT  # what ``embeddings`` holds (contract.EMBEDDING_TYPES)
+    # bge-m3 (``outputs``): per text its lexical weights and its multi-vectors ([tokens - 1, hidden],
+    # unit rows); None when not asked for. ``embeddings`` has no columns when dense was not asked for.
+    # For a single str, one of each rather than a list.
+    sparse: list[SparseEmbedding] | SparseEmbedding | None = None
+    multi_vectors: list[np.ndarray] | np.ndarray | None = None
 
     @property
     def truncated(self) -> np.ndarray | None:

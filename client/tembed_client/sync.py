@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from . import contract as c
+from . import m3
 from .base import ClientBase
 from .calls import Call, RerankCall, Text, Texts, TokenizeCall
 from .discovery import ModelInfo, loaded_models, parse_model_config, pick_model
@@ -97,10 +99,13 @@ class EmbeddingClient(ClientBase):
                 time.sleep(pause)
                 attempt += 1
 
-    def embed(self, texts: Texts, **options: Any) -> np.ndarray:
+    def embed(self, texts: Texts, **options: Any) -> np.ndarray | EmbeddingResult:
         """Float32 embeddings: [n, d] for a list of n texts, [d] for a single str (or the compact
-        ``embedding_type``'s values, as :meth:`encode` says)."""
-        return self.encode(texts, **options).embeddings
+        ``embedding_type``'s values, as :meth:`encode` says). With bge-m3's ``outputs`` beyond dense
+        (``outputs=["dense", "sparse", "colbert"]``): the :class:`EmbeddingResult`, whose ``sparse``
+        and ``multi_vectors`` hold them."""
+        result = self.encode(texts, **options)
+        return result if result.sparse is not None or result.multi_vectors is not None else result.embeddings
 
     def tokenize(self, texts: Texts, **options: Any) -> TokenizeResult:
         """The token ids the model would embed (prompt and special tokens included, after
@@ -113,7 +118,12 @@ class EmbeddingClient(ClientBase):
         """Relevance of each document to ``query``, in the documents' order, with token counts.
 
         Lists longer than the model's ``max_texts`` are sent in chunks and merged."""
-        call = RerankCall.prepare(self.model_info(), query, documents, **options)
+        info = self.model_info()
+        if m3.reranks(info):  # bge-m3: its M3 score from one embedding call (weights=[dense, sparse, colbert])
+            weights = m3.check_weights(options.pop(m3.WEIGHTS, None))
+            texts = m3.rerank_texts(query, documents)
+            return m3.rerank_result(self.encode(texts, outputs=c.OUTPUT_KINDS, **options), weights)
+        call = RerankCall.prepare(info, query, documents, **options)
         return call.finish([self._send(where, request) for where, request in call.requests()])
 
     def rerank(

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tembed_serving.contract import INPUT_TYPES, TASK_EMBED, TASK_RERANK
+from tembed_serving.contract import INPUT_TYPES, OUTPUT_DENSE, OUTPUT_KINDS, TASK_EMBED, TASK_RERANK
 from tembed_serving.profile import ModelProfile, ProfileError
 
 # Decoder-only architectures embed through the last token (causal attention: only the last
@@ -311,6 +311,27 @@ def read_rerank(f: ModelFiles) -> dict:
     return fields
 
 
+# bge-m3's heads beside the weights (FlagEmbedding's BGEM3FlagModel loads them when both are there).
+M3_HEADS = ("sparse_linear.pt", "colbert_linear.pt")
+# The tokens FlagEmbedding leaves out of the lexical weights (m3.py: cls, eos, pad, unk).
+M3_UNUSED_TOKENS = ("cls_token", "eos_token", "pad_token", "unk_token")
+
+
+def read_outputs(f: ModelFiles) -> tuple[list[str], list[int]]:
+    """(outputs, special token ids): bge-m3's three when both of its heads lie beside an encoder's
+    weights (the special ids are those its sparse weights leave out), else the dense vector alone."""
+    if not all((f.folder / name).is_file() for name in M3_HEADS) or f.model_type in DECODER_TYPES:
+        return [OUTPUT_DENSE], []
+    special = []
+    for key in M3_UNUSED_TOKENS:
+        token = _token_str(f.tokenizer_config.get(key))
+        token_id = _token_id(f.tokenizer, token) if token else None
+        if token_id is None:
+            raise ProfileError(f"{f.folder}: bge-m3 heads found, but no id for its {key} {token!r}")
+        special.append(int(token_id))
+    return list(OUTPUT_KINDS), sorted(set(special))
+
+
 def read_profile(
     folder: Path,
     *,
@@ -342,6 +363,7 @@ def read_profile(
     end_token, end_id = read_end_token(f, pooling, end_token)
     prompts = read_prompts(f) if prompts is None else prompts
     template, default_instruction = read_instruction(prompts)
+    outputs, special_ids = read_outputs(f)
     return ModelProfile(
         name=name or f.folder.name.lower(),
         model_type=f.model_type,
@@ -362,6 +384,8 @@ def read_profile(
         source=str(f.folder),
         vocab_size=read_vocab_size(f),
         trust_remote_code=remote_code,
+        outputs=outputs,
+        special_token_ids=special_ids,
     )
 
 

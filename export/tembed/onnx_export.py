@@ -11,18 +11,40 @@ import numpy as np
 import torch
 from torch import nn
 
-from tembed_serving.contract import ATTENTION_MASK, ENCODER_INPUTS, ENCODER_OUTPUT, ENCODER_OUTPUTS, INPUT_IDS
+from tembed_serving.contract import (
+    ATTENTION_MASK,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+    ENCODER_OUTPUTS,
+    GRAPH_OUTPUTS,
+    INPUT_IDS,
+    TASK_EMBED,
+)
 from tembed_serving.profile import ModelProfile
 
 log = logging.getLogger(__name__)
 
 
-def dynamic_axes(output: str) -> dict[str, dict[int, str]]:
-    return {
+def graph_outputs(profile: ModelProfile) -> list[str]:
+    """The graph's outputs: the task's one, or bge-m3's embedding, token weights and token vectors."""
+    if profile.task == TASK_EMBED and profile.multi_output:
+        return [GRAPH_OUTPUTS[kind] for kind in profile.outputs]
+    return [ENCODER_OUTPUTS[profile.task]]
+
+
+def dynamic_axes(*outputs: str) -> dict[str, dict[int, str]]:
+    axes = {
         INPUT_IDS: {0: "batch_size", 1: "sequence_length"},
         ATTENTION_MASK: {0: "batch_size", 1: "sequence_length"},
-        output: {0: "batch_size"},
     }
+    for i, output in enumerate(outputs):
+        # The first output is per sequence; bge-m3's others per token.
+        axes[output] = {0: "batch_size"} if i == 0 else {0: "batch_size", 1: "sequence_length"}
+    return axes
+
+
+def _as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
 
 
 TRACE_SHAPE = (2, 12)
@@ -64,7 +86,7 @@ def export_onnx(model: nn.Module, profile: ModelProfile, out: Path, *, opset: in
     """``model`` is the task's module (EmbeddingModel or RerankModel); the output is named for the task."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    output = ENCODER_OUTPUTS[profile.task]
+    outputs = graph_outputs(profile)
     vocab = model.config.vocab_size
     ids, mask = sample_inputs(profile, *TRACE_SHAPE, vocab=vocab, seed=0)
     with warnings.catch_warnings(), torch.inference_mode():
@@ -74,8 +96,8 @@ def export_onnx(model: nn.Module, profile: ModelProfile, out: Path, *, opset: in
             (torch.from_numpy(ids), torch.from_numpy(mask)),
             str(out),
             input_names=list(ENCODER_INPUTS),
-            output_names=[output],
-            dynamic_axes=dynamic_axes(output),
+            output_names=outputs,
+            dynamic_axes=dynamic_axes(*outputs),
             opset_version=opset,
             dynamo=False,
         )
@@ -85,6 +107,10 @@ def export_onnx(model: nn.Module, profile: ModelProfile, out: Path, *, opset: in
     # builders want the static size they can check against the profile.
     graph = onnx.load(str(out), load_external_data=False)
     graph.graph.output[0].type.tensor_type.shape.dim[1].dim_value = profile.dimension
+    for out_info in graph.graph.output[1:]:  # bge-m3's token vectors [b, s, hidden]
+        dims = out_info.type.tensor_type.shape.dim
+        if len(dims) == 3:
+            dims[2].dim_value = profile.dimension
     onnx.save(graph, str(out))
     onnx.checker.check_model(str(out))
     return out
@@ -99,26 +125,28 @@ def validate_onnx(
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    output = ENCODER_OUTPUTS[profile.task]
+    expected = graph_outputs(profile)
     outputs = [o.name for o in sess.get_outputs()]
-    if names != list(ENCODER_INPUTS) or outputs != [output]:
+    if names != list(ENCODER_INPUTS) or outputs != expected:
         raise ExportValidationError(f"unexpected graph signature: inputs {names}, outputs {outputs}")
     vocab = model.config.vocab_size
     reports = []
     for i, (batch, length) in enumerate(VALIDATION_SHAPES):
         ids, mask = sample_inputs(profile, batch, length, vocab=vocab, seed=100 + i)
         with torch.inference_mode():
-            ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-        got = sess.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
+            refs = [r.numpy() for r in _as_tuple(model(torch.from_numpy(ids), torch.from_numpy(mask)))]
+        gots = sess.run(expected, {INPUT_IDS: ids, ATTENTION_MASK: mask})
+        got, ref = gots[0], refs[0]
         if got.shape != (batch, profile.dimension):
             raise ExportValidationError(
                 f"shape {(batch, length)}: output {got.shape}, expected {(batch, profile.dimension)}"
             )
-        err = float(np.abs(got - ref).max())
+        # Every output (bge-m3's token weights and vectors too) within the tolerance.
+        err = max(float(np.abs(g - r).max()) for g, r in zip(gots, refs))
         cos = float((got * ref).sum(-1).min())
         reports.append(ValidationReport((batch, length), err, cos))
         log.info("validate %s: max|onnx-torch| = %.2e, min cosine = %.7f", (batch, length), err, cos)
-        if not np.isfinite(got).all() or err > atol:
+        if not all(np.isfinite(g).all() for g in gots) or err > atol:
             raise ExportValidationError(
                 f"ONNX output differs from PyTorch at batch={batch}, seq={length}: max abs error {err:.3e} > {atol:.0e}"
             )

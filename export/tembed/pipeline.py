@@ -88,6 +88,14 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     profile = read_export_profile(source, o)
     if o.quantize and profile.task != "embed":
         raise ValueError(f"--quantize {o.quantize} is checked on embeddings; {profile.name} is a {profile.task} model")
+    if profile.multi_output and backend.name != "python-onnx":
+        # bge-m3's sparse and ColBERT outputs are finished by the ONNX Runtime runner (m3.finish_request).
+        log.warning(
+            "%s: the %s backend serves bge-m3's dense vector only (sparse and colbert: python-onnx)",
+            profile.name,
+            backend.name,
+        )
+        profile.outputs, profile.special_token_ids = profile.outputs[:1], []
     if profile.task != "embed" and backend.graph is None:
         raise ValueError(f"the {backend.name} backend serves embedding models; export a {profile.task} model to ONNX")
     log.info(

@@ -221,6 +221,25 @@ def finishes_vectors(p: ModelProfile, opts: ServingOptions) -> bool:
     return p.task == c.TASK_EMBED and BACKENDS[opts.backend].runs_in_python
 
 
+def serves_m3(p: ModelProfile, opts: ServingOptions) -> bool:
+    """bge-m3's sparse and multi-vector outputs beside the dense one: the ONNX Runtime runner finishes
+    them (``tembed_serving.m3``); other backends serve the dense vector (the export says so)."""
+    return p.multi_output and finishes_vectors(p, opts) and opts.backend == PythonOnnxBackend.name
+
+
+def _m3_outputs(msg, p: ModelProfile, batched: bool) -> None:
+    """bge-m3's tensors (``contract.M3_TENSORS``): pairs and vectors of all texts, and each text's count."""
+    lead = [] if batched else [-1]
+    for name, dtype, width in (
+        (c.SPARSE_IDS, mc.TYPE_INT32, 1),
+        (c.SPARSE_WEIGHTS, mc.TYPE_FP32, 1),
+        (c.SPARSE_COUNT, mc.TYPE_INT32, 1),
+        (c.MULTI_VECTORS, mc.TYPE_FP32, p.dimension),
+        (c.MULTI_VECTOR_COUNT, mc.TYPE_INT32, 1),
+    ):
+        _io(msg, name, dtype, [*lead, width])
+
+
 def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     ids = _DTYPES[p.ids_dtype]
     # A request's rows are its texts, or under long_text chunk every window of them (profile.max_rows):
@@ -236,6 +255,9 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         # One vector per text (not per row) and as many columns as the request asked for.
         _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1])
         _io(cfg.output, c.EMBEDDING_PACKED, mc.TYPE_UINT8, [-1])
+        if serves_m3(p, opts):
+            _io(cfg.input, c.ROW_OUTPUTS, mc.TYPE_INT32, [1], optional=True)
+            _m3_outputs(cfg.output, p, batched=True)
     else:
         out = _io(cfg.output, c.ENCODER_OUTPUTS[p.task], mc.TYPE_FP32, [p.dimension])
         if p.task == c.TASK_RERANK:
@@ -308,6 +330,8 @@ class EmbedTask(Task):
         if finishes_vectors(p, opts):
             _io(cfg.output, c.ROW_OPTIONS, mc.TYPE_INT32, [-1, c.ROW_OPTION_COLUMNS])
             _io(cfg.output, c.ROW_WEIGHT_COLUMN, mc.TYPE_FP32, [-1, 1])
+            if serves_m3(p, opts):
+                _io(cfg.output, c.ROW_OUTPUTS, mc.TYPE_INT32, [-1, 1])
         else:
             self._post_tensors(cfg.output)
         return cfg
@@ -339,6 +363,9 @@ class EmbedTask(Task):
         self._vector_outputs(cfg.output)
         _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
         _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
+        m3 = serves_m3(p, opts)
+        if m3:
+            _m3_outputs(cfg.output, p, batched=False)
         # What clients need to know without reading the profile: request limits and vector sizes.
         for key, value in {
             c.PARAM_TASK: p.task,
@@ -356,13 +383,14 @@ class EmbedTask(Task):
             # tokenize: the tokenizer model, called directly, answers with the ids the encoder gets.
             c.PARAM_TOKENIZER: names["tokenizer"],
             c.PARAM_TOKENIZER_OUTPUTS: ",".join(c.ENCODER_INPUTS),
+            c.PARAM_OUTPUTS: ",".join(p.outputs if m3 else p.outputs[:1]),
         }.items():
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
         for t in cfg.input:
             tok.input_map[t.name] = t.name
-        finish_inputs = self._finish_inputs(p, opts)
+        finish_inputs = self._finish_inputs(p, opts) + ((c.ROW_OUTPUTS,) if m3 else ())
         for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, *finish_inputs):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)
@@ -371,7 +399,7 @@ class EmbedTask(Task):
         if finishes_vectors(p, opts):  # tokenizer -> encoder: the encoder's outputs are the ensemble's
             for key in finish_inputs:
                 enc.input_map[key] = key
-            for key in (c.EMBEDDING, c.EMBEDDING_PACKED):
+            for key in (c.EMBEDDING, c.EMBEDDING_PACKED, *(c.M3_TENSORS if m3 else ())):
                 enc.output_map[key] = key
             return cfg
         enc.output_map[c.ENCODER_OUTPUT] = c.FULL_EMBEDDING

@@ -31,7 +31,16 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
     LONG_TEXT_VALUES,
+    M3_TENSORS,
+    MULTI_VECTOR_COUNT,
+    MULTI_VECTORS,
     OPTIONS,
+    OUTPUT_COLBERT,
+    OUTPUT_DENSE,
+    OUTPUT_KINDS,
+    OUTPUT_SPARSE,
+    OUTPUTS,
+    OUTPUTS_DEFAULT,
     PARAM_DIMENSION,
     PARAM_INSTRUCTION,
     PARAM_MAX_LENGTH,
@@ -42,6 +51,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_MAX_WINDOWS,
     PARAM_MIN_DIMENSION,
     PARAM_MODEL_TYPE,
+    PARAM_OUTPUTS,
     PARAM_POOLING,
     PARAM_TASK,
     PARAM_TOKENIZER,
@@ -49,6 +59,9 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     QUERY,
     REASON_CODES,
     SCORE,
+    SPARSE_COUNT,
+    SPARSE_IDS,
+    SPARSE_WEIGHTS,
     TASK_EMBED,
     TASK_RERANK,
     TASKS,
@@ -65,6 +78,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     UNSUPPORTED,
     Option,
     options_for,
+    output_kinds,
     packed_width,
     tag_error,
 )
@@ -87,6 +101,15 @@ ROW_WEIGHT = "row_weight"  # FP32 [rows]
 ROW_OPTIONS = "row_options"  # INT32 [rows, 3]
 ROW_OPTION_COLUMNS = 3
 ROW_WEIGHT_COLUMN = "row_weight_column"  # FP32 [rows, 1]: ROW_WEIGHT
+# bge-m3 (a profile with more outputs than dense): the request's OUTPUTS as a bit mask (bit i:
+# OUTPUT_KINDS[i]), one copy per row like ROW_OPTIONS; and the graph's per-token outputs beside the
+# embedding: each token's lexical weight relu(sparse_linear(h)) [b, s] and its ColBERT vector
+# normalize(colbert_linear(h)) [b, s, hidden] (every position: the serving side drops the CLS and padding).
+ROW_OUTPUTS = "row_outputs"  # INT32 [rows, 1]
+TOKEN_WEIGHTS = "token_weights"
+TOKEN_VECTORS = "token_vectors"
+# The graph's outputs for each of a profile's output kinds.
+GRAPH_OUTPUTS = {OUTPUT_DENSE: EMBEDDING, OUTPUT_SPARSE: TOKEN_WEIGHTS, OUTPUT_COLBERT: TOKEN_VECTORS}
 # The encoder graph's output (ONNX, TensorRT) and the encoder model's output tensor, per task:
 # embedding [b, dimension] (unit length) or score [b, 1].
 ENCODER_OUTPUTS = {TASK_EMBED: EMBEDDING, TASK_RERANK: SCORE}

@@ -12,7 +12,16 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .contract import IDS_DTYPES, INPUT_TYPES, PROFILE_FILE, TASK_EMBED, TASK_RERANK, TASKS
+from .contract import (
+    IDS_DTYPES,
+    INPUT_TYPES,
+    OUTPUT_DENSE,
+    OUTPUT_KINDS,
+    PROFILE_FILE,
+    TASK_EMBED,
+    TASK_RERANK,
+    TASKS,
+)
 
 POOLINGS = ("mean", "cls", "last")
 PAIR_FORMATS = ("prompt", "pair")
@@ -79,6 +88,11 @@ class ModelProfile:
     no_token_id: int | None = None
     sep_token_id: int | None = None  # "pair" models with segment ids: the [SEP] that ends the query
     activation: str = "sigmoid"
+    # The outputs the exported graph has (contract.OUTPUT_KINDS), written once at export: ["dense"],
+    # or bge-m3's three when its sparse and ColBERT heads lie beside the weights. The sparse weights
+    # leave out ``special_token_ids`` (CLS, EOS, PAD, UNK: FlagEmbedding's unused tokens).
+    outputs: list[str] = field(default_factory=lambda: [OUTPUT_DENSE])
+    special_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -101,6 +115,8 @@ class ModelProfile:
         self.max_windows = self.max_windows or windows
         self.max_rows = max(self.max_rows or rows, self.max_texts)
         self.chunk_overlap = overlap if self.chunk_overlap < 0 else self.chunk_overlap
+        if not self.outputs or set(self.outputs) - set(OUTPUT_KINDS) or OUTPUT_DENSE not in self.outputs:
+            raise ProfileError(f"outputs must be dense plus any of {OUTPUT_KINDS[1:]}, got {self.outputs!r}")
         if self.max_windows < 1:
             raise ProfileError(f"max_windows must be >= 1, got {self.max_windows}")
 
@@ -121,6 +137,11 @@ class ModelProfile:
         """Most rows one request gives the encoder (its max_batch_size): a reranker's pairs, or the
         windows of an embedding request under long_text chunk."""
         return self.max_rows if self.task == TASK_EMBED else self.max_texts
+
+    @property
+    def multi_output(self) -> bool:
+        """More than the dense vector (bge-m3): the encoder answers the request's OUTPUTS."""
+        return len(self.outputs) > 1
 
     @property
     def takes_instruction(self) -> bool:

@@ -74,17 +74,41 @@ class OrtEncoder:
         self.options = o
         self.pad_token_id = pad_token_id
         self.left = padding_side == "left"
-        # One output: the task's (embedding or score), as the export named it.
+        # The task's output (embedding or score), as the export named it; bge-m3's graph has its per-token
+        # outputs after it (run only when a request asks: ``outputs``).
         self._output = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
         # The exported graph takes the ids dtype it was exported with (--ids-dtype).
         self._ids_dtype = np.int32 if "int32" in self.session.get_inputs()[0].type else np.int64
 
-    def _session_run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _session_run(self, ids: np.ndarray, mask: np.ndarray, names: list[str] | None = None):
         feeds = {
             INPUT_IDS: ids.astype(self._ids_dtype, copy=False),
             ATTENTION_MASK: mask.astype(self._ids_dtype, copy=False),
         }
+        if names is not None:
+            return self.session.run(names, feeds)
         return self.session.run([self._output], feeds)[0]
+
+    def run_outputs(self, ids: np.ndarray, mask: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """:meth:`run` for several graph outputs (bge-m3): per-sequence ones ``[b, ...]``, per-token ones
+        ``[b, s, ...]`` laid back at the batch's full width (zeros where a length group was cut)."""
+        o = self.options
+        out: dict[str, np.ndarray] = {}
+        for rows, cols in plan(mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens):
+            parts = self._session_run(ids[rows, cols], mask[rows, cols], names)
+            for name, part in zip(names, parts):
+                if name not in out:
+                    per_token = name != self._output
+                    shape = (
+                        (ids.shape[0], ids.shape[1], *part.shape[2:]) if per_token else (ids.shape[0], *part.shape[1:])
+                    )
+                    out[name] = np.zeros(shape, dtype=part.dtype)
+                if name == self._output:
+                    out[name][rows] = part
+                else:
+                    out[name][rows, cols] = part
+        return out
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Embeddings (or scores) of one padded batch, run by length group (``batching.plan``)."""
@@ -97,9 +121,23 @@ class OrtEncoder:
             out[rows] = emb
         return out
 
-    def __call__(self, ids: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
+    def __call__(
+        self, ids: list[np.ndarray], masks: list[np.ndarray], outputs: list[str] | None = None
+    ) -> list[np.ndarray] | list[dict[str, np.ndarray]]:
+        """One array per request; with ``outputs`` (graph output names) one dict of them per request,
+        the per-token ones cut back to the request's own width."""
         # The dynamic batcher merges same-shape requests; a mixed set is padded to the widest.
         all_ids = pad_batch(ids, self.pad_token_id, self.left)
         all_mask = pad_batch(masks, 0, self.left)
-        out = self.run(all_ids, all_mask)
-        return np.split(out, np.cumsum([a.shape[0] for a in ids])[:-1])
+        cuts = np.cumsum([a.shape[0] for a in ids])[:-1]
+        if outputs is None:
+            return np.split(self.run(all_ids, all_mask), cuts)
+        got = self.run_outputs(all_ids, all_mask, outputs)
+        split = {name: np.split(arr, cuts) for name, arr in got.items()}
+        answers = []
+        for i, a in enumerate(ids):
+            width = slice(all_ids.shape[1] - a.shape[1], None) if self.left else slice(0, a.shape[1])
+            answers.append(
+                {name: parts[i] if name == self._output else parts[i][:, width] for name, parts in split.items()}
+            )
+        return answers

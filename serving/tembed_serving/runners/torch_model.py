@@ -50,12 +50,53 @@ class EmbeddingModel(nn.Module):
         return nn.functional.normalize(pooled.float(), p=2.0, dim=-1)
 
 
+class M3Model(EmbeddingModel):
+    """bge-m3 as FlagEmbedding computes it, from one forward pass: ``(input_ids, attention_mask) ->
+    (embedding [b, hidden], token_weights [b, s], token_vectors [b, s, hidden])``.
+
+    The dense vector is the pooled state (CLS), normalised; ``token_weights`` is
+    ``relu(sparse_linear(h))`` per position and ``token_vectors`` ``normalize(colbert_linear(h) * mask)``
+    per position (FlagEmbedding takes ``h[:, 1:]``; the serving side drops the first position and the
+    padding, and keeps the ids' maximum weight, ``m3.finish_request``)."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, sparse: nn.Linear, colbert: nn.Linear):
+        super().__init__(backbone, pooling)
+        self.sparse_linear, self.colbert_linear = sparse, colbert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        dense = nn.functional.normalize(pool(hidden, attention_mask, self.pooling).float(), p=2.0, dim=-1)
+        weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1) * mask.squeeze(-1)
+        vectors = nn.functional.normalize((self.colbert_linear(hidden) * mask).float(), p=2.0, dim=-1)
+        return dense, weights.float(), vectors
+
+
+# FlagEmbedding's head files beside the weights (FlagEmbedding/finetune/embedder/encoder_only/m3/runner.py).
+M3_HEAD_FILES = {"sparse": "sparse_linear.pt", "colbert": "colbert_linear.pt"}
+
+
+def load_m3_heads(folder: Path, dtype: torch.dtype = torch.float32) -> dict[str, nn.Linear]:
+    """The two ``nn.Linear`` heads bge-m3 ships (state dicts of ``weight`` [out, hidden] and ``bias``)."""
+    heads = {}
+    for kind, name in M3_HEAD_FILES.items():
+        state = torch.load(Path(folder) / name, map_location="cpu", weights_only=True)
+        out_features, in_features = state["weight"].shape
+        linear = nn.Linear(in_features, out_features, dtype=dtype)
+        linear.load_state_dict(state)
+        heads[kind] = linear
+    return heads
+
+
 def load_embedding_model(
     folder: Path, profile: ModelProfile, *, dtype: torch.dtype = torch.float32, attn: str = "eager", device: str = "cpu"
 ) -> EmbeddingModel:
     from transformers import AutoModel
 
     backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, **_code_kwargs(profile, attn))
+    if profile.multi_output:
+        heads = load_m3_heads(folder, dtype)
+        return M3Model(backbone, profile.pooling, heads["sparse"], heads["colbert"]).eval().to(device)
     return EmbeddingModel(backbone, profile.pooling).eval().to(device)
 
 

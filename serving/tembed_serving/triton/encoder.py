@@ -18,12 +18,19 @@ from ..contract import (
     EMBEDDING_TYPES,
     ENCODER_OUTPUTS,
     INPUT_IDS,
+    M3_TENSORS,
+    OUTPUT_DENSE,
+    OUTPUT_KINDS,
     PARAM_RUNNER,
     ROW_OPTIONS,
+    ROW_OUTPUTS,
     ROW_WEIGHT_COLUMN,
+    SPARSE_COUNT,
 )
 from ..errors import RequestError
 from ..guard import run_isolated, token_check
+from ..m3 import finish_request as finish_m3
+from ..m3 import graph_names, read_row_outputs
 from ..profile import ModelProfile
 from ..runners import load_runner
 from ..vectors import finish_request, from_rows
@@ -44,6 +51,8 @@ class TritonPythonModel:
         self.output = ENCODER_OUTPUTS[self.profile.task]
         self.finishes = ROW_OPTIONS in tensor_names(args, "input")
         self.runner = load_runner(params[PARAM_RUNNER], folder, self.profile, params, device)
+        # bge-m3: the encoder answers the outputs each request asks for (m3.py), from one forward pass.
+        self.m3 = self.finishes and self.profile.multi_output and ROW_OUTPUTS in tensor_names(args, "input")
 
     def _finishing(self, given: dict, rows: int) -> tuple:
         """(row_text, row_weight, dimensions, type index) of a request's inputs; without the row tensors
@@ -59,20 +68,34 @@ class TritonPythonModel:
             )
         return from_rows(options, weights, rows)
 
-    def _response(self, out: np.ndarray, finishing: tuple | None):
-        if finishing is None:
+    def _response(self, out, finishing: tuple | None, m3: tuple | None = None):
+        if finishing is None and m3 is None:
             return pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.asarray(out))])
+        if finishing is None:  # a direct call to bge-m3's encoder: its rows as they are
+            return pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.asarray(out[EMBEDDING]))])
+        tensors = []
         try:
+            if m3 is not None:
+                ids, mask, bits = m3
+                dense = np.asarray(out[EMBEDDING])
+                extra = finish_m3(ids, mask, out, finishing[0], bits, self.profile)
+                tensors = [pb_utils.Tensor(k, extra[k]) for k in M3_TENSORS]
+                if not bits & 1 << OUTPUT_KINDS.index(OUTPUT_DENSE):  # not asked for: no columns
+                    n = extra[SPARSE_COUNT].shape[0]
+                    empty = np.zeros((n, 0), np.float32), np.zeros((n, 0), np.uint8)
+                    tensors += [pb_utils.Tensor(EMBEDDING, empty[0]), pb_utils.Tensor(EMBEDDING_PACKED, empty[1])]
+                    return pb_utils.InferenceResponse(tensors)
+                out = dense
             vectors, packed = finish_request(np.asarray(out), *finishing, self.profile)
         except RequestError as exc:  # this request's error, not the batch's
             return error_response(exc)
         return pb_utils.InferenceResponse(
-            [pb_utils.Tensor(EMBEDDING, vectors), pb_utils.Tensor(EMBEDDING_PACKED, packed)]
+            [pb_utils.Tensor(EMBEDDING, vectors), pb_utils.Tensor(EMBEDDING_PACKED, packed), *tensors]
         )
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
-        ids, masks, where, finishing = [], [], [], []
+        ids, masks, where, finishing, m3 = [], [], [], [], []
         for i, r in enumerate(requests):
             given = input_arrays(r)
             a, m = given[INPUT_IDS], given[ATTENTION_MASK]
@@ -84,6 +107,7 @@ class TritonPythonModel:
             try:
                 token_check(a, m, self.profile)
                 done = self._finishing(given, a.shape[0]) if self.finishes else None
+                wanted = (a, m, read_row_outputs(given.get(ROW_OUTPUTS), a.shape[0])) if self.m3 else None
             except RequestError as exc:
                 responses[i] = error_response(exc)
                 continue
@@ -91,10 +115,18 @@ class TritonPythonModel:
             masks.append(m)
             where.append(i)
             finishing.append(done)
+            m3.append(wanted)
         if ids:
-            for i, out, done in zip(where, run_isolated(self.runner, ids, masks), finishing):
+            runner = self.runner
+            if self.m3:  # the graph outputs some request of the batch asks for, computed once for all
+                names = graph_names(int(np.bitwise_or.reduce([w[2] for w in m3])))
+
+                def runner(i, m):
+                    return self.runner(i, m, names)
+
+            for i, out, done, wanted in zip(where, run_isolated(runner, ids, masks), finishing, m3):
                 if isinstance(out, str):
                     responses[i] = internal(out)
                 else:
-                    responses[i] = self._response(out, done)
+                    responses[i] = self._response(out, done, wanted)
         return responses

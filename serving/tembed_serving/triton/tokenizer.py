@@ -12,7 +12,10 @@ from ..contract import (
     EMBEDDING_TYPE_DEFAULT,
     EMBEDDING_TYPES,
     INPUT_IDS,
+    LONG_TEXT,
+    OUTPUTS,
     ROW_OPTIONS,
+    ROW_OUTPUTS,
     ROW_TEXT,
     ROW_WEIGHT,
     ROW_WEIGHT_COLUMN,
@@ -23,6 +26,7 @@ from ..contract import (
     TOKENIZER_FILE,
 )
 from ..errors import RequestError
+from ..m3 import check_outputs, row_outputs
 from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
 from ..textproc import Prompted, TextEncoder, check_bytes, decode_texts, read_options
@@ -40,7 +44,7 @@ class TritonPythonModel:
         self.outputs = tensor_names(args, "output")
         self.per_row = ROW_OPTIONS in self.outputs
 
-    def _parse(self, request) -> tuple[Prompted, int, int]:
+    def _parse(self, request) -> tuple[Prompted, int, int, int]:
         given = input_arrays(request)
         raw = given[TEXT]
         check_bytes(raw, self.profile)
@@ -49,7 +53,8 @@ class TritonPythonModel:
         kind = str(options.pop(EMBEDDING_TYPE, EMBEDDING_TYPE_DEFAULT))
         dims = check_dimensions(self.profile, options.pop(DIMENSIONS, None))
         check_calibrated(self.profile, kind, dims)
-        return self.encoder.prepare(texts, **options), dims, EMBEDDING_TYPES.index(kind)
+        bits = check_outputs(options.pop(OUTPUTS, None), self.profile, options.get(LONG_TEXT))
+        return self.encoder.prepare(texts, **options), dims, EMBEDDING_TYPES.index(kind), bits
 
     def execute(self, requests):
         responses: list = [None] * len(requests)
@@ -59,7 +64,7 @@ class TritonPythonModel:
                 parsed.append((i, *self._parse(request)))
             except RequestError as exc:
                 responses[i] = error_response(exc)
-        for i, texts, dims, kind in parsed:
+        for i, texts, dims, kind, bits in parsed:
             # One tokenizer call per request keeps each request's bucket independent of its neighbours
             # (and a text refused under truncate NONE refuses its request only).
             try:
@@ -75,6 +80,7 @@ class TritonPythonModel:
             }
             if self.per_row:
                 tensors[ROW_OPTIONS], tensors[ROW_WEIGHT_COLUMN] = per_row(batch.row_text, batch.row_weight, dims, kind)
+                tensors[ROW_OUTPUTS] = row_outputs(batch.input_ids.shape[0], bits)  # bge-m3's encoder only
             else:
                 tensors[DIMENSIONS_CHECKED] = np.array([dims], dtype=np.int32)
                 tensors[EMBEDDING_TYPE_CHECKED] = np.array([kind], dtype=np.int32)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -21,11 +22,11 @@ import numpy as np
 def main(folder: str, given: str, out: str) -> None:
     from FlagEmbedding import BGEM3FlagModel
 
-    spec = json.loads(open(given, encoding="utf-8").read())
+    spec = json.loads(Path(given).read_text(encoding="utf-8"))
     model = BGEM3FlagModel(folder, use_fp16=False, devices="cpu")
     texts = spec["texts"]
     enc = model.encode(
-        texts, batch_size=8, max_length=8192, return_dense=True, return_sparse=True, return_colbert_vecs=True
+        texts, batch_size=1, max_length=8192, return_dense=True, return_sparse=True, return_colbert_vecs=True
     )
     arrays = {"dense": np.asarray(enc["dense_vecs"], dtype=np.float32)}
     for i, (weights, colbert) in enumerate(zip(enc["lexical_weights"], enc["colbert_vecs"])):

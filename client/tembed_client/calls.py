@@ -135,12 +135,15 @@ class Call:
     option_names: ClassVar[tuple[str, ...] | None] = None  # the options this call takes (None: all of its task's)
 
     @classmethod
-    def prepare(cls, info: ModelInfo, texts: Texts, **options: Any) -> Call:
+    def prepare(cls, info: ModelInfo, texts: Texts, outputs: object = None, **options: Any) -> Call:
         """Check the texts and the options (``contract.options_for(TASK_EMBED)``; None: not given).
-        ``outputs`` may be a list of kinds (``["dense", "sparse"]``) or the option's text."""
+        ``outputs`` (bge-m3: the option ``contract.OUTPUTS``) is a list of kinds (``["dense", "sparse"]``)
+        or the option's comma-separated text."""
         check_task(info, c.TASK_EMBED)
         encoded, single = encode_texts(texts)
         check_sizes(encoded, info, "texts")
+        if outputs is not None:
+            options = {**options, c.OUTPUTS: c.outputs_value(outputs)}
         if options.get(c.OUTPUTS) is not None:
             options = {**options, c.OUTPUTS: c.outputs_value(options[c.OUTPUTS])}
         arrays = option_arrays(info, c.TASK_EMBED, options, cls.option_names)

@@ -93,7 +93,9 @@ BIT_PACKED_TYPES = ("binary", "ubinary")  # 8 dimensions per byte; int8 and uint
 # Not asked for, an output comes back empty ([n, 0] or no rows). Under long_text chunk the sparse weights
 # are the maximum over the text's windows (the windows' union, as if one sequence); colbert is refused
 # (a window's vectors attend only inside it, and overlapping windows would repeat tokens).
-OUTPUTS = "outputs"  # BYTES [1], optional: a comma-separated set of OUTPUT_KINDS, in that order
+# (Named so, not "outputs": that is tritonclient's keyword for the requested tensors. The clients take it
+# as ``outputs=[...]``, the gateway's bge-m3 routes as "outputs" too: gateway/tembed_gateway/m3_routes.py.)
+OUTPUTS = "embedding_outputs"  # BYTES [1], optional: a comma-separated set of OUTPUT_KINDS, in that order
 OUTPUT_KINDS = ("dense", "sparse", "colbert")
 OUTPUT_DENSE, OUTPUT_SPARSE, OUTPUT_COLBERT = OUTPUT_KINDS
 OUTPUTS_VALUES = tuple(

@@ -49,6 +49,7 @@ from tembed_client.contract import (
     UNSUPPORTED,
 )
 
+from . import m3_routes
 from .admission import admitted, endpoint
 from .errors import ApiError, bad_request, http_error, json_response
 from .metrics import GatewayMetrics
@@ -198,6 +199,7 @@ class Gateway:
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         client, options = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
+        m3_routes.check_dense_only(options)  # bge-m3's other outputs: m3_routes
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
         result = await client.encode(texts, **options)
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
@@ -222,10 +224,13 @@ class Gateway:
 
     async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
         self.authorize(request)
-        req = parse_rerank(await self.read_json(request), self.settings.max_inputs, return_documents)
-        client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.scope["path"]))
+        body = await self.read_json(request)
+        req = parse_rerank(body, self.settings.max_inputs, return_documents)
+        # A reranker, or bge-m3 (an embedding model with all three outputs) by its M3 score: m3_routes.
+        client = self.served(request, await m3_routes.resolve_reranker(self, req.model, request.scope["path"]))
+        options = {**req.options, **m3_routes.rerank_options(client.info, body)}
         # The client cuts the documents into the model's max per request and sends those concurrently.
-        result = await client.score(req.query, req.documents, **req.options)
+        result = await client.score(req.query, req.documents, **options)
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return result, req
 
@@ -324,6 +329,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/health/ready", gw.health, methods=["GET"]),
         Route("/health/live", gw.live, methods=["GET"]),
         Route("/metrics", gw.metrics_endpoint, methods=["GET"]),
+        *m3_routes.routes(gw),  # bge-m3: /embed_sparse, /embed_all, /v1/embeddings/all
     ]
     app = Starlette(routes=routes, lifespan=gw.lifespan, exception_handlers={HTTPException: http_error})
     app.state.gateway = gw

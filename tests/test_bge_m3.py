@@ -186,7 +186,7 @@ def test_long_text_chunk_sparse_is_the_windows_maximum_and_colbert_is_refused(cl
     assert err.value.reason == "invalid_argument" and err.value.param == "long_text"
     with pytest.raises(EmbeddingError) as err:
         client.encode(texts[:1], outputs=["splade"])
-    assert err.value.reason == "invalid_argument" and err.value.param == "outputs"
+    assert err.value.reason == "invalid_argument" and err.value.param == "embedding_outputs"
 
 
 # --- the gateway ---------------------------------------------------------------------------------------

@@ -25,7 +25,20 @@ REAL_HIDDEN = 1024  # BAAI/bge-m3
 
 
 def text_of(tokens: int, count) -> str:
-    words = "retrieval dense sparse colbert multilingual passages 检索 向量 段落 Triton serves embeddings".split()
+    words = [
+        "retrieval",
+        "dense",
+        "sparse",
+        "colbert",
+        "multilingual",
+        "passages",
+        "检索",
+        "向量",
+        "段落",
+        "Triton",
+        "serves",
+        "embeddings",
+    ]
     parts: list[str] = []
     while count(" ".join(parts)) < tokens:
         parts.append(f"{words[len(parts) % len(words)]}{len(parts)}")
@@ -40,9 +53,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--tokens", type=int, default=512)
     args = ap.parse_args()
+    from tokenizers import Tokenizer
+
     from tembed.pipeline import ExportOptions, export_model
     from tembed_serving.supervisor import TritonServer
-    from tokenizers import Tokenizer
 
     folder = Path(args.folder)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -67,8 +81,10 @@ def main() -> None:
                     # sparse: int32 id + float32 weight per pair, + the count; colbert: vectors x hidden float32, + count
                     sparse_bytes = 8 * pairs + 4 if "sparse" in kinds else 0
                     multi_bytes = 4 * vectors * hidden + 4 if "colbert" in kinds else 0
-                    real = (4 * REAL_HIDDEN if "dense" in kinds else 0) + sparse_bytes + (
-                        4 * vectors * REAL_HIDDEN + 4 if "colbert" in kinds else 0
+                    real = (
+                        (4 * REAL_HIDDEN if "dense" in kinds else 0)
+                        + sparse_bytes
+                        + (4 * vectors * REAL_HIDDEN + 4 if "colbert" in kinds else 0)
                     )
                     rows.append(
                         {
@@ -82,7 +98,9 @@ def main() -> None:
                             "multi_vectors": vectors,
                         }
                     )
-    print("| outputs | tokens | ms/request (median, p90) | bytes/text (fixture, hidden 32) | bytes/text at hidden 1024 |")
+    print(
+        "| outputs | tokens | ms/request (median, p90) | bytes/text (fixture, hidden 32) | bytes/text at hidden 1024 |"
+    )
     print("|---|---|---|---|---|")
     for row in rows:
         print(

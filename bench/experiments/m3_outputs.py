@@ -65,39 +65,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = export_model(folder, Path(tmp) / "repo", ExportOptions(calibrate=False))
         name = result.profile.name
-        with TritonServer.on_free_ports(Path(tmp) / "repo", log_file=Path(tmp) / "triton.log") as srv:
-            with EmbeddingClient(srv.grpc_url, name) as client:
-                for kinds in SETS:
-                    client.encode([text], outputs=kinds)  # warm
-                    times = []
-                    for _ in range(args.requests):
-                        t0 = time.perf_counter()
-                        r = client.encode([text], outputs=kinds)
-                        times.append((time.perf_counter() - t0) * 1e3)
-                    pairs = len(r.sparse[0].ids) if r.sparse is not None else 0
-                    vectors = r.multi_vectors[0].shape[0] if r.multi_vectors is not None else 0
-                    hidden = result.profile.dimension
-                    dense_bytes = r.embeddings.nbytes
-                    # sparse: int32 id + float32 weight per pair, + the count; colbert: vectors x hidden float32, + count
-                    sparse_bytes = 8 * pairs + 4 if "sparse" in kinds else 0
-                    multi_bytes = 4 * vectors * hidden + 4 if "colbert" in kinds else 0
-                    real = (
-                        (4 * REAL_HIDDEN if "dense" in kinds else 0)
-                        + sparse_bytes
-                        + (4 * vectors * REAL_HIDDEN + 4 if "colbert" in kinds else 0)
-                    )
-                    rows.append(
-                        {
-                            "outputs": ",".join(kinds),
-                            "tokens": int(r.token_counts[0]),
-                            "ms_median": statistics.median(times),
-                            "ms_p90": sorted(times)[int(0.9 * len(times)) - 1],
-                            "bytes_per_text": dense_bytes + sparse_bytes + multi_bytes,
-                            "bytes_per_text_hidden_1024": real,
-                            "sparse_pairs": pairs,
-                            "multi_vectors": vectors,
-                        }
-                    )
+        srv = TritonServer.on_free_ports(Path(tmp) / "repo", log_file=Path(tmp) / "triton.log")
+        with srv, EmbeddingClient(srv.grpc_url, name) as client:
+            for kinds in SETS:
+                client.encode([text], outputs=kinds)  # warm
+                times = []
+                for _ in range(args.requests):
+                    t0 = time.perf_counter()
+                    r = client.encode([text], outputs=kinds)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                pairs = len(r.sparse[0].ids) if r.sparse is not None else 0
+                vectors = r.multi_vectors[0].shape[0] if r.multi_vectors is not None else 0
+                hidden = result.profile.dimension
+                dense_bytes = r.embeddings.nbytes
+                # sparse: int32 id + float32 weight per pair, + the count; colbert: vectors x hidden float32, + count
+                sparse_bytes = 8 * pairs + 4 if "sparse" in kinds else 0
+                multi_bytes = 4 * vectors * hidden + 4 if "colbert" in kinds else 0
+                real = (
+                    (4 * REAL_HIDDEN if "dense" in kinds else 0)
+                    + sparse_bytes
+                    + (4 * vectors * REAL_HIDDEN + 4 if "colbert" in kinds else 0)
+                )
+                rows.append(
+                    {
+                        "outputs": ",".join(kinds),
+                        "tokens": int(r.token_counts[0]),
+                        "ms_median": statistics.median(times),
+                        "ms_p90": sorted(times)[int(0.9 * len(times)) - 1],
+                        "bytes_per_text": dense_bytes + sparse_bytes + multi_bytes,
+                        "bytes_per_text_hidden_1024": real,
+                        "sparse_pairs": pairs,
+                        "multi_vectors": vectors,
+                    }
+                )
     print(
         "| outputs | tokens | ms/request (median, p90) | bytes/text (fixture, hidden 32) | bytes/text at hidden 1024 |"
     )

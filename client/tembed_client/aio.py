@@ -93,7 +93,14 @@ class AsyncEmbeddingClient(ClientBase):
 
         ``long_text="chunk"`` embeds such a text whole, as the token-weighted mean of windows of
         max_length tokens (``contract.LONG_TEXT_VALUES``; ``truncate`` by default); lists are then
-        also sent in pieces of at most the server's ``max_rows`` windows."""
+        also sent in pieces of at most the server's ``max_rows`` windows.
+
+        ``outputs`` (bge-m3, a model whose ensemble lists them: ``contract.OUTPUT_KINDS``): which of
+        ``["dense", "sparse", "colbert"]`` to return (default dense only); the result's ``sparse`` holds
+        a :class:`SparseEmbedding` per text, ``multi_vectors`` a ``[tokens - 1, hidden]`` array per text,
+        and ``embeddings`` has no columns when dense is not asked for. ``dimensions`` and
+        ``embedding_type`` apply to dense only; under ``long_text="chunk"`` sparse is the windows'
+        maximum and colbert is refused."""
         call = Call.prepare(await self.model_info(), texts, **options)
         results = await gather(self._send(where, request) for where, request in call.requests())
         return call.finish(results)

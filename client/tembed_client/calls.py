@@ -362,9 +362,21 @@ class RerankCall:
         check_sizes([utf8(query, QUERY)], info, QUERY)
         return cls(info, utf8(query, QUERY), docs, option_arrays(info, c.TASK_RERANK, options))
 
+    @property
+    def chunking(self) -> bool:
+        """long_text chunk on a repository that says whose each score row is (contract.DOCUMENT_INDEX)."""
+        asked = LONG_TEXT in self.options and self.options[LONG_TEXT][0] == LONG_TEXT_CHUNK.encode()
+        return asked and c.DOCUMENT_INDEX in self.info.outputs
+
     def chunks(self) -> list[Sequence[bytes]]:
         # The query travels with every chunk.
         room = None if self.info.max_request_bytes is None else self.info.max_request_bytes - len(self.query)
+        params = self.info.parameters
+        if self.chunking and c.PARAM_MAX_ROWS in params:
+            # Every window of a request goes to the encoder in one batch: the server caps them.
+            max_length, max_windows = int(params[c.PARAM_MAX_LENGTH]), int(params[c.PARAM_MAX_WINDOWS])
+            rows = [chunk_windows(d, max_length, max_windows) for d in self.documents]
+            return chunked_rows(self.documents, self.info.max_texts, room, rows, int(params[c.PARAM_MAX_ROWS]))
         return chunked(self.documents, self.info.max_texts, room)
 
     def requests(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -376,7 +388,8 @@ class RerankCall:
                 tensor(DOCUMENTS, np.array(chunk, dtype=np.object_)),
             ]
             inputs += [tensor(name, data) for name, data in self.options.items()]
-            outputs = [grpcclient.InferRequestedOutput(n) for n in (SCORE, TOKEN_COUNT)]
+            names = (SCORE, TOKEN_COUNT, c.DOCUMENT_INDEX) if self.chunking else (SCORE, TOKEN_COUNT)
+            outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for documents[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
             yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
             start += len(chunk)
@@ -389,6 +402,8 @@ class RerankCall:
             if score is None or tok is None:
                 raise EmbeddingError(f"response lacks {SCORE!r} or {TOKEN_COUNT!r}", reason=c.INTERNAL)
             score, tok = score.reshape(-1), tok.reshape(-1)
+            if self.chunking:  # one row per window: a document's score is its best window's
+                score, tok = by_document(score, tok, result.as_numpy(c.DOCUMENT_INDEX), len(chunk))
             if score.shape != (len(chunk),) or tok.shape != (len(chunk),):
                 got = f"{list(score.shape)}, {list(tok.shape)}"
                 msg = f"expected {SCORE} and {TOKEN_COUNT} of [{len(chunk)}], got {got}"
@@ -400,3 +415,15 @@ class RerankCall:
             np.concatenate(token_counts).astype(np.int32, copy=False),
             self.info.name,
         )
+
+
+def by_document(score: np.ndarray, tok: np.ndarray, index: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window scores and token counts -> per document: the maximum score, the sum of the tokens."""
+    if index is None or index.reshape(-1).shape != score.shape or (score.size and index.max() >= n):
+        raise EmbeddingError(f"the response's {c.DOCUMENT_INDEX} does not match its {SCORE} rows", reason=c.INTERNAL)
+    index = index.reshape(-1).astype(np.int64)
+    best = np.full(n, -np.inf, dtype=np.float32)
+    np.maximum.at(best, index, score.astype(np.float32))
+    tokens = np.zeros(n, dtype=np.int64)
+    np.add.at(tokens, index, tok.astype(np.int64))
+    return best, tokens.astype(np.int32)

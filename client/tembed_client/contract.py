@@ -137,6 +137,14 @@ def output_kinds(value: str) -> tuple[str, ...]:
 QUERY = "query"  # BYTES [1]
 DOCUMENTS = "documents"  # BYTES [n]
 SCORE = "score"  # FP32 [n]: relevance of each document to the query, in (0, 1) for sigmoid heads
+# Long documents reranked whole (long_text chunk on a reranker): a document over the model's max_length is
+# split into windows of its tokens, each scored with the query (and the prompt) as a pair of its own, and its
+# score is the maximum over its windows (Cohere's max_chunks_per_doc aggregation); neighbours share at least
+# the profile's chunk_overlap tokens, windows spread evenly. A document that fits is one row, scored exactly as
+# without chunking. Over PARAM_MAX_WINDOWS windows per document, or PARAM_MAX_ROWS windows per request, the
+# request is refused (CONTEXT_LENGTH_EXCEEDED naming the document, its windows and the limit). SCORE and
+# TOKEN_COUNT then have one row per window, DOCUMENT_INDEX saying whose; the clients aggregate them.
+DOCUMENT_INDEX = "document_index"  # INT32 [rows]: the document of each SCORE row (rows of one are consecutive)
 
 # Keys of the ensemble config's ``parameters``: what a client needs without reading the profile.
 PARAM_TASK = "task"
@@ -268,7 +276,8 @@ OPTIONS = {
         Option(INPUT_TYPE, "BYTES", (TASK_EMBED,), INPUT_TYPES, tokens=True),  # default: the model's document prompt
         Option(DIMENSIONS, "INT32", (TASK_EMBED,)),  # Matryoshka size in [min_dimension, dimension]; default: full
         Option(TRUNCATE, "BYTES", (TASK_EMBED,), TRUNCATE_VALUES, TRUNCATE_DEFAULT, any_case=True, tokens=True),
-        Option(LONG_TEXT, "BYTES", (TASK_EMBED,), LONG_TEXT_VALUES, LONG_TEXT_DEFAULT),
+        # A reranker's too: chunk scores each window of a long document (DOCUMENT_INDEX).
+        Option(LONG_TEXT, "BYTES", (TASK_EMBED, TASK_RERANK), LONG_TEXT_VALUES, LONG_TEXT_DEFAULT),
         Option(EMBEDDING_TYPE, "BYTES", (TASK_EMBED,), EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT),
         Option(OUTPUTS, "BYTES", (TASK_EMBED,), OUTPUTS_VALUES, OUTPUTS_DEFAULT),  # bge-m3: which outputs
     )

@@ -437,7 +437,9 @@ class RerankTask(Task):
         _option_inputs(cfg, c.TASK_RERANK)
 
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
-        return tokenizer_model(p, opts, self._pair_inputs)
+        cfg = tokenizer_model(p, opts, self._pair_inputs)
+        _io(cfg.output, c.DOCUMENT_INDEX, mc.TYPE_INT32, [-1])  # long_text chunk: each row's document
+        return cfg
 
     def ensemble_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         names = model_names(p.name)
@@ -445,6 +447,7 @@ class RerankTask(Task):
         self._pair_inputs(cfg)
         _io(cfg.output, c.SCORE, mc.TYPE_FP32, [-1])
         _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.DOCUMENT_INDEX, mc.TYPE_INT32, [-1])
         for key, value in {
             c.PARAM_TASK: p.task,
             c.PARAM_MAX_TEXTS: p.max_texts,
@@ -454,13 +457,15 @@ class RerankTask(Task):
             c.PARAM_INSTRUCTION: "yes" if p.takes_instruction else "no",
             c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
             c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
+            c.PARAM_MAX_WINDOWS: p.max_windows,  # long_text chunk: windows per document, per request
+            c.PARAM_MAX_ROWS: p.max_rows,
         }.items():
             cfg.parameters[key].string_value = str(value)
         steps = cfg.ensemble_scheduling.step
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
         for t in cfg.input:
             tok.input_map[t.name] = t.name
-        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT):
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.DOCUMENT_INDEX):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)
         for key in c.ENCODER_INPUTS:

@@ -15,6 +15,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     CANCELLED,
     CONTEXT_LENGTH_EXCEEDED,
     DIMENSIONS,
+    DOCUMENT_INDEX,
     DOCUMENTS,
     EMBEDDING,
     EMBEDDING_DTYPES,

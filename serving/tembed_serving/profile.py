@@ -136,7 +136,7 @@ class ModelProfile:
     def encoder_rows(self) -> int:
         """Most rows one request gives the encoder (its max_batch_size): a reranker's pairs, or the
         windows of an embedding request under long_text chunk."""
-        return self.max_rows if self.task == TASK_EMBED else self.max_texts
+        return self.max_rows  # a reranker's windows too (long_text chunk): max_rows >= max_texts
 
     @property
     def multi_output(self) -> bool:

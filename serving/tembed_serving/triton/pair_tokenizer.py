@@ -2,18 +2,28 @@ from __future__ import annotations
 
 import triton_python_backend_utils as pb_utils
 
-from ..contract import ATTENTION_MASK, DOCUMENTS, INPUT_IDS, QUERY, TASK_RERANK, TOKEN_COUNT, TOKENIZER_FILE
+from ..contract import (
+    ATTENTION_MASK,
+    DOCUMENT_INDEX,
+    DOCUMENTS,
+    INPUT_IDS,
+    QUERY,
+    TASK_RERANK,
+    TOKEN_COUNT,
+    TOKENIZER_FILE,
+)
 from ..errors import RequestError
 from ..pairs import PairEncoder
 from ..profile import ModelProfile
 from ..textproc import check_bytes, decode_option, decode_texts, read_options
-from ._util import error_response, input_arrays, version_dir
+from ._util import error_response, input_arrays, tensor_names, version_dir
 
 
 class TritonPythonModel:
     def initialize(self, args):
         folder = version_dir(args)
         self.encoder = PairEncoder(ModelProfile.load(folder), folder / TOKENIZER_FILE)
+        self.indexes = DOCUMENT_INDEX in tensor_names(args, "output")  # repositories before long_text chunk: no
 
     def execute(self, requests):
         responses = []
@@ -35,6 +45,7 @@ class TritonPythonModel:
                         pb_utils.Tensor(INPUT_IDS, batch.input_ids),
                         pb_utils.Tensor(ATTENTION_MASK, batch.attention_mask),
                         pb_utils.Tensor(TOKEN_COUNT, batch.token_count),
+                        *([pb_utils.Tensor(DOCUMENT_INDEX, batch.row_text)] if self.indexes else []),
                     ]
                 )
             )

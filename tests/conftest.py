@@ -61,12 +61,14 @@ TEXTS = [
 
 def copy_served(model_repository: Path, dest: Path, model: str) -> Path:
     """``model``'s Triton models from ``model_repository`` into ``dest`` (only those it has: a Python
-    encoder has no postprocess model)."""
-    from tembed_serving.contract import model_names
+    encoder has no postprocess model), its priority lanes too."""
+    from tembed_serving.contract import lane_name, model_names
 
-    for name in model_names(model).values():
-        if (model_repository / name).is_dir():
-            shutil.copytree(model_repository / name, dest / name)
+    names = model_names(model)
+    lanes = [*model_repository.glob(lane_name(model, "*")), *model_repository.glob(lane_name(names["encoder"], "*"))]
+    for folder in [*(model_repository / n for n in names.values()), *lanes]:
+        if folder.is_dir():  # a lane encoder's version folder is a symlink to the encoder's: kept one
+            shutil.copytree(folder, dest / folder.name, symlinks=True)
     return dest
 
 

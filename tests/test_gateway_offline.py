@@ -109,6 +109,7 @@ def test_parse_request_takes_every_declared_option():
         "embedding_type": "int8",
         "long_text": "chunk",
         "instruction": "Find it",
+        "priority": "low",
         "user": "ignored",
     }
     req = parse_request(body, max_inputs=8)
@@ -120,6 +121,7 @@ def test_parse_request_takes_every_declared_option():
         "truncate": "START",  # any case, sent upper-cased
         "long_text": "chunk",
         "embedding_type": "int8",
+        "priority": "low",
     }
     assert set(req.options) == {o.name for o in c.options_for(c.TASK_EMBED)}
 

@@ -27,6 +27,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     INSTRUCTION,
     INTERNAL,
     INVALID_ARGUMENT,
+    LANE_SEPARATOR,
     LONG_TEXT,
     LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
@@ -34,6 +35,8 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     OPTIONS,
     PARAM_DIMENSION,
     PARAM_INSTRUCTION,
+    PARAM_LANE_OF,
+    PARAM_LANES,
     PARAM_MAX_LENGTH,
     PARAM_MAX_REQUEST_BYTES,
     PARAM_MAX_ROWS,
@@ -46,6 +49,10 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_TASK,
     PARAM_TOKENIZER,
     PARAM_TOKENIZER_OUTPUTS,
+    PRIORITY,
+    PRIORITY_DEFAULT,
+    PRIORITY_LEVELS,
+    PRIORITY_VALUES,
     QUERY,
     REASON_CODES,
     SCORE,
@@ -64,6 +71,8 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TRUNCATE_VALUES,
     UNSUPPORTED,
     Option,
+    input_options,
+    lane_name,
     options_for,
     packed_width,
     tag_error,
@@ -108,6 +117,9 @@ TORCH_DTYPES = ("bfloat16", "float16", "float32")  # the torch runner's PARAM_DT
 IDS_DTYPES = ("int64", "int32")  # token-id tensors between the models; the first is the default
 
 ROLES = ("ensemble", "tokenizer", "encoder", "postprocess")
+# Requests each Python stub is executing, a gauge on Triton's metrics port ({model, pid} labels): with
+# Triton's nv_inference_pending_request_count (queued, not executing) the supervisor's exact in-flight count.
+EXECUTING_METRIC = "tembed_executing_requests"
 
 
 def model_names(name: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ from ..guard import run_isolated, token_check
 from ..profile import ModelProfile
 from ..runners import load_runner
 from ..vectors import finish_request, from_rows
-from ._util import error_response, input_arrays, internal, parameters, tensor_names, version_dir
+from ._util import Executing, error_response, input_arrays, internal, parameters, tensor_names, version_dir
 
 # Token positions (rows x length) from which a request is checked for cancellation before it runs:
 # 1,024 take ~20 ms of CPU with a small model, the check 0.14 ms (is_cancelled asks the server).
@@ -36,6 +36,7 @@ CANCEL_CHECK_TOKENS = 1024
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._executing = Executing(args)
         params = parameters(args)
         folder = version_dir(args)
         # Triton pins each KIND_GPU instance to one device and says which.
@@ -71,6 +72,10 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
+        with self._executing(len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses: list = [None] * len(requests)
         ids, masks, where, finishing = [], [], [], []
         for i, r in enumerate(requests):

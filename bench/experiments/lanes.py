@@ -31,7 +31,7 @@ from tembed_client.contract import PRIORITY, PRIORITY_VALUES
 from tembed_serving.contract import Layout, lane_name, model_names
 from tembed_serving.supervisor import TritonServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root
 BULK_WORKERS = 3
 PASSAGE = "检索增强生成把向量数据库召回的段落交给大模型，再由大模型写出回答。" * 8  # ~250 tokens
 HIGH, LOW = PRIORITY_VALUES

@@ -139,10 +139,13 @@ def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
     from tembed_serving.runners.torch_model import load_embedding_model
 
     repo = tmp_path_factory.mktemp("model_repository")
+    # No priority lanes in the shared repository: a second encoder per model for every server test;
+    # tests/test_lanes.py writes them (repository.write_lanes) on its own copy.
+    opts = ServingOptions(priority_lanes=False)
     for name in SERVED:
         folder, profile = fixture_dirs[name], profiles[name]
         written = write_repository(
-            profile, repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=ServingOptions()
+            profile, repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=opts
         )
         model = load_embedding_model(folder, profile)
         validate_onnx(model, profile, export_onnx(model, profile, written["encoder"] / "1" / "model.onnx"))

@@ -175,6 +175,17 @@ def test_priority_lanes_are_models_of_their_own_over_the_same_weights(profile, f
     assert c.PARAM_LANES not in parse((written["ensemble"] / "config.pbtxt").read_text()).parameters
 
 
+def test_python_encoder_batches_requests_of_any_width(profile):
+    """Ragged batching for the Python encoders only (their runner pads and regroups); a C++ backend needs
+    same-shape batches."""
+    from tembed_serving import contract as c
+
+    ragged = {t.name: t.allow_ragged_batch for t in encoder_config(profile, ServingOptions()).input}
+    assert all(ragged[n] for n in c.ENCODER_INPUTS)
+    cpp = {t.name: t.allow_ragged_batch for t in encoder_config(profile, ServingOptions(backend="onnxruntime")).input}
+    assert not any(cpp[n] for n in c.ENCODER_INPUTS)
+
+
 def test_encoder_queue_policy_is_opt_in(profile):
     """No queue policy by default (tritonserver 2.51's batcher stalls with one); asked for, a bounded
     queue sized from the profile and a wait after which Triton refuses."""

@@ -234,7 +234,12 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     # Triton refuses a request over max_batch_size, and the dynamic batcher merges requests only up to it.
     cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.encoder_rows)
     for name in c.ENCODER_INPUTS:
-        _io(cfg.input, name, ids, [-1])
+        tensor = _io(cfg.input, name, ids, [-1])
+        # A Python encoder takes requests of any widths together (the runner pads and regroups them by
+        # length, batching.plan), so a request of another length bucket need not close the batch being
+        # formed: tritonserver 2.51's batcher thread spins while the encoder works when it does (1.50 s of
+        # CPU against 0.09 s under the same mixed load, 2026-12-02; docs/RELIABILITY.md).
+        tensor.allow_ragged_batch = BACKENDS[opts.backend].runs_in_python
     if finishes_vectors(p, opts):
         # The request's options, one copy per row (every input of a batched model starts with its
         # rows); optional: called directly with ids alone, the encoder answers its rows as they are.
@@ -531,6 +536,14 @@ def write_repository(
             shutil.rmtree(stale)
     write_lanes(repo, p.name, c.PRIORITY_VALUES[1:] if opts.priority_lanes else ())
     return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))
+
+
+def refresh_lanes(repo: Path, name: str) -> list[Path]:
+    """Write model ``name``'s lanes again from its encoder's config as it is now (after ``tembed engine``
+    rewrote it), the same lanes its ensemble lists."""
+    ensemble = parse((Layout(repo, name).model_dir("ensemble") / "config.pbtxt").read_text())
+    listed = ensemble.parameters[c.PARAM_LANES].string_value if c.PARAM_LANES in ensemble.parameters else ""
+    return write_lanes(repo, name, tuple(item.split("=", 1)[0] for item in listed.split(",") if item))
 
 
 def write_lanes(repo: Path, name: str, lanes: tuple[str, ...]) -> list[Path]:

@@ -1,10 +1,25 @@
 #!/bin/sh
-# tritonserver with its admin protocols closed (the list is tembed_serving.supervisor.RESTRICTED; a test
-# keeps the two equal): loading and unloading models, logging, shared memory and tracing need the key
-# in TEMBED_ADMIN_KEY, a random one when it is unset, so that nobody can use them. Inference, health,
-# metadata, model config and statistics stay open: put Triton's ports on a private network and the
-# gateway (API keys) in front of it.
+# The pod's process: tembed's supervisor (python -m tembed_serving.supervisor) over the tritonserver on PATH
+# (the image's /opt/tritonserver/bin; outside Docker, the nvidia-pytriton wheel's bin folder), so a pod does
+# what `tembed serve` does on one machine: a Python stub that dies has its model reloaded, a tritonserver
+# that dies is restarted, SIGTERM unloads the ensembles first (new requests go to other replicas at once)
+# and stops Triton once the requests inside have finished, and nothing of Triton's process group outlives
+# it. Its probes are on TEMBED_HEALTH_PORT (8003): /health/ready is false while a model cannot serve
+# (a dead stub, a reload, a drain), /health/live fails once that has lasted TEMBED_LIVE_BOUND_S (120 s).
+#
+# Triton's admin protocols stay closed (the list is tembed_serving.supervisor.RESTRICTED): loading and
+# unloading models, logging, shared memory and tracing need the key in TEMBED_ADMIN_KEY, a random one when
+# it is unset, so that nobody but the supervisor can use them. Inference, health, metadata, model config
+# and statistics stay open: put Triton's ports on a private network and the gateway (API keys) in front.
+#
+# Arguments are tritonserver's own (the manifests' `args`); the supervisor reads the repository, ports,
+# addresses and --exit-timeout-secs among them and passes the rest on.
 set -eu
-key="${TEMBED_ADMIN_KEY:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
-restricted="model-repository,logging,shared-memory,trace:tembed-admin-key=${key}"
-exec tritonserver --grpc-restricted-protocol="${restricted}" --http-restricted-api="${restricted}" "$@"
+triton="$(command -v tritonserver || true)"
+[ -n "${triton}" ] || { echo "entrypoint: no tritonserver on PATH" >&2; exit 127; }
+exec "${TEMBED_PYTHON:-python3}" -m tembed_serving.supervisor \
+    --tritonserver "${triton}" \
+    --health-port "${TEMBED_HEALTH_PORT:-8003}" \
+    --live-bound-s "${TEMBED_LIVE_BOUND_S:-120}" \
+    --log-file - \
+    -- "$@"

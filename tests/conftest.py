@@ -61,12 +61,14 @@ TEXTS = [
 
 def copy_served(model_repository: Path, dest: Path, model: str) -> Path:
     """``model``'s Triton models from ``model_repository`` into ``dest`` (only those it has: a Python
-    encoder has no postprocess model)."""
-    from tembed_serving.contract import model_names
+    encoder has no postprocess model), its priority lanes too."""
+    from tembed_serving.contract import lane_name, model_names
 
-    for name in model_names(model).values():
-        if (model_repository / name).is_dir():
-            shutil.copytree(model_repository / name, dest / name)
+    names = model_names(model)
+    lanes = [*model_repository.glob(lane_name(model, "*")), *model_repository.glob(lane_name(names["encoder"], "*"))]
+    for folder in [*(model_repository / n for n in names.values()), *lanes]:
+        if folder.is_dir():  # a lane encoder's version folder is a symlink to the encoder's: kept one
+            shutil.copytree(folder, dest / folder.name, symlinks=True)
     return dest
 
 
@@ -137,10 +139,13 @@ def model_repository(tmp_path_factory, fixture_dirs, profiles) -> Path:
     from tembed_serving.runners.torch_model import load_embedding_model
 
     repo = tmp_path_factory.mktemp("model_repository")
+    # No priority lanes in the shared repository: a second encoder per model for every server test;
+    # tests/test_lanes.py writes them (repository.write_lanes) on its own copy.
+    opts = ServingOptions(priority_lanes=False)
     for name in SERVED:
         folder, profile = fixture_dirs[name], profiles[name]
         written = write_repository(
-            profile, repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=ServingOptions()
+            profile, repo, tokenizer_file=folder / "tokenizer.json", encoder_file=None, opts=opts
         )
         model = load_embedding_model(folder, profile)
         validate_onnx(model, profile, export_onnx(model, profile, written["encoder"] / "1" / "model.onnx"))

@@ -144,6 +144,48 @@ def test_write_repository_layout(profile, fixture_dirs, tmp_path):
         parse((d / "config.pbtxt").read_text())
 
 
+def test_priority_lanes_are_models_of_their_own_over_the_same_weights(profile, fixture_dirs, tmp_path):
+    """The export's bulk lane: an encoder whose version folder is the encoder's (a symlink) and an ensemble
+    whose encoder step is that one; the model's ensemble names it, discovery hides it; off, none is left."""
+    from tembed_client.discovery import discover_models, is_lane
+    from tembed_serving import contract as c
+
+    tok = fixture_dirs["qwen3-embedding-tiny"] / "tokenizer.json"
+    written = write_repository(profile, tmp_path, tokenizer_file=tok, encoder_file=None, opts=ServingOptions())
+    names = model_names(profile.name)
+    lane, encoder = c.lane_name(profile.name, "low"), c.lane_name(names["encoder"], "low")
+    assert (tmp_path / encoder / "1").is_symlink()
+    assert (tmp_path / encoder / "1").resolve() == (written["encoder"] / "1").resolve()
+    lane_cfg = parse((tmp_path / lane / "config.pbtxt").read_text())
+    steps = [s.model_name for s in lane_cfg.ensemble_scheduling.step]
+    assert encoder in steps and names["encoder"] not in steps and names["tokenizer"] in steps
+    main = parse((written["ensemble"] / "config.pbtxt").read_text())
+    assert main.parameters[c.PARAM_LANES].string_value == f"low={lane}"
+    as_json = {
+        n: {"config": {"name": n, "platform": cfg.platform, "parameters": {k: {"string_value": v.string_value}
+            for k, v in cfg.parameters.items()}}}
+        for n, cfg in ((profile.name, main), (lane, lane_cfg))
+    }  # fmt: skip
+    assert is_lane(as_json[lane]["config"]) and not is_lane(as_json[profile.name]["config"])
+    assert lane not in discover_models(as_json)  # never listed as a model of its own
+    write_repository(
+        profile, tmp_path, tokenizer_file=tok, encoder_file=None, opts=ServingOptions(priority_lanes=False)
+    )
+    assert not (tmp_path / lane).exists() and not (tmp_path / encoder).exists()
+    assert c.PARAM_LANES not in parse((written["ensemble"] / "config.pbtxt").read_text()).parameters
+
+
+def test_python_encoder_batches_requests_of_any_width(profile):
+    """Ragged batching for the Python encoders only (their runner pads and regroups); a C++ backend needs
+    same-shape batches."""
+    from tembed_serving import contract as c
+
+    ragged = {t.name: t.allow_ragged_batch for t in encoder_config(profile, ServingOptions()).input}
+    assert all(ragged[n] for n in c.ENCODER_INPUTS)
+    cpp = {t.name: t.allow_ragged_batch for t in encoder_config(profile, ServingOptions(backend="onnxruntime")).input}
+    assert not any(cpp[n] for n in c.ENCODER_INPUTS)
+
+
 def test_encoder_queue_policy_is_opt_in(profile):
     """No queue policy by default (tritonserver 2.51's batcher stalls with one); asked for, a bounded
     queue sized from the profile and a wait after which Triton refuses."""

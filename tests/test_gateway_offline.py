@@ -110,6 +110,7 @@ def test_parse_request_takes_every_declared_option():
         "long_text": "chunk",
         "instruction": "Find it",
         "embedding_outputs": "dense,sparse",
+        "priority": "low",
         "user": "ignored",
     }
     req = parse_request(body, max_inputs=8)
@@ -122,6 +123,7 @@ def test_parse_request_takes_every_declared_option():
         "long_text": "chunk",
         "embedding_type": "int8",
         "embedding_outputs": "dense,sparse",
+        "priority": "low",
     }
     assert set(req.options) == {o.name for o in c.options_for(c.TASK_EMBED)}
 

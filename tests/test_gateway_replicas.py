@@ -271,3 +271,29 @@ def test_a_dns_name_is_resolved_again_pods_come_and_go(replicas):
             await registry.close()
 
     asyncio.run(main())
+
+
+def test_a_replica_whose_model_cannot_serve_is_not_put_back(replicas):
+    """The encoder's stub of one unsupervised replica killed (it stays dead): Triton's readiness stays true,
+    but the gateway puts the replica back only after a real inference on it succeeds, so it is marked down
+    once and never takes a request again (it used to come back at each readiness check, every second, and
+    fail one request each time, hidden by a failover)."""
+    from tembed_gateway import GatewaySettings, GatewayThread
+    from tembed_serving.supervisor import python_stubs
+
+    a, b = replicas
+    settings = GatewaySettings(triton_urls=(a.grpc_url, b.grpc_url), timeout_s=10)
+    with GatewayThread(settings) as gw:
+        assert all(embed(gw, i).status_code == 200 for i in range(4))
+        (stub,) = [pid for pid, m in python_stubs(a.proc.pid).items() if m == f"{E5}-encoder"]
+        os.kill(stub, signal.SIGKILL)
+        assert a.ready()  # Triton's readiness does not see it
+        started, statuses = time.monotonic(), []
+        while time.monotonic() - started < 6:  # six readiness rounds of the gateway
+            statuses.append(embed(gw, len(statuses)).status_code)
+            time.sleep(0.05)
+        (ra,) = [r for r in gw.gateway.registry.replicas if r.url == a.grpc_url]
+        print(f"\ndead stub on one replica: {len(statuses)} requests, {ra.failures} failed on it, up={ra.up}")
+        assert set(statuses) == {200}
+        assert ra.failures == 1, f"put back and failed again: {ra.failures} failures"
+        assert not ra.up and up(gw, a) == 0.0

@@ -379,30 +379,41 @@ def test_compose_file():
     compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     triton = compose["services"]["triton"]
     assert triton["gpus"] == "all"
-    assert {p.split(":")[1] for p in triton["ports"]} == {"8000", "8001", "8002"}
+    assert {p.split(":")[1] for p in triton["ports"]} == {"8000", "8001", "8002", "8003"}  # 8003: the probes
+    assert "8003/health/ready" in " ".join(triton["healthcheck"]["test"])  # the supervisor's, not Triton's
     assert all(p.startswith("127.0.0.1:") for p in triton["ports"])  # loopback only on the host
     assert any(v.endswith(":/models:ro") for v in triton["volumes"])
     assert "--model-repository=/models" in triton["command"]
 
 
 def test_container_entrypoint_closes_the_admin_protocols(tmp_path):
-    """The image's entrypoint, run for real with a stand-in `tritonserver` that prints its arguments."""
+    """The image's entrypoint, run for real: the supervisor over a stand-in `tritonserver` (first on PATH) that
+    writes down its arguments and exits, so the supervisor gives up (exit code not 0) and says why."""
     from tembed_serving.supervisor import ADMIN_HEADER, RESTRICTED
 
     fake = tmp_path / "tritonserver"
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    seen = tmp_path / "argv"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {seen}\nexit 3\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    env = {"PATH": f"{tmp_path}:{Path(sys.executable).parent}:/usr/bin:/bin", "TEMBED_HEALTH_PORT": "0"}
     script = str(ROOT / "docker" / "entrypoint.sh")
-    args = subprocess.run([script, "--model-repository=/models"], env=env, capture_output=True, text=True, check=True)
-    lines = args.stdout.split()
+
+    def run(**extra: str) -> list[str]:
+        out = subprocess.run([script, "--model-repository=/models", "--log-verbose=1", "--log-info=true"],
+                             env={**env, **extra}, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode != 0 and "tritonserver exited with code 3" in out.stderr, out.stderr[-2000:]
+        return seen.read_text().split()
+
+    lines = run()
+    assert lines[0] == "--model-repository=/models" and "--log-verbose=1" in lines  # read, not passed twice
+    assert lines[-1] == "--log-info=true"  # the rest passed on, after the supervisor's own
+    assert "--model-control-mode=explicit" in lines  # what lets it reload one model whose stub died
     restricted = f"{','.join(RESTRICTED)}:{ADMIN_HEADER}="
     grpc = next(a for a in lines if a.startswith("--grpc-restricted-protocol="))
     http = next(a for a in lines if a.startswith("--http-restricted-api="))
     assert grpc.split("=", 1)[1].startswith(restricted) and http.split("=", 1)[1].startswith(restricted)
-    assert len(grpc.rsplit("=", 1)[1]) >= 32 and lines[-1] == "--model-repository=/models"  # a random key
-    keyed = subprocess.run([script], env={**env, "TEMBED_ADMIN_KEY": "k1"}, capture_output=True, text=True).stdout
-    assert f"{ADMIN_HEADER}=k1" in keyed
+    assert len(grpc.rsplit("=", 1)[1]) >= 32  # a random key
+    assert f"{ADMIN_HEADER}=k1" in " ".join(run(TEMBED_ADMIN_KEY="k1"))
 
 
 def test_dockerfile_uses_the_documented_release():

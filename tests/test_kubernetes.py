@@ -2,8 +2,9 @@
 1.32 schemas (strict), and the probes, ports and flags match what tritonserver and the gateway really serve.
 
 No cluster: the manifests are rendered and checked offline. The probe paths are checked twice, against the
-gateway's route table and by running the rendered Triton arguments through docker/entrypoint.sh with the
-tritonserver the test suite uses (2.51.0, the image's release) and the rendered gateway command in front of it.
+gateway's route table and by running the rendered Triton arguments and environment through docker/entrypoint.sh
+(the supervisor) with the tritonserver the test suite uses (2.51.0, the image's release) and the rendered
+gateway command in front of it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DEPLOY = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.32.0"  # schemas shipped inside kubernetes-validate: no network
 TRITON_HEALTH = {"ready": "/v2/health/ready", "live": "/v2/health/live"}  # Triton's KServe v2 health routes
+# The supervisor's probes (docker/entrypoint.sh, TEMBED_HEALTH_PORT): Triton's own stay 200 with a dead stub.
+POD_HEALTH = {"ready": "/health/ready", "live": "/health/live"}
 TRITON_EXIT_TIMEOUT_DEFAULT = 30  # tritonserver's --exit-timeout-secs default
 GPU = "nvidia.com/gpu"
 
@@ -148,14 +151,21 @@ def test_every_object_validates_against_kubernetes_schemas(overlay):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_triton_probes_use_its_health_routes_on_its_http_port(overlay):
+def test_triton_probes_use_the_supervisors_health_routes_on_its_port(overlay):
     c = container(get(render(overlay), "Deployment", "tembed-triton"))
     f = flags(c["args"])
     http = int(f.get("http-port", 8000))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    health = int(env["TEMBED_HEALTH_PORT"])  # what docker/entrypoint.sh gives the supervisor
+    assert "TEMBED_HEALTH_PORT" in (ROOT / "docker" / "entrypoint.sh").read_text()
     for probe, route in (("startupProbe", "ready"), ("readinessProbe", "ready"), ("livenessProbe", "live")):
         get_ = c[probe]["httpGet"]
-        assert get_["path"] == TRITON_HEALTH[route], (probe, get_)
-        assert port_number(c, get_["port"]) == http, (probe, get_)
+        assert get_["path"] == POD_HEALTH[route], (probe, get_)
+        assert port_number(c, get_["port"]) == health != http, (probe, get_)
+    # Liveness fails only after the supervisor's bound, and then within a few probes.
+    live = c["livenessProbe"]
+    assert float(env["TEMBED_LIVE_BOUND_S"]) >= 30
+    assert live["periodSeconds"] * live["failureThreshold"] <= 60
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600, "loading a 4B model takes minutes"
     # The named ports are the ports tritonserver is told to listen on.
@@ -387,6 +397,8 @@ def _http_status(url: str) -> int:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
+    except OSError:  # not listening (yet)
+        return 0
 
 
 @pytest.mark.isolated  # tritonserver through docker/entrypoint.sh
@@ -409,11 +421,14 @@ def test_rendered_commands_run_and_serve_the_probe_paths(overlay, tmp_path):
     repo.mkdir()
     ports = {k: server.free_port() for k in ("http", "grpc", "metrics")}
     local = dict(f, **{"model-repository": str(repo)})
-    for kind, port in ports.items():  # loopback and free ports on a shared machine; the rest as rendered
+    for kind, port in list(ports.items()):  # loopback and free ports on a shared machine; the rest as rendered
         local[f"{kind}-address"], local[f"{kind}-port"] = "127.0.0.1", str(port)
     env = server.server_env()
     env["PATH"] = os.pathsep.join([str(bin_dir), env["PATH"]])
+    env.update({e["name"]: e["value"] for e in triton["env"] if "value" in e})  # as rendered, then:
     env["TEMBED_ADMIN_KEY"] = "test-admin-key"
+    ports["health"] = server.free_port()
+    env["TEMBED_HEALTH_PORT"] = str(ports["health"])
     log = tmp_path / "tritonserver.log"
     with open(log, "wb") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(
@@ -426,16 +441,17 @@ def test_rendered_commands_run_and_serve_the_probe_paths(overlay, tmp_path):
     try:
         deadline = time.monotonic() + 60
         while True:
-            try:
-                if _http_status(http + TRITON_HEALTH["ready"]) == 200:
-                    break
-            except OSError:
-                pass
+            if _http_status(http + TRITON_HEALTH["ready"]) == 200:
+                break
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"tritonserver did not start with the rendered arguments:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
+        health = f"http://127.0.0.1:{ports['health']}"
+        deadline = time.monotonic() + 30
+        while _http_status(health + POD_HEALTH["ready"]) != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert _http_status(http + triton[probe]["httpGet"]["path"]) == 200, probe
+            assert _http_status(health + triton[probe]["httpGet"]["path"]) == 200, probe
         ann = get(objs, "Deployment", "tembed-triton")["spec"]["template"]["metadata"]["annotations"]
         assert _http_status(f"http://127.0.0.1:{ports['metrics']}{ann['prometheus.io/path']}") == 200
 
@@ -457,4 +473,4 @@ def test_rendered_commands_run_and_serve_the_probe_paths(overlay, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0  # SIGTERM: Triton drained and exited cleanly
+    assert proc.returncode == 0  # SIGTERM: the supervisor drained, Triton exited cleanly

@@ -214,6 +214,7 @@ def test_gateway_truncate_and_counts(gateway, clients):
         ("/v1/embeddings", {"model": f"{E5}-query", "input_type": "document"}, "input_type"),
         ("/tokenize", {"model": "no-such-model-query"}, "model"),
         ("/v1/embeddings", {"input": [[0, 10**9]]}, "input"),
+        ("/v1/embeddings", {"priority": "urgent"}, "priority"),
     ],
 )
 def test_gateway_bad_options(gateway, path, body, param):
@@ -262,3 +263,18 @@ def test_langchain_query_alias(gateway, clients):
     d = np.array(documents.embed_documents(TEXTS[:2]), np.float32)
     np.testing.assert_allclose(q, clients[E5].embed(TEXTS[0], input_type="query"), atol=1e-5)
     np.testing.assert_allclose(d, clients[E5].embed(TEXTS[:2], input_type="document"), atol=1e-5)
+
+
+def test_priority_changes_the_lane_not_the_vectors(gateway, clients):
+    """``priority`` travels as the request's Triton priority, not an input: any lane gives the same vectors,
+    through gRPC and the gateway, also on a repository exported without lanes (the default)."""
+    from tembed_client.contract import PRIORITY_VALUES
+
+    base = clients[E5].embed(TEXTS[:3])
+    for lane in PRIORITY_VALUES:
+        np.testing.assert_allclose(clients[E5].embed(TEXTS[:3], priority=lane), base, atol=1e-5)
+        resp = post(gateway, "/v1/embeddings", {"model": E5, "input": TEXTS[:1], "priority": lane})
+        assert resp.status_code == 200, resp.text
+    with pytest.raises(EmbeddingError) as err:
+        clients[E5].embed(TEXTS[:1], priority="urgent")
+    assert err.value.param == "priority"

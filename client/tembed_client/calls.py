@@ -4,7 +4,7 @@ the requests the server takes, and the answers put back together. Nothing in her
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 import numpy as np
@@ -58,6 +58,8 @@ def option_arrays(
             error = option.check(value, low, high, info.name)
             if error:
                 raise invalid(error, name)
+        if not option.tensor:
+            continue  # checked; sent otherwise (request_priority)
         if info.inputs and name not in info.inputs:
             raise EmbeddingError(
                 f"model {info.name!r} has no {name!r} input; re-export it with this tembed", c.UNSUPPORTED, param=name
@@ -121,6 +123,19 @@ def tensor(name: str, data: np.ndarray) -> grpcclient.InferInput:
     return inp
 
 
+def request_priority(info: ModelInfo, options: Mapping[str, object]) -> dict[str, Any]:
+    """The ``infer`` keywords for the request's lane (``contract.PRIORITY``, checked by option_arrays): the
+    lane's own ensemble where the model has one (``PARAM_LANES``), else Triton's priority level (which a
+    model without ``priority_levels`` ignores); nothing for the default lane."""
+    value = options.get(c.PRIORITY)
+    if value is None:
+        return {}
+    lanes = dict(item.split("=", 1) for item in info.parameters.get(c.PARAM_LANES, "").split(",") if "=" in item)
+    if str(value) in lanes:
+        return {"model_name": lanes[str(value)]}
+    return {c.INFER_PRIORITY: c.PRIORITY_LEVELS[str(value)]}
+
+
 @dataclass(frozen=True)
 class Call:
     """One validated ``embed``/``encode`` call, ready to be sent in server-sized chunks."""
@@ -132,6 +147,7 @@ class Call:
     options: dict[str, np.ndarray]  # the optional inputs the caller gave
     embedding_type: str = EMBEDDING_TYPE_DEFAULT
     outputs: tuple[str, ...] = (c.OUTPUT_DENSE,)  # bge-m3: the kinds asked for (contract.OUTPUT_KINDS)
+    priority: dict[str, Any] = field(default_factory=dict)  # the infer keyword of its lane (request_priority)
     option_names: ClassVar[tuple[str, ...] | None] = None  # the options this call takes (None: all of its task's)
 
     @classmethod
@@ -158,7 +174,7 @@ class Call:
             )
         if kinds == (c.OUTPUT_DENSE,):
             arrays.pop(c.OUTPUTS, None)  # the default: a model exported before the option serves it too
-        return cls(info, encoded, single, width, arrays, kind, kinds)
+        return cls(info, encoded, single, width, arrays, kind, kinds, request_priority(info, options))
 
     @property
     def dense(self) -> bool:
@@ -219,7 +235,7 @@ class Call:
             names += self.extra_outputs
             outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for texts[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
-            yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
+            yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs, **self.priority}
             start += len(chunk)
 
     def finish(self, results: Sequence[grpcclient.InferResult]) -> EmbeddingResult:
@@ -350,6 +366,7 @@ class RerankCall:
     query: bytes
     documents: list[bytes]
     options: dict[str, np.ndarray]
+    priority: dict[str, Any] = field(default_factory=dict)  # the infer keyword of its lane (request_priority)
 
     @classmethod
     def prepare(cls, info: ModelInfo, query: Text, documents: Iterable[Text], **options: Any) -> RerankCall:
@@ -360,7 +377,8 @@ class RerankCall:
         docs, _ = encode_texts(documents, DOCUMENTS)
         check_sizes(docs, info, DOCUMENTS)
         check_sizes([utf8(query, QUERY)], info, QUERY)
-        return cls(info, utf8(query, QUERY), docs, option_arrays(info, c.TASK_RERANK, options))
+        arrays = option_arrays(info, c.TASK_RERANK, options)
+        return cls(info, utf8(query, QUERY), docs, arrays, request_priority(info, options))
 
     @property
     def chunking(self) -> bool:
@@ -391,7 +409,7 @@ class RerankCall:
             names = (SCORE, TOKEN_COUNT, c.DOCUMENT_INDEX) if self.chunking else (SCORE, TOKEN_COUNT)
             outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for documents[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
-            yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs}
+            yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs, **self.priority}
             start += len(chunk)
 
     def finish(self, results: Sequence[grpcclient.InferResult]) -> RerankResult:

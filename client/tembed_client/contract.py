@@ -131,6 +131,16 @@ def outputs_value(kinds: object) -> str:
 def output_kinds(value: str) -> tuple[str, ...]:
     return tuple(k for k in value.split(",") if k)
 
+# The request's lane: interactive queries (high, the default) ahead of bulk indexing (low) in the encoder's
+# queue. Not an input tensor: a lane is a model of its own (PARAM_LANES: the bulk lane's ensemble and
+# encoder over the same weights), so a query never queues behind bulk work. Triton's own priority levels
+# stall in tritonserver 2.51 as queue policies do (docs/RELIABILITY.md); a model without lanes gets the
+# request's Triton priority (INFER_PRIORITY), which a batcher without priority_levels ignores.
+PRIORITY = "priority"
+PRIORITY_VALUES = ("high", "low")
+PRIORITY_DEFAULT = "high"
+PRIORITY_LEVELS = {v: i + 1 for i, v in enumerate(PRIORITY_VALUES)}  # Triton's levels: 1 is served first
+INFER_PRIORITY = "priority"  # tritonclient's infer() keyword that carries it
 
 # Rerank ensemble: inputs (INSTRUCTION, optional, for models whose prompt carries one) and outputs
 # (TOKEN_COUNT, one per document: tokens of its pair as scored).
@@ -163,6 +173,19 @@ PARAM_MAX_ROWS = "max_rows"  # long_text chunk: windows of all texts of one requ
 # to call with the ensemble's inputs, and its token-id and attention-mask outputs ("ids,mask").
 PARAM_TOKENIZER = "tokenizer"
 PARAM_TOKENIZER_OUTPUTS = "tokenizer_outputs"
+# Priority lanes (PRIORITY) as models of their own: the ensemble's PARAM_LANES says which ensemble serves a
+# lane other than the default ("low=NAME-lane-low"), through its own encoder (its own queue, over the same
+# weights); a lane ensemble's PARAM_LANE_OF names the model it is a lane of, and discovery hides it.
+PARAM_LANES = "lanes"
+PARAM_LANE_OF = "lane_of"
+LANE_SEPARATOR = "-lane-"
+
+
+def lane_name(name: str, lane: str) -> str:
+    """The model (ensemble or encoder) ``name`` has for ``lane``."""
+    return f"{name}{LANE_SEPARATOR}{lane}"
+
+
 # max_texts of a reranker is its most documents per request; its dimension is 1 (one score).
 
 # Why a request failed: every error the serving side raises names one reason (and, for a request's
@@ -240,6 +263,7 @@ class Option:
     default: str | None = None  # the value the server assumes without it; None: the model's own
     any_case: bool = False  # values match in any case and are sent upper-cased (truncate)
     tokens: bool = False  # it changes the token ids, so a tokenize call takes it too
+    tensor: bool = True  # an ensemble input; False: carried otherwise (PRIORITY: the request's priority)
 
     def check(self, value: object, low: int = 1, high: int | None = None, model: str = "") -> str | None:
         """Why ``value`` is not valid for this option (``low``/``high``: an integer's range, inclusive),
@@ -280,6 +304,7 @@ OPTIONS = {
         Option(LONG_TEXT, "BYTES", (TASK_EMBED, TASK_RERANK), LONG_TEXT_VALUES, LONG_TEXT_DEFAULT),
         Option(EMBEDDING_TYPE, "BYTES", (TASK_EMBED,), EMBEDDING_TYPES, EMBEDDING_TYPE_DEFAULT),
         Option(OUTPUTS, "BYTES", (TASK_EMBED,), OUTPUTS_VALUES, OUTPUTS_DEFAULT),  # bge-m3: which outputs
+        Option(PRIORITY, "BYTES", (TASK_EMBED, TASK_RERANK), PRIORITY_VALUES, PRIORITY_DEFAULT, tensor=False),
     )
 }
 
@@ -287,6 +312,11 @@ OPTIONS = {
 def options_for(task: str) -> tuple[Option, ...]:
     """The options a task's requests take, in declaration order."""
     return tuple(o for o in OPTIONS.values() if task in o.tasks)
+
+
+def input_options(task: str) -> tuple[Option, ...]:
+    """The options of ``task`` that are ensemble inputs (all but the request's priority)."""
+    return tuple(o for o in options_for(task) if o.tensor)
 
 
 TOKEN_OPTIONS = tuple(o for o in options_for(TASK_EMBED) if o.tokens)  # what a tokenize call takes

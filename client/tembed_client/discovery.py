@@ -99,6 +99,11 @@ def ready_models(index: Mapping[str, Any]) -> list[str]:
     return sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
 
 
+def is_lane(cfg: Mapping[str, Any]) -> bool:
+    """A priority lane of another served model (``PARAM_LANE_OF``): reached through it, not listed."""
+    return c.PARAM_LANE_OF in cfg.get("parameters", {})
+
+
 def discover_models(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, ModelInfo]:
     """The served ensembles among the configs of the ready models, by name.
 
@@ -108,7 +113,7 @@ def discover_models(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Model
     found = {}
     for name in sorted(configs):
         cfg = configs[name].get("config", configs[name])
-        if cfg.get("platform") != "ensemble":
+        if cfg.get("platform") != "ensemble" or is_lane(cfg):
             continue
         try:
             found[name] = parse_model_config(configs[name])
@@ -119,7 +124,11 @@ def discover_models(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Model
 
 def pick_model(configs: Mapping[str, Mapping[str, Any]]) -> ModelInfo:
     """The single ensemble among the configs of the ready models."""
-    ensembles = sorted(n for n, cfg in configs.items() if cfg.get("config", cfg).get("platform") == "ensemble")
+    ensembles = sorted(
+        n
+        for n, cfg in configs.items()
+        if cfg.get("config", cfg).get("platform") == "ensemble" and not is_lane(cfg.get("config", cfg))
+    )
     if len(ensembles) == 1:
         return parse_model_config(configs[ensembles[0]])
     if ensembles:

@@ -41,6 +41,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         max_queue_delay_us=args.max_queue_delay_us,
         queue_timeout_s=args.queue_timeout_s,
         queue_tokens=args.queue_tokens,
+        priority_lanes=args.priority_lanes,
         torch_dtype=args.torch_dtype,
         torch_device=args.torch_device,
     )
@@ -132,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="bound the encoder's queue to this many tokens of full-length requests (0: unbounded); same caveat",
+    )
+    ex.add_argument(
+        "--priority-lanes",
+        action=argparse.BooleanOptionalAction,
+        default=ServingOptions.priority_lanes,
+        help="a bulk lane (requests with priority low) with an encoder of its own over the same weights, so"
+        " queries never queue behind bulk indexing (costs a second encoder process)",
     )
     ex.add_argument("--opset", type=int, default=17)
     ex.add_argument(

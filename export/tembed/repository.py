@@ -70,6 +70,13 @@ class ServingOptions:
     # bounded queue (queue_size; RESOURCE_EXHAUSTED past it).
     queue_timeout_s: float = 0.0
     queue_tokens: int = 0
+    # Priority lanes (contract.PRIORITY) as models of their own (write_lanes): bulk requests (low) go to an
+    # ensemble and an encoder of their own, over the same weights (a symlinked version folder), so a query
+    # (high, the default) never queues behind them; the two encoders share the cores. Not Triton's
+    # priority_levels: tritonserver 2.51's batcher stalls with them as with a queue policy (2026-12-02,
+    # bench/experiments/batcher_stall.py: 33-51 of 400 short queries over 300 ms against 2-4). Costs a
+    # second encoder process (its memory; on GPU its own copy of the weights).
+    priority_lanes: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -205,7 +212,7 @@ _OPTION_TYPES = {"BYTES": mc.TYPE_STRING, "INT32": mc.TYPE_INT32}
 
 def _option_inputs(cfg: mc.ModelConfig, task: str) -> None:
     """The task's request options (``contract.options_for``): one optional input of one value each."""
-    for option in c.options_for(task):
+    for option in c.input_options(task):
         _io(cfg.input, option.name, _OPTION_TYPES[option.datatype], [1], optional=True)
 
 
@@ -246,7 +253,12 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     # Triton refuses a request over max_batch_size, and the dynamic batcher merges requests only up to it.
     cfg = mc.ModelConfig(name=model_names(p.name)["encoder"], max_batch_size=p.encoder_rows)
     for name in c.ENCODER_INPUTS:
-        _io(cfg.input, name, ids, [-1])
+        tensor = _io(cfg.input, name, ids, [-1])
+        # A Python encoder takes requests of any widths together (the runner pads and regroups them by
+        # length, batching.plan), so a request of another length bucket need not close the batch being
+        # formed: tritonserver 2.51's batcher thread spins while the encoder works when it does (1.50 s of
+        # CPU against 0.09 s under the same mixed load, 2026-12-02; docs/RELIABILITY.md).
+        tensor.allow_ragged_batch = BACKENDS[opts.backend].runs_in_python
     if finishes_vectors(p, opts):
         # The request's options, one copy per row (every input of a batched model starts with its
         # rows); optional: called directly with ids alone, the encoder answers its rows as they are.
@@ -555,7 +567,57 @@ def write_repository(
         stale = Layout(repo, p.name).model_dir(role)
         if stale.is_dir():
             shutil.rmtree(stale)
+    write_lanes(repo, p.name, c.PRIORITY_VALUES[1:] if opts.priority_lanes else ())
     return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))
+
+
+def refresh_lanes(repo: Path, name: str) -> list[Path]:
+    """Write model ``name``'s lanes again from its encoder's config as it is now (after ``tembed engine``
+    rewrote it), the same lanes its ensemble lists."""
+    ensemble = parse((Layout(repo, name).model_dir("ensemble") / "config.pbtxt").read_text())
+    listed = ensemble.parameters[c.PARAM_LANES].string_value if c.PARAM_LANES in ensemble.parameters else ""
+    return write_lanes(repo, name, tuple(item.split("=", 1)[0] for item in listed.split(",") if item))
+
+
+def write_lanes(repo: Path, name: str, lanes: tuple[str, ...]) -> list[Path]:
+    """Model ``name``'s priority lanes (``ServingOptions.priority_lanes``): per lane, an encoder whose version
+    folder is a symlink to the encoder's (the same weights, profile and model.py; its own queue and
+    process) and an ensemble that is the model's with that encoder in its step, marked ``PARAM_LANE_OF``;
+    the model's ensemble lists them in ``PARAM_LANES``. Lanes no longer asked for are removed. Returns the
+    folders written."""
+    layout = Layout(repo, name)
+    ens_dir, enc_dir = layout.model_dir("ensemble"), layout.model_dir("encoder")
+    for old in repo.glob(f"{c.lane_name(name, '*')}"):
+        shutil.rmtree(old)
+    for old in repo.glob(f"{c.lane_name(enc_dir.name, '*')}"):
+        shutil.rmtree(old)
+    ens_path = ens_dir / "config.pbtxt"
+    ensemble = parse(ens_path.read_text())
+    if c.PARAM_LANES in ensemble.parameters:
+        del ensemble.parameters[c.PARAM_LANES]
+    written = []
+    for lane in lanes:
+        encoder = parse((enc_dir / "config.pbtxt").read_text())
+        encoder.name = c.lane_name(enc_dir.name, lane)
+        lane_enc = repo / encoder.name
+        lane_enc.mkdir()
+        (lane_enc / "config.pbtxt").write_text(render(encoder))
+        (lane_enc / c.VERSION).symlink_to(Path("..") / enc_dir.name / c.VERSION, target_is_directory=True)
+        copy = mc.ModelConfig()
+        copy.CopyFrom(ensemble)
+        copy.name = c.lane_name(name, lane)
+        for step in copy.ensemble_scheduling.step:
+            if step.model_name == enc_dir.name:
+                step.model_name = encoder.name
+        copy.parameters[c.PARAM_LANE_OF].string_value = name
+        lane_ens = repo / copy.name
+        (lane_ens / c.VERSION).mkdir(parents=True)
+        (lane_ens / "config.pbtxt").write_text(render(copy))
+        written += [lane_enc, lane_ens]
+    if lanes:
+        ensemble.parameters[c.PARAM_LANES].string_value = ",".join(f"{x}={c.lane_name(name, x)}" for x in lanes)
+    ens_path.write_text(render(ensemble))
+    return written
 
 
 def save_profile(p: ModelProfile, layout: Layout) -> list[Path]:

@@ -33,7 +33,7 @@ from tembed_serving.contract import (
 )
 from tembed_serving.profile import ModelProfile
 
-from .repository import ServingOptions, encoder_config, parse, render
+from .repository import ServingOptions, encoder_config, parse, refresh_lanes, render
 from .trt_profiles import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_SEQ_BUCKETS,
@@ -528,6 +528,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         max_queue_delay_us=old.dynamic_batching.max_queue_delay_microseconds if old else 2000,
     )
     config_path.write_text(render(encoder_config(profile, opts)), encoding="utf-8")
+    if (encoder_dir.parent / profile.name / "config.pbtxt").exists():
+        refresh_lanes(encoder_dir.parent, profile.name)  # the bulk lane's encoder: the same config
     print(f"engine {out} ({spec.precision}, {len(profiles)} profiles); config {encoder_dir / 'config.pbtxt'}")
     return 0
 

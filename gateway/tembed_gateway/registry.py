@@ -36,7 +36,7 @@ from tembed_client import (
 )
 from tembed_client.replicas import AsyncReplicatedTriton, DnsName, Replica
 from tembed_client.replicas import resolve as resolve_names
-from tembed_serving.contract import Layout
+from tembed_serving.contract import TASK_RERANK, Layout
 
 from .settings import GatewaySettings
 
@@ -138,14 +138,34 @@ class ModelRegistry:
 
     async def _discover(self, replica: Replica) -> None:
         """Read what ``replica`` serves: its loaded models (calls are routed by them) and its READY
-        text-embedding ensembles; raises EmbeddingError if it is unreachable."""
+        text-embedding ensembles; raises EmbeddingError if it is unreachable.
+
+        A replica coming back after it was marked down also has to serve: one real inference through each
+        of its ensembles, on it alone, before it gets calls again. Triton's readiness stays true while a
+        Python stub is dead (docs/RELIABILITY.md), so readiness alone would put back a replica that fails
+        every request, each failure hidden by a failover."""
         with triton_errors():
             stats = await replica.triton.get_inference_statistics(as_json=True, **self._rpc)
             names = loaded_models(stats)
             configs = await gather(replica.triton.get_model_config(n, as_json=True, **self._rpc) for n in names)
-        self._served[replica] = discover_models(dict(zip(names, configs)))
+        served = discover_models(dict(zip(names, configs)))
+        if not replica.up:
+            await self._canary(replica, served)
+        self._served[replica] = served
         replica.models = frozenset(names)
         self._merge()
+
+    async def _canary(self, replica: Replica, served: dict[str, ModelInfo]) -> None:
+        """One inference through each model ``replica`` serves, on it alone, no retry; raises EmbeddingError."""
+        for info in served.values():
+            client = AsyncEmbeddingClient(
+                replica.url, timeout=self._rpc["client_timeout"], triton=replica.triton, info=info,
+                retry=RetryPolicy(attempts=1),
+            )  # fmt: skip
+            if info.task == TASK_RERANK:
+                await client.score("canary", ["canary"])
+            else:
+                await client.embed(["canary"])
 
     async def refresh(self, min_interval: float = 0.0) -> None:
         """Re-read every replica's READY text-embedding ensembles; raises EmbeddingError if no

@@ -28,6 +28,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     INSTRUCTION,
     INTERNAL,
     INVALID_ARGUMENT,
+    LANE_SEPARATOR,
     LONG_TEXT,
     LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
@@ -44,6 +45,8 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     OUTPUTS_DEFAULT,
     PARAM_DIMENSION,
     PARAM_INSTRUCTION,
+    PARAM_LANE_OF,
+    PARAM_LANES,
     PARAM_MAX_LENGTH,
     PARAM_MAX_REQUEST_BYTES,
     PARAM_MAX_ROWS,
@@ -57,6 +60,10 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_TASK,
     PARAM_TOKENIZER,
     PARAM_TOKENIZER_OUTPUTS,
+    PRIORITY,
+    PRIORITY_DEFAULT,
+    PRIORITY_LEVELS,
+    PRIORITY_VALUES,
     QUERY,
     REASON_CODES,
     SCORE,
@@ -78,6 +85,8 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     TRUNCATE_VALUES,
     UNSUPPORTED,
     Option,
+    input_options,
+    lane_name,
     options_for,
     output_kinds,
     packed_width,
@@ -132,6 +141,9 @@ TORCH_DTYPES = ("bfloat16", "float16", "float32")  # the torch runner's PARAM_DT
 IDS_DTYPES = ("int64", "int32")  # token-id tensors between the models; the first is the default
 
 ROLES = ("ensemble", "tokenizer", "encoder", "postprocess")
+# Requests each Python stub is executing, a gauge on Triton's metrics port ({model, pid} labels): with
+# Triton's nv_inference_pending_request_count (queued, not executing) the supervisor's exact in-flight count.
+EXECUTING_METRIC = "tembed_executing_requests"
 
 
 def model_names(name: str) -> dict[str, str]:

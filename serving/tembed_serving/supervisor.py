@@ -26,9 +26,10 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .contract import model_names
+from .contract import EXECUTING_METRIC, LANE_SEPARATOR, model_names
 
 
 class ServerError(RuntimeError):
@@ -59,9 +60,22 @@ def prepare_backends(dest: Path) -> Path:
     return dest
 
 
-def server_env() -> dict[str, str]:
+def pip_tritonserver(binary: str | Path | None) -> bool:
+    """Whether ``binary`` (None: the default) is the tritonserver of the nvidia-pytriton wheel, which needs
+    the backend folder :func:`prepare_backends` writes and the wheel's libraries; an image's own
+    (``/opt/tritonserver/bin/tritonserver``) has its backends next to it."""
+    if binary is None:
+        return True
+    try:
+        root = pytriton_root()
+    except ServerError:
+        return False
+    return Path(binary).resolve().is_relative_to(root.resolve())
+
+
+def server_env(pip_server: bool = True) -> dict[str, str]:
     env = dict(os.environ)
-    libs = Path(pytriton_root()).parent.parent / "nvidia_pytriton.libs"
+    libs = Path(pytriton_root()).parent.parent / "nvidia_pytriton.libs" if pip_server else ""
     # The stub links libpython3.X; prefer this interpreter's own copy over the system one.
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     ld = [p for p in (libdir, str(libs), env.get("LD_LIBRARY_PATH", "")) if p]
@@ -85,6 +99,9 @@ def free_port() -> int:
 # Admin protocols Triton serves on the same ports as inference. Closed unless the caller presents
 # the key: anyone who reaches the port could otherwise load and unload models, change logging,
 # register shared memory or start traces. The gateway is the authenticated front door.
+STOP_AFTER_DRAIN_S = 5.0  # how long Triton may take to exit once a drain found nothing left
+QUIET_READS = 3  # reads 0.1 s apart with nothing in flight and nothing finishing: a drain is done
+
 RESTRICTED = ("model-repository", "logging", "shared-memory", "trace")
 ADMIN_HEADER = "tembed-admin-key"
 
@@ -111,11 +128,21 @@ class TritonServer:
     admin_key: str | None = None
     supervise: bool = True
     exit_timeout_s: int = 30
+    # The tritonserver to run: None is the nvidia-pytriton wheel's; an image's own (docker/entrypoint.sh
+    # passes the one on PATH) keeps its own backend directory.
+    tritonserver: str | None = None
+    # Liveness (``health()``) fails once the server has not been able to serve for this long after it
+    # first was: a pod the supervisor cannot heal is restarted by Kubernetes.
+    live_bound_s: float = 60.0
+    draining: bool = False
     proc: subprocess.Popen | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
     _supervisor: Supervisor | None = None
     _watchdog: subprocess.Popen | None = None
+    _unready_since: float | None = None
+    _was_ready: bool = False
+    _drained: bool = False  # a drain found nothing left in flight
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, **kw) -> TritonServer:
@@ -144,12 +171,40 @@ class TritonServer:
             and (self._supervisor is None or self._supervisor.healthy)
         )
 
-    def command(self, backend_dir: Path) -> list[str]:
+    @property
+    def pip_server(self) -> bool:
+        return pip_tritonserver(self.tritonserver)
+
+    def serving(self) -> bool:
+        """Every model can serve now: Triton ready, not draining, not recovering, and every Python stub the
+        models started with alive (checked now in /proc, not at the supervisor's next poll)."""
+        if not self.healthy or self.draining or (self.supervise and self._supervisor is None):
+            return False  # (before its supervisor has counted the stubs, a dead one would go unseen)
+        if self._supervisor is not None and not self._supervisor.complete():
+            return False
+        return self.ready()
+
+    def health(self) -> tuple[bool, bool]:
+        """(ready, live) as the pod's probes see them. Ready: :meth:`serving`. Live: false once the server,
+        ready before, has not been able to serve for ``live_bound_s`` in a row (a stub that cannot be
+        reloaded, a tritonserver that does not come back), so Kubernetes restarts the pod; while starting
+        and while draining it is live."""
+        ready = self.serving()
+        now = time.monotonic()
+        if ready:
+            self._was_ready, self._unready_since = True, None
+        elif self._unready_since is None:
+            self._unready_since = now
+        stuck = self._was_ready and not self.draining and self._unready_since is not None
+        return ready, not (stuck and now - self._unready_since > self.live_bound_s)
+
+    def command(self, backend_dir: Path | None) -> list[str]:
         restricted = f"{','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}"
+        binary = self.tritonserver or str(pytriton_root() / "bin" / "tritonserver")
         return [
-            str(pytriton_root() / "bin" / "tritonserver"),
+            binary,
             f"--model-repository={Path(self.model_repository).resolve()}",
-            f"--backend-directory={backend_dir}",
+            *([f"--backend-directory={backend_dir}"] if backend_dir is not None else []),
             f"--grpc-address={self.host}",
             f"--http-address={self.host}",
             f"--metrics-address={self.host}",
@@ -173,8 +228,8 @@ class TritonServer:
         # Its own process group: the stubs Triton forks join it, so one killpg removes them all.
         # PR_SET_PDEATHSIG: if this process dies, even by SIGKILL, the kernel stops Triton too.
         self.proc = subprocess.Popen(
-            self.command(Path(self._tmp.name)),
-            env=server_env(),
+            self.command(Path(self._tmp.name) if self._tmp is not None else None),
+            env=server_env(self.pip_server),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -214,8 +269,9 @@ class TritonServer:
     def start(self, timeout: float = 180.0) -> TritonServer:
         if self.admin_key is None:
             self.admin_key = secrets.token_urlsafe(24)
-        self._tmp = tempfile.TemporaryDirectory(prefix="tembed-backends-")
-        prepare_backends(Path(self._tmp.name))
+        if self.pip_server:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tembed-backends-")
+            prepare_backends(Path(self._tmp.name))
         self._spawn()
         self.wait_ready(timeout)
         self.event("ready")
@@ -226,7 +282,9 @@ class TritonServer:
 
     def event(self, what: str) -> None:
         self.events.append((time.monotonic(), what))
-        if self.log_file:
+        if not self.log_file:
+            print(f"tembed supervisor: {what}", file=sys.stderr, flush=True)
+        else:
             with open(self.log_file, "a", encoding="utf-8") as f:
                 f.write(f"tembed supervisor: {what}\n")
 
@@ -268,22 +326,42 @@ class TritonServer:
             if r.status != 200:
                 raise ServerError(f"reloading {name}: HTTP {r.status}")
 
+    def metrics_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.metrics_port}/metrics"
+
     def in_flight(self) -> int:
-        """Ensemble requests that have entered their tokenizer and not yet finished, from Triton's
-        statistics (tokenizer successes + failures - ensemble successes + failures). Triton 2.51
-        has no in-flight counter, and on SIGTERM it refuses the next step of an ensemble already
-        running, so the launcher waits for this to reach 0 first. Assumes the tokenizers are called
-        through their ensembles: a direct caller only makes the drain wait out its grace."""
-        with urllib.request.urlopen(f"{self.http_url}/v2/models/stats", timeout=5) as r:
-            stats = json.load(r)
-        done = {}
-        for m in stats.get("model_stats", []):
-            s = m.get("inference_stats", {})
-            done[m["name"]] = (
-                done.get(m["name"], 0) + s.get("success", {}).get("count", 0) + s.get("fail", {}).get("count", 0)
-            )
-        tokenizers = {model_names(n)["tokenizer"]: n for n in done}
-        return sum(max(0, done[tok] - done[n]) for tok, n in tokenizers.items() if tok in done)
+        """Requests in Triton now, whoever sent them (an ensemble, a direct call to a tokenizer or an
+        encoder, the gateway's /tokenize): those queued for a model (Triton's
+        ``nv_inference_pending_request_count``) plus those a Python stub is executing (our
+        ``EXECUTING_METRIC`` gauge, counted only for stubs alive now: a dead stub's series stays behind).
+        Triton 2.51 counts nothing else in flight; an ensemble request between two steps, or executing in
+        a C++ backend, is seen by :meth:`drain` as progress (completions still moving)."""
+        return self._load()[0]
+
+    def _load(self) -> tuple[int, int]:
+        """(requests in flight, requests finished so far) from one read of Triton's metrics."""
+        with urllib.request.urlopen(self.metrics_url(), timeout=5) as r:
+            text = r.read().decode()
+        alive = {str(pid) for pid in python_stubs(self.proc.pid)} if self.proc is not None else set()
+        queued = executing = finished = 0
+        for line in text.splitlines():
+            if line.startswith("#") or "{" not in line:
+                continue
+            name, rest = line.split("{", 1)
+            labels, _, value = rest.rpartition("} ")
+            try:
+                n = int(float(value))
+            except ValueError:
+                continue
+            if name == "nv_inference_pending_request_count":
+                queued += n
+            elif name == EXECUTING_METRIC:
+                pid = labels.split('pid="', 1)[1].split('"', 1)[0] if 'pid="' in labels else ""
+                executing += n if pid in alive else 0
+            elif name in ("nv_inference_request_success", "nv_inference_request_failure"):
+                finished += n
+        return queued + executing, finished
 
     def _admin(self, path: str) -> object:
         """POST ``path`` of Triton's restricted repository API (with the admin key); its JSON answer."""
@@ -293,10 +371,15 @@ class TritonServer:
         return json.loads(body) if body else None
 
     def ensembles(self, states: tuple[str, ...] = ("READY",)) -> list[str]:
-        """The served models (their ensembles) in one of ``states``: names with a tokenizer model next to them."""
+        """The served models (their ensembles, lanes too) in one of ``states``: names with a tokenizer next to them."""
         index = self._admin("/v2/repository/index")
         state = {m["name"]: m.get("state") for m in index if isinstance(m, dict)}  # type: ignore[union-attr]
-        return sorted(n for n, st in state.items() if st in states and model_names(n)["tokenizer"] in state)
+        # A priority lane's ensemble (NAME-lane-low) is one too: it has NAME's tokenizer.
+        return sorted(
+            n
+            for n, st in state.items()
+            if st in states and model_names(n.split(LANE_SEPARATOR)[0])["tokenizer"] in state
+        )
 
     def refuse_new(self) -> list[str]:
         """Stop taking new requests, and say so: unload every served ensemble (not the models it calls).
@@ -313,23 +396,30 @@ class TritonServer:
         return names
 
     def drain(self, grace_s: float, refuse_new: bool = False) -> int:
-        """Wait (up to ``grace_s``) until no ensemble request is in flight; returns how many still were.
+        """Wait (up to ``grace_s``) until no request is in flight (:meth:`in_flight`); returns how many still were.
 
         ``refuse_new``: first stop taking new requests (:meth:`refuse_new`), for a replica whose callers
         can go elsewhere; then returns how many ensembles were still unloading (still had requests).
         Without it (one server behind its own gateway, which drains first) requests keep being taken:
         a call sent in chunks one after another gets its next chunk served."""
-        if refuse_new:
-            return self._drain_refusing(grace_s)
-        deadline, quiet = time.monotonic() + grace_s, 0
+        self.draining = True
+        left = self._drain_refusing(grace_s) if refuse_new else self._drain_counting(grace_s)
+        self._drained = left == 0
+        return left
+
+    def _drain_counting(self, grace_s: float) -> int:
+        deadline, quiet, seen = time.monotonic() + grace_s, 0, None
         left = 0
         while time.monotonic() < deadline:
             try:
-                left = self.in_flight()
+                left, finished = self._load()
             except (OSError, ValueError):
                 return 0  # Triton is gone: nothing left to wait for
-            quiet = quiet + 1 if left == 0 else 0
-            if quiet >= 2:
+            # Idle: nothing queued or executing, and nothing finished, over QUIET_READS reads in a row
+            # (a request between two ensemble steps is counted nowhere for a moment; one finishing shows).
+            quiet = quiet + 1 if left == 0 and finished == seen else 0
+            seen = finished
+            if quiet >= QUIET_READS:
                 return 0
             time.sleep(0.1)
         return left
@@ -369,9 +459,15 @@ class TritonServer:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.send_signal(signal.SIGTERM)
+                if timeout is None:
+                    # Drained with nothing left: Triton has nothing to wait for, but a model whose stub died
+                    # with a request inside never finishes unloading, and Triton waited out its whole exit
+                    # timeout for it (60 s after a healed stub, 2026-12-02). Past a short wait it is killed.
+                    timeout = STOP_AFTER_DRAIN_S if self._drained else self.exit_timeout_s + 15
                 try:
-                    self.proc.wait(timeout if timeout is not None else self.exit_timeout_s + 15)
+                    self.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
+                    self.event(f"tritonserver still running {timeout:.0f}s after SIGTERM; killed")
                     self.proc.kill()
                     self.proc.wait()
             self._kill_group()
@@ -431,16 +527,25 @@ class Supervisor(threading.Thread):
         self._stubs = python_stubs(server.proc.pid)
         self._expected = Counter(self._stubs.values())  # stubs per model when all is well
 
+    def complete(self) -> bool:
+        """Every model has, now, as many live stubs as it started with."""
+        have = Counter(python_stubs(self.server.proc.pid).values())
+        return all(have[m] >= n for m, n in self._expected.items())
+
     def stop(self) -> None:
         self._halt.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(10)
 
     def run(self) -> None:
-        while not self._halt.wait(self.POLL_S):
+        failures = 0
+        while not self._halt.wait(self.POLL_S if not failures else min(10.0, self.POLL_S * 2**failures)):
             try:
                 self.check()
-            except Exception as exc:  # the supervisor must outlive any one failure
+                failures = 0
+            except Exception as exc:  # the supervisor must outlive any one failure; tries again, backing off
+                failures += 1
+                self.healthy = False
                 self.server.event(f"supervisor error: {exc!r}")
 
     def check(self) -> None:
@@ -476,15 +581,74 @@ class Supervisor(threading.Thread):
         self.healthy = all(have[m] >= self._expected[m] for m in dead)  # else the next poll retries
 
 
+class HealthServer(ThreadingHTTPServer):
+    """The pod's probes (``--health-port``): ``/health/ready`` 200 while every model can serve
+    (:meth:`TritonServer.serving`: not while a stub is dead or being reloaded, nor while draining, unlike
+    Triton's own ``/v2/health/ready``), ``/health/live`` 200 unless the server has not been able to serve
+    for ``live_bound_s`` (:meth:`TritonServer.health`). Answers 503 otherwise, with the reason."""
+
+    daemon_threads = True
+
+    def __init__(self, srv: TritonServer, port: int) -> None:
+        self.srv = srv
+        host = srv.host if srv.host not in ("::",) else "0.0.0.0"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+                ready, live = srv.health()
+                answers = {"/health/ready": ready, "/health/live": live}
+                if self.path not in answers:
+                    self.send_error(404)
+                    return
+                ok = answers[self.path]
+                body = b"ok\n" if ok else (b"draining\n" if srv.draining else b"cannot serve\n")
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args) -> None:  # probes every few seconds: not in the log
+                pass
+
+        super().__init__((host, port), Handler)
+
+    def start(self) -> HealthServer:
+        threading.Thread(target=self.serve_forever, name="tembed-health", daemon=True).start()
+        return self
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Triton alone on a repository (``python -m tembed_serving.supervisor``); ``tembed serve`` adds the gateway."""
+    """A supervised tritonserver alone on a repository, as a replica (``python -m tembed_serving.supervisor``;
+    the container's entrypoint): ``tembed serve`` adds the gateway. Arguments after ``--`` are tritonserver's
+    own; its model repository, ports and addresses among them are read, the rest passed on."""
     ap = argparse.ArgumentParser(prog="python -m tembed_serving.supervisor", description=main.__doc__)
     add_server_args(ap)
+    ap.add_argument("--tritonserver", help="the tritonserver binary (default: the nvidia-pytriton wheel's)")
+    ap.add_argument(
+        "--health-port", type=int, default=0, help="serve /health/ready and /health/live for probes here (0: off)"
+    )
+    ap.add_argument(
+        "--live-bound-s",
+        type=float,
+        default=TritonServer.live_bound_s,
+        help="/health/live fails once the server could not serve for this long",
+    )
+    ap.add_argument("triton_args", nargs=argparse.REMAINDER, help="-- then tritonserver's own arguments")
     args = ap.parse_args(argv)
     srv = server_from_args(args)
+    srv.tritonserver = args.tritonserver
+    srv.live_bound_s = args.live_bound_s
+    read_triton_args(srv, args.triton_args[1:] if args.triton_args[:1] == ["--"] else args.triton_args)
     stop = threading.Event()
+
+    def on_signal(signum, _frame):  # SIGTERM: what Docker and Kubernetes send
+        print(f"{signal.Signals(signum).name}: refusing new requests, draining, then stopping", flush=True)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    health = HealthServer(srv, args.health_port).start() if args.health_port else None
     try:
         srv.start()
         print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
@@ -493,11 +657,50 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if srv.proc is not None:
             # A replica: new requests go elsewhere at once, those in flight finish, then Triton stops.
+            started = time.monotonic()
             left = srv.drain(srv.exit_timeout_s, refuse_new=True)
             if left:
                 print(f"{left} models still had requests after {srv.exit_timeout_s}s", flush=True)
+            print(f"drained in {time.monotonic() - started:.1f}s", flush=True)
         srv.stop()
+        if health is not None:
+            health.shutdown()
+            health.server_close()
     return 0
+
+
+# tritonserver arguments the supervisor owns: read into the TritonServer (``attribute``, ``type``), not
+# passed on twice.
+TRITON_ARGS = {
+    "model-repository": ("model_repository", Path),
+    "grpc-port": ("grpc_port", int),
+    "http-port": ("http_port", int),
+    "metrics-port": ("metrics_port", int),
+    "http-address": ("host", str),
+    "grpc-address": ("host", str),
+    "metrics-address": ("host", str),
+    "exit-timeout-secs": ("exit_timeout_s", int),
+    "log-verbose": ("log_verbose", int),
+}
+
+
+def read_triton_args(srv: TritonServer, argv: list[str]) -> None:
+    """tritonserver's own arguments (``--name=value`` or ``--name value``): those in TRITON_ARGS set the
+    server's fields, the rest go to ``extra_args`` (after the supervisor's own, so they win)."""
+    rest, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if name in TRITON_ARGS and not eq and i + 1 < len(argv):
+            value, eq = argv[i + 1], "="
+            i += 1
+        if name in TRITON_ARGS and eq:
+            attr, kind = TRITON_ARGS[name]
+            setattr(srv, attr, kind(value))
+        else:
+            rest.append(arg)
+        i += 1
+    srv.extra_args = [*srv.extra_args, *rest]
 
 
 def add_server_args(ap: argparse.ArgumentParser) -> None:
@@ -506,7 +709,9 @@ def add_server_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--log-verbose", type=int, default=0)
-    ap.add_argument("--log-file", type=Path, default=Path(".cache/tritonserver.log"), help="server log")
+    ap.add_argument(
+        "--log-file", type=Path, default=Path(".cache/tritonserver.log"), help="server log ('-': this output)"
+    )
     ap.add_argument(
         "--host",
         default="127.0.0.1",
@@ -516,7 +721,12 @@ def add_server_args(ap: argparse.ArgumentParser) -> None:
 
 
 def server_from_args(args: argparse.Namespace) -> TritonServer:
-    args.log_file.parent.mkdir(parents=True, exist_ok=True)
+    """``--log-file -``: Triton's log and the supervisor's events on this process's output (a container's).
+    No ``--admin-key``: ``TEMBED_ADMIN_KEY`` if set (docker/entrypoint.sh, the pod's Secret), else random."""
+    if str(args.log_file) == "-":
+        args.log_file = None
+    else:
+        args.log_file.parent.mkdir(parents=True, exist_ok=True)
     return TritonServer(
         args.model_repository,
         args.grpc_port,
@@ -525,7 +735,7 @@ def server_from_args(args: argparse.Namespace) -> TritonServer:
         args.log_verbose,
         log_file=args.log_file,
         host=args.host,
-        admin_key=args.admin_key,
+        admin_key=args.admin_key or os.environ.get("TEMBED_ADMIN_KEY") or None,
     )
 
 

@@ -28,7 +28,7 @@ from .contract import (
     TRUNCATE_NONE,
     TRUNCATE_START,
     UNSUPPORTED,
-    options_for,
+    input_options,
 )
 from .errors import RequestError
 from .profile import ModelProfile
@@ -79,7 +79,7 @@ def read_options(given: dict[str, np.ndarray], task: str) -> dict[str, object]:
     """The options of ``task`` a request carries (``given``: its inputs by name), one value each,
     decoded and checked (a dimensions' range is the model's: ``matryoshka.check_dimensions``)."""
     found: dict[str, object] = {}
-    for option in options_for(task):
+    for option in input_options(task):
         raw = given.get(option.name)
         if raw is None:
             continue

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from ..contract import INTERNAL, REASON_CODES
+from ..contract import EXECUTING_METRIC, INTERNAL, REASON_CODES
 from ..errors import RequestError
 
 # The TritonError code each reason's gRPC status travels as (the Python backend has no
@@ -49,3 +52,33 @@ def input_arrays(request) -> dict[str, object]:
 def tensor_names(args: dict, kind: str) -> set[str]:
     """The names of the config's ``kind`` ("input" or "output") tensors."""
     return {t["name"] for t in json.loads(args["model_config"]).get(kind, [])}
+
+
+class Executing:
+    """How many requests this stub is executing, as Triton's custom gauge ``EXECUTING_METRIC{model, pid}``.
+
+    Triton counts requests queued for a model (``nv_inference_pending_request_count``) but not those a
+    backend is running; with this gauge the supervisor counts exactly what is in flight, whoever called
+    (an ensemble, a direct tokenizer call). A stub that dies leaves its series behind: its pid label lets
+    the supervisor ignore it. A stub without custom metrics (older Triton) counts nothing."""
+
+    def __init__(self, args: dict) -> None:
+        self._family = self._gauge = None
+        with contextlib.suppress(Exception):
+            self._family = pb_utils.MetricFamily(
+                name=EXECUTING_METRIC,
+                description="Requests a tembed Python stub is executing",
+                kind=pb_utils.MetricFamily.GAUGE,
+            )
+            self._gauge = self._family.Metric(labels={"model": args["model_name"], "pid": str(os.getpid())})
+
+    @contextlib.contextmanager
+    def __call__(self, n: int) -> Iterator[None]:
+        if self._gauge is None:
+            yield
+            return
+        self._gauge.increment(n)
+        try:
+            yield
+        finally:
+            self._gauge.increment(-n)

@@ -34,7 +34,7 @@ from ..m3 import graph_names, read_row_outputs
 from ..profile import ModelProfile
 from ..runners import load_runner
 from ..vectors import finish_request, from_rows
-from ._util import error_response, input_arrays, internal, parameters, tensor_names, version_dir
+from ._util import Executing, error_response, input_arrays, internal, parameters, tensor_names, version_dir
 
 # Token positions (rows x length) from which a request is checked for cancellation before it runs:
 # 1,024 take ~20 ms of CPU with a small model, the check 0.14 ms (is_cancelled asks the server).
@@ -43,6 +43,7 @@ CANCEL_CHECK_TOKENS = 1024
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._executing = Executing(args)
         params = parameters(args)
         folder = version_dir(args)
         # Triton pins each KIND_GPU instance to one device and says which.
@@ -94,6 +95,10 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
+        with self._executing(len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses: list = [None] * len(requests)
         ids, masks, where, finishing, m3 = [], [], [], [], []
         for i, r in enumerate(requests):

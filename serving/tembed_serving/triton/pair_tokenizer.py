@@ -16,16 +16,21 @@ from ..errors import RequestError
 from ..pairs import PairEncoder
 from ..profile import ModelProfile
 from ..textproc import check_bytes, decode_option, decode_texts, read_options
-from ._util import error_response, input_arrays, tensor_names, version_dir
+from ._util import Executing, error_response, input_arrays, tensor_names, version_dir
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._executing = Executing(args)
         folder = version_dir(args)
         self.encoder = PairEncoder(ModelProfile.load(folder), folder / TOKENIZER_FILE)
         self.indexes = DOCUMENT_INDEX in tensor_names(args, "output")  # repositories before long_text chunk: no
 
     def execute(self, requests):
+        with self._executing(len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses = []
         for request in requests:
             try:

@@ -17,7 +17,7 @@ from ..contract import (
 from ..errors import RequestError
 from ..profile import ModelProfile
 from ..vectors import finish_request
-from ._util import error_response, version_dir
+from ._util import Executing, error_response, version_dir
 
 
 def _reader(request):
@@ -26,9 +26,14 @@ def _reader(request):
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._executing = Executing(args)
         self.profile = ModelProfile.load(version_dir(args))
 
     def execute(self, requests):
+        with self._executing(len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses = []
         for request in requests:
             get = _reader(request)

@@ -31,11 +31,12 @@ from ..matryoshka import check_dimensions
 from ..profile import ModelProfile
 from ..textproc import Prompted, TextEncoder, check_bytes, decode_texts, read_options
 from ..vectors import check_calibrated, per_row
-from ._util import error_response, input_arrays, tensor_names, version_dir
+from ._util import Executing, error_response, input_arrays, tensor_names, version_dir
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        self._executing = Executing(args)
         folder = version_dir(args)
         self.profile = ModelProfile.load(folder)
         self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
@@ -57,6 +58,10 @@ class TritonPythonModel:
         return self.encoder.prepare(texts, **options), dims, EMBEDDING_TYPES.index(kind), bits
 
     def execute(self, requests):
+        with self._executing(len(requests)):
+            return self._execute(requests)
+
+    def _execute(self, requests):
         responses: list = [None] * len(requests)
         parsed = []
         for i, request in enumerate(requests):

@@ -65,6 +65,7 @@ from .protocols import (
 )
 from .registry import REFRESH_INTERVAL_S, ModelRegistry, ReplicatedModel
 from .settings import GatewaySettings
+from .token_ids import texts_for_ids
 
 log = logging.getLogger("tembed_gateway")
 
@@ -167,29 +168,19 @@ class Gateway:
                 return client, {**req.options, INPUT_TYPE: QUERY}
         return await self.resolve(name, TASK_EMBED, path), req.options
 
-    async def decode(self, client: ReplicatedModel, ids: list[list[int]]) -> list[str]:
-        """Token ids back to text with the served tokenizer; the server re-tokenizes the text (and adds
-        the model's prompt and special tokens), so the ids must be ones this model's tokenizer made."""
-        tok = self.registry.tokenizer(client.info.name)
+    async def decode(self, client: ReplicatedModel, ids: list[list[int]], options: dict[str, Any]) -> list[str]:
+        """Token ids back to the texts to send, by the one rule of ``token_ids``: ids must be this
+        model's own (they survive decode -> re-encode), and ids that carry the prompt are embedded as given."""
+        name = client.info.name
+        tok = self.registry.tokenizer(name)
         if tok is None:
             raise bad_request(
-                f"token-id input needs the tokenizer of {client.info.name!r}: start the gateway with"
+                f"token-id input needs the tokenizer of {name!r}: start the gateway with"
                 " --model-repository pointing at the served repository, or send text",
                 "input",
             )
-        vocab = tok.get_vocab_size(with_added_tokens=True)
-        for i, seq in enumerate(ids):
-            bad = next((t for t in seq if not 0 <= t < vocab), None)
-            if bad is not None:
-                raise bad_request(
-                    f"input[{i}] has token id {bad}, outside this model's vocabulary [0, {vocab})", "input"
-                )
-        # Off the event loop: 2048 long sequences take a while to decode.
-        texts = await asyncio.to_thread(tok.decode_batch, ids, skip_special_tokens=True)
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise bad_request(f"input[{i}] decodes to an empty text", "input")
-        return texts
+        # Off the event loop: 2048 long sequences take a while to decode and re-encode.
+        return await asyncio.to_thread(texts_for_ids, tok, self.registry.profile(name), ids, options, name)
 
     @endpoint
     @admitted
@@ -198,7 +189,7 @@ class Gateway:
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         client, options = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
-        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
         result = await client.encode(texts, **options)
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
@@ -214,7 +205,7 @@ class Gateway:
             raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
         client, options = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
-        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
         # The options that change the ids; the others (dimensions, embedding_type) do not apply.
         result = await client.tokenize(texts, **{o.name: options.get(o.name) for o in TOKEN_OPTIONS})
         max_length = int(client.info.parameters.get(PARAM_MAX_LENGTH, 0))

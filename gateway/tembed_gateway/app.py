@@ -52,6 +52,7 @@ from tembed_client.contract import (
 from .admission import admitted, endpoint
 from .errors import ApiError, bad_request, http_error, json_response
 from .metrics import GatewayMetrics
+from .nim import check_fits, parse_ranking, render_ranking
 from .protocols import (
     TASK_ROUTES,
     EmbeddingRequest,
@@ -72,6 +73,8 @@ log = logging.getLogger("tembed_gateway")
 # NAME + this suffix serves embedding model NAME with input_type "query".
 QUERY_SUFFIX = "-query"
 QUERY = INPUT_TYPES[0]
+# NAME + a suffix: NAME with that input_type ("-passage": NVIDIA NIM's name for documents, not listed).
+INPUT_TYPE_SUFFIXES = {QUERY_SUFFIX: QUERY, "-passage": INPUT_TYPES[1]}
 
 
 class Gateway:
@@ -158,14 +161,16 @@ class Gateway:
         """The embedding model ``req.model`` names and the options to send: ``N-query`` is ``N`` with
         input_type "query" (when no served model has that very name)."""
         name = req.model
-        if name.endswith(QUERY_SUFFIX) and await self.registry.resolve(name) is None:
-            base = name[: -len(QUERY_SUFFIX)]
+        for suffix, kind in INPUT_TYPE_SUFFIXES.items():
+            if not name.endswith(suffix) or await self.registry.resolve(name) is not None:
+                continue
+            base = name[: -len(suffix)]
             client = await self.registry.resolve(base)
             if client is not None and client.info.task == TASK_EMBED:
-                if req.options.get(INPUT_TYPE) not in (None, QUERY):
-                    msg = f"model {name!r} embeds queries; send {INPUT_TYPE} {QUERY!r} or none, or use model {base!r}"
+                if req.options.get(INPUT_TYPE) not in (None, kind):
+                    msg = f"model {name!r} embeds {kind}s; send {INPUT_TYPE} {kind!r} or none, or use model {base!r}"
                     raise bad_request(msg, INPUT_TYPE)
-                return client, {**req.options, INPUT_TYPE: QUERY}
+                return client, {**req.options, INPUT_TYPE: kind}
         return await self.resolve(name, TASK_EMBED, path), req.options
 
     async def decode(self, client: ReplicatedModel, ids: list[list[int]], options: dict[str, Any]) -> list[str]:
@@ -214,11 +219,26 @@ class Gateway:
     async def _rerank(self, request: Request, return_documents: bool) -> tuple[RerankResult, RerankRequest]:
         self.authorize(request)
         req = parse_rerank(await self.read_json(request), self.settings.max_inputs, return_documents)
+        result, _ = await self.score(request, req)
+        return result, req
+
+    async def score(self, request: Request, req: RerankRequest) -> tuple[RerankResult, ReplicatedModel]:
+        """Every rerank route's call, once parsed: the served reranker's scores of ``req``."""
         client = self.served(request, await self.resolve(req.model, TASK_RERANK, request.scope["path"]))
         # The client cuts the documents into the model's max per request and sends those concurrently.
         result = await client.score(req.query, req.documents, **req.options)
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
-        return result, req
+        return result, client
+
+    @endpoint
+    @admitted
+    async def ranking(self, request: Request) -> Response:
+        """NVIDIA NIM ``/v1/ranking`` (``nim``): ``{"rankings": [{"index", "logit"}]}``."""
+        self.authorize(request)
+        req, truncate = parse_ranking(await self.read_json(request), self.settings.max_inputs)
+        result, client = await self.score(request, req)
+        check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+        return Response(render_ranking(result), media_type="application/json")
 
     @endpoint
     @admitted
@@ -310,6 +330,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/rerank", gw.rerank, methods=["POST"]),
         Route("/rerank", gw.rerank, methods=["POST"]),  # vLLM serves both
         Route("/v2/rerank", gw.rerank_v2, methods=["POST"]),
+        Route("/v1/ranking", gw.ranking, methods=["POST"]),  # NVIDIA NIM
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/health/ready", gw.health, methods=["GET"]),

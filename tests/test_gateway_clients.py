@@ -1,0 +1,156 @@
+"""Other vendors' clients, unchanged, against the gateway over a real tritonserver (the rerank server:
+three rerankers and multilingual-e5-small): NVIDIA NIM's langchain-nvidia-ai-endpoints
+(``NVIDIAEmbeddings``, ``NVIDIARerank``) and its ``/v1/ranking`` body as genai-perf sends it. Every
+vector and score is compared with the gRPC client's; every bad input gets a clear 4xx and the next
+good request is served."""
+
+from __future__ import annotations
+
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+
+from tembed_gateway import GatewaySettings, GatewayThread
+
+from .conftest import BERT, DOCS, EMBEDDER, QUERY, QWEN, RERANKERS, TEXTS
+
+pytestmark = pytest.mark.slow
+
+MAX_INPUTS = 40
+
+
+@pytest.fixture(scope="module")
+def gateway(rerank_server):
+    settings = GatewaySettings(
+        rerank_server.grpc_url, model_repository=rerank_server.model_repository, max_inputs=MAX_INPUTS
+    )
+    with GatewayThread(settings) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def grpc(rerank_server):
+    from tembed_client import EmbeddingClient
+
+    made = {name: EmbeddingClient(rerank_server.grpc_url, name) for name in (*RERANKERS, EMBEDDER)}
+    yield made
+    for c in made.values():
+        c.close()
+
+
+def post(gw: GatewayThread, path: str, body: dict | bytes) -> httpx.Response:
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    return httpx.post(f"{gw.url}{path}", timeout=60, **kw)
+
+
+def assert_error(resp: httpx.Response, status: int, message: str = "", param: str | None = None) -> None:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert message in err["message"] and "Traceback" not in err["message"], err
+    if param is not None:
+        assert err["param"] == param, err
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+# --- NVIDIA NIM ---------------------------------------------------------------------------------------
+
+
+def nvidia(cls, gw: GatewayThread, model: str, **kw):
+    with warnings.catch_warnings():  # "model not found in the known models": ours are not NVIDIA's
+        warnings.simplefilter("ignore")
+        return cls(base_url=f"{gw.url}/v1", model=model, api_key="nvapi-EMPTY", **kw)
+
+
+def test_nvidia_embeddings_queries_and_passages(gateway, grpc):
+    from langchain_nvidia_ai_endpoints import NVIDIAEmbeddings
+
+    emb = nvidia(NVIDIAEmbeddings, gateway, EMBEDDER)
+    docs = emb.embed_documents(TEXTS)  # input_type "passage"
+    assert cosines(docs, grpc[EMBEDDER].embed(TEXTS, input_type="document")).min() >= 0.9999
+    query = emb.embed_query(TEXTS[0])  # input_type "query"
+    assert cosines([query], grpc[EMBEDDER].embed(TEXTS[:1], input_type="query")).min() >= 0.9999
+    assert cosines([query], [docs[0]]).max() < 0.9999  # the two prompts differ
+
+    cut = nvidia(NVIDIAEmbeddings, gateway, EMBEDDER, truncate="END", dimensions=128)
+    assert cosines(cut.embed_documents(TEXTS[:2]), grpc[EMBEDDER].embed(TEXTS[:2], dimensions=128)).min() >= 0.9999
+
+
+def test_nim_passage_suffix_and_input_type(gateway, grpc):
+    expected = grpc[EMBEDDER].embed(TEXTS[:2], input_type="document")
+    for body in (
+        {"model": f"{EMBEDDER}-passage", "input": TEXTS[:2]},
+        {"model": EMBEDDER, "input": TEXTS[:2], "input_type": "passage"},
+    ):
+        resp = post(gateway, "/v1/embeddings", body)
+        assert resp.status_code == 200, resp.text
+        assert cosines([d["embedding"] for d in resp.json()["data"]], expected).min() >= 0.9999
+    clash = {"model": f"{EMBEDDER}-passage", "input": TEXTS[:1], "input_type": "query"}
+    assert_error(post(gateway, "/v1/embeddings", clash), 400, "embeds documents", "input_type")
+    bad = {"model": EMBEDDER, "input": TEXTS[:1], "input_type": "passages"}
+    assert_error(post(gateway, "/v1/embeddings", bad), 400, "passage = document", "input_type")
+
+
+@pytest.mark.parametrize("name", [BERT, QWEN])
+def test_nvidia_rerank_gets_the_grpc_scores(gateway, grpc, name):
+    from langchain_core.documents import Document
+    from langchain_nvidia_ai_endpoints import NVIDIARerank
+
+    expected = grpc[name].score(QUERY, DOCS)
+    ranker = nvidia(NVIDIARerank, gateway, name, top_n=len(DOCS), truncate="END")
+    ranked = ranker.compress_documents([Document(page_content=d) for d in DOCS], QUERY)
+    got = {DOCS.index(d.page_content): d.metadata["relevance_score"] for d in ranked}
+    assert [DOCS.index(d.page_content) for d in ranked] == [i for i, _ in expected.ranking()]
+    assert max(abs(got[i] - s) for i, s in expected.ranking()) <= 1e-5
+
+
+def test_nim_ranking_body_as_genai_perf_sends_it(gateway, grpc):
+    expected = grpc[BERT].score(QUERY, DOCS)
+    body = {"model": BERT, "query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS]}
+    resp = post(gateway, "/v1/ranking", body)
+    assert resp.status_code == 200, resp.text
+    rankings = resp.json()["rankings"]
+    assert [r["index"] for r in rankings] == [i for i, _ in expected.ranking()]
+    assert max(abs(r["logit"] - s) for r, (_, s) in zip(rankings, expected.ranking())) <= 1e-5
+
+
+def test_nim_truncate_none_refuses_what_end_cuts(gateway, grpc):
+    long = " ".join(["vector search"] * 600)  # far over the rerankers' 512 tokens
+    body = {"model": BERT, "query": {"text": QUERY}, "passages": [{"text": DOCS[0]}, {"text": long}]}
+    assert_error(post(gateway, "/v1/ranking", body), 400, "passages[1]", "passages")  # NIM's default: NONE
+    resp = post(gateway, "/v1/ranking", {**body, "truncate": "END"})
+    assert resp.status_code == 200, resp.text
+    expected = grpc[BERT].score(QUERY, [DOCS[0], long])
+    assert max(abs(r["logit"] - float(expected.scores[r["index"]])) for r in resp.json()["rankings"]) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        (b"{not json", "not valid JSON", None),
+        ({"model": BERT, "passages": [{"text": "a"}]}, "query is required", "query"),
+        ({"model": BERT, "query": {"txt": "q"}, "passages": [{"text": "a"}]}, '{"text": string}', "query"),
+        ({"model": BERT, "query": {"text": "q"}}, "passages is required", "passages"),
+        ({"model": BERT, "query": {"text": "q"}, "passages": []}, "passages is required", "passages"),
+        ({"model": BERT, "query": {"text": "q"}, "passages": [{"text": 3}]}, "passages[0]", "passages[0]"),
+        ({"model": BERT, "query": {"text": "q"}, "passages": ["a"] * 41}, "too many passages", "passages"),
+        ({"model": BERT, "query": {"text": "q"}, "passages": ["a"], "truncate": "START"}, "NONE, END", "truncate"),
+        ({"query": {"text": "q"}, "passages": ["a"]}, "model is required", "model"),
+        ({"model": EMBEDDER, "query": {"text": "q"}, "passages": ["a"]}, "is an embedding model", "model"),
+        ({"model": BERT, "query": {"text": ""}, "passages": ["a"]}, "query is empty", None),
+    ],
+)
+def test_nim_ranking_bad_input(gateway, body, message, param):
+    assert_error(post(gateway, "/v1/ranking", body), 400, message, param)
+    good = post(gateway, "/v1/ranking", {"model": BERT, "query": {"text": QUERY}, "passages": DOCS[:2]})
+    assert good.status_code == 200 and len(good.json()["rankings"]) == 2
+
+
+def test_nim_ranking_unknown_model_is_404(gateway):
+    resp = post(gateway, "/v1/ranking", {"model": "nvidia/nv-rerankqa-mistral-4b-v3", "query": "q", "passages": ["a"]})
+    assert_error(resp, 404, "does not exist", "model")

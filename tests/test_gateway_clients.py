@@ -154,3 +154,86 @@ def test_nim_ranking_bad_input(gateway, body, message, param):
 def test_nim_ranking_unknown_model_is_404(gateway):
     resp = post(gateway, "/v1/ranking", {"model": "nvidia/nv-rerankqa-mistral-4b-v3", "query": "q", "passages": ["a"]})
     assert_error(resp, 404, "does not exist", "model")
+
+
+# --- Cohere embed -------------------------------------------------------------------------------------
+
+
+def co2(gw: GatewayThread):
+    import cohere
+
+    return cohere.ClientV2(base_url=gw.url, api_key="x", max_retries=0, timeout=60)
+
+
+def test_cohere_v2_embed_every_type(gateway, grpc):
+    response = co2(gateway).embed(
+        texts=TEXTS,
+        model=EMBEDDER,
+        input_type="search_document",
+        embedding_types=["float", "int8", "uint8", "binary", "ubinary", "base64"],
+    )
+    e = response.embeddings
+    expected = grpc[EMBEDDER].encode(TEXTS, input_type="document")
+    assert cosines(e.float_, expected.embeddings).min() >= 0.9999
+    floats = np.stack([np.frombuffer(__import__("base64").b64decode(b), "<f4") for b in e.base64])
+    np.testing.assert_array_equal(floats, np.asarray(e.float_, dtype=np.float32))
+    for kind in ("int8", "uint8", "binary", "ubinary"):
+        want = grpc[EMBEDDER].encode(TEXTS, input_type="document", embedding_type=kind).embeddings
+        np.testing.assert_array_equal(np.asarray(getattr(e, kind)), want.astype(np.int64), err_msg=kind)
+    assert response.texts == TEXTS and response.meta.api_version.version == "2"
+    assert response.meta.billed_units.input_tokens == int(expected.token_counts.sum())
+
+
+def test_cohere_v2_query_and_output_dimension(gateway, grpc):
+    response = co2(gateway).embed(texts=TEXTS[:2], model=EMBEDDER, input_type="search_query", output_dimension=128)
+    want = grpc[EMBEDDER].embed(TEXTS[:2], input_type="query", dimensions=128)
+    assert cosines(response.embeddings.float_, want).min() >= 0.9999
+
+
+def test_cohere_v1_embed(gateway, grpc):
+    import cohere
+
+    v1 = cohere.Client(base_url=gateway.url, api_key="x", max_retries=0, timeout=60)
+    plain = v1.embed(texts=TEXTS, model=EMBEDDER, input_type="search_query")
+    assert plain.response_type == "embeddings_floats"
+    assert cosines(plain.embeddings, grpc[EMBEDDER].embed(TEXTS, input_type="query")).min() >= 0.9999
+    typed = v1.embed(texts=TEXTS[:2], model=EMBEDDER, embedding_types=["int8"])  # no input_type: the default
+    want = grpc[EMBEDDER].encode(TEXTS[:2], embedding_type="int8").embeddings
+    np.testing.assert_array_equal(np.asarray(typed.embeddings.int8), want.astype(np.int64))
+    with pytest.raises(cohere.BadRequestError, match="context_length_exceeded|max length|tokens"):
+        v1.embed(texts=[" ".join(["vector"] * 2000)], model=EMBEDDER, truncate="NONE")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message", "param"),
+    [
+        ("/v2/embed", {"model": EMBEDDER, "texts": ["a"]}, 400, "input_type is required", "input_type"),
+        ("/v2/embed", {"model": EMBEDDER, "texts": ["a"], "input_type": "query"}, 400, "search_query", "input_type"),
+        ("/v2/embed", {"model": EMBEDDER, "input_type": "search_query"}, 400, "texts is required", "texts"),
+        ("/v1/embed", {"model": EMBEDDER, "texts": "a"}, 400, "list of strings", "texts"),
+        ("/v1/embed", {"model": EMBEDDER, "texts": [1, 2]}, 400, "list of strings", "texts"),
+        ("/v1/embed", {"model": EMBEDDER, "texts": ["a"], "embedding_types": ["int4"]}, 400, "int8", None),
+        ("/v1/embed", {"model": EMBEDDER, "texts": ["a"], "truncate": "LEFT"}, 400, "END", "truncate"),
+        ("/v1/embed", {"model": EMBEDDER, "texts": ["a"], "images": ["data:"]}, 400, "texts only", "images"),
+        (
+            "/v2/embed",
+            {"model": EMBEDDER, "texts": ["a"], "input_type": "search_query", "max_tokens": 8},
+            400,
+            "max_tokens",
+            "max_tokens",
+        ),
+        (
+            "/v2/embed",
+            {"model": EMBEDDER, "texts": ["a"], "input_type": "search_query", "output_dimension": 5000},
+            400,
+            "dimensions",
+            "dimensions",  # the served range is the client's check, which names the option
+        ),
+        ("/v1/embed", {"model": BERT, "texts": ["a"]}, 400, "is a reranker", "model"),
+        ("/v1/embed", {"model": "embed-v4.0", "texts": ["a"]}, 404, "does not exist", "model"),
+    ],
+)
+def test_cohere_embed_bad_input(gateway, path, body, status, message, param):
+    assert_error(post(gateway, path, body), status, message, param)
+    good = post(gateway, "/v2/embed", {"model": EMBEDDER, "texts": ["a"], "input_type": "search_query"})
+    assert good.status_code == 200 and len(good.json()["embeddings"]["float"]) == 1

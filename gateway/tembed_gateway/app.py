@@ -35,6 +35,8 @@ from starlette.routing import Route
 
 from tembed_client import EmbeddingError, RerankResult
 from tembed_client.contract import (
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_DEFAULT,
     INPUT_TYPE,
     INPUT_TYPES,
     LONG_TEXT,
@@ -50,6 +52,7 @@ from tembed_client.contract import (
 )
 
 from .admission import admitted, endpoint
+from .cohere_embed import call_type, check_max_tokens, parse_embed, render_embed
 from .errors import ApiError, bad_request, http_error, json_response
 from .metrics import GatewayMetrics
 from .nim import check_fits, parse_ranking, render_ranking
@@ -255,6 +258,30 @@ class Gateway:
         return Response(render_rerank_v2(result, req), media_type="application/json")
 
     @endpoint
+    @admitted
+    async def cohere_embed(self, request: Request) -> Response:
+        """Cohere ``/v1/embed`` and ``/v2/embed`` (``cohere_embed``): one server call per vector type."""
+        self.authorize(request)
+        version = 2 if request.scope["path"].startswith("/v2/") else 1
+        req = parse_embed(await self.read_json(request), version, self.settings.max_inputs)
+        as_openai = EmbeddingRequest(req.model, req.texts, None, "float", req.options)
+        client, options = await self.resolve_embedding(as_openai, request.scope["path"])
+        self.served(request, client)
+        check_max_tokens(req, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+        kinds = req.types or [EMBEDDING_TYPE_DEFAULT]
+        calls = list(dict.fromkeys(call_type(k) for k in kinds))
+        answers = await asyncio.gather(
+            *(
+                client.encode(req.texts, **options, **({EMBEDDING_TYPE: t} if t != EMBEDDING_TYPE_DEFAULT else {}))
+                for t in calls
+            )
+        )
+        by_call = dict(zip(calls, answers))
+        self.metrics.count_tokens(client.info.name, int(answers[0].token_counts.sum()))
+        results = {k: by_call[call_type(k)] for k in kinds}
+        return Response(render_embed(req, results), media_type="application/json")
+
+    @endpoint
     async def models(self, request: Request) -> Response:
         self.authorize(request)
         await self.registry.refresh(REFRESH_INTERVAL_S)
@@ -331,6 +358,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/rerank", gw.rerank, methods=["POST"]),  # vLLM serves both
         Route("/v2/rerank", gw.rerank_v2, methods=["POST"]),
         Route("/v1/ranking", gw.ranking, methods=["POST"]),  # NVIDIA NIM
+        Route("/v1/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v1
+        Route("/v2/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v2
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/health/ready", gw.health, methods=["GET"]),

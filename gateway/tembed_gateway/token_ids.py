@@ -86,4 +86,3 @@ def texts_for_ids(tok: Tokenizer, profile: ModelProfile | None, ids: list[list[i
     """The texts to send for token-id input (rules 1-3), or a 400."""
     texts = check_ids(tok, ids, model)
     return strip_prompt(texts, request_prefix(profile, options))
-

@@ -237,3 +237,91 @@ def test_cohere_embed_bad_input(gateway, path, body, status, message, param):
     assert_error(post(gateway, path, body), status, message, param)
     good = post(gateway, "/v2/embed", {"model": EMBEDDER, "texts": ["a"], "input_type": "search_query"})
     assert good.status_code == 200 and len(good.json()["embeddings"]["float"]) == 1
+
+
+# --- TEI ----------------------------------------------------------------------------------------------
+
+
+def test_huggingface_hub_feature_extraction(gateway, grpc):
+    from huggingface_hub import InferenceClient
+
+    hf = InferenceClient(model=f"{gateway.url}/embed")
+    one = hf.feature_extraction(TEXTS[0])
+    assert cosines(one, grpc[EMBEDDER].embed(TEXTS[:1])).min() >= 0.9999
+    query = hf.feature_extraction(TEXTS[1], prompt_name="query", truncate=True, truncation_direction="left")
+    want = grpc[EMBEDDER].embed(TEXTS[1:2], input_type="query", truncate="START")
+    assert cosines(query, want).min() >= 0.9999
+
+
+def test_tei_embed_and_timing_headers(gateway, grpc):
+    resp = post(gateway, "/embed", {"inputs": TEXTS, "normalize": True})
+    assert resp.status_code == 200, resp.text
+    assert cosines(resp.json(), grpc[EMBEDDER].embed(TEXTS)).min() >= 0.9999
+    times = {
+        k: float(resp.headers[k])
+        for k in ("x-compute-time", "x-tokenization-time", "x-queue-time", "x-inference-time", "x-total-time")
+    }
+    assert 0 < times["x-inference-time"] <= times["x-total-time"]
+    assert times["x-compute-time"] >= times["x-inference-time"]
+    too_long = {"inputs": [" ".join(["vector"] * 2000)], "truncate": False}
+    assert_error(post(gateway, "/embed", too_long), 400, "", None)
+
+
+def test_tei_rerank_body_next_to_jina_body(gateway, grpc):
+    expected = grpc[BERT].score(QUERY, DOCS)
+    resp = post(gateway, "/rerank", {"model": BERT, "query": QUERY, "texts": DOCS, "return_text": True})
+    assert resp.status_code == 200, resp.text
+    items = resp.json()
+    assert [r["index"] for r in items] == [i for i, _ in expected.ranking()]
+    assert max(abs(r["score"] - s) for r, (_, s) in zip(items, expected.ranking())) <= 1e-5
+    assert all(r["text"] == DOCS[r["index"]] for r in items) and "x-inference-time" in resp.headers
+    jina = post(gateway, "/rerank", {"model": BERT, "query": QUERY, "documents": DOCS})
+    assert jina.status_code == 200 and "results" in jina.json()
+    # TEI's body names no model: with three rerankers served, the 400 says to send one.
+    assert_error(post(gateway, "/rerank", {"query": QUERY, "texts": DOCS}), 400, 'send "model"', "model")
+
+
+def test_tei_tokenize_decode_info(gateway, grpc):
+    resp = post(gateway, "/tokenize", {"inputs": [TEXTS[0]], "prompt_name": "query"})
+    assert resp.status_code == 200, resp.text
+    ids = [t["id"] for t in resp.json()[0]]
+    assert ids == grpc[EMBEDDER].tokenize([TEXTS[0]], input_type="query").ids[0].tolist()
+    assert resp.json()[0][0]["special"] and not resp.json()[0][1]["special"]
+    bare = post(gateway, "/tokenize", {"inputs": TEXTS[0], "add_special_tokens": False}).json()[0]
+    assert not any(t["special"] for t in bare)
+    decoded = post(gateway, "/decode", {"ids": ids})
+    assert decoded.status_code == 200 and decoded.json()[0].startswith("query:")
+    # and the ids go back through /embed unchanged (token_ids.py): the query vector, prompt not doubled
+    again = post(gateway, "/embed", {"inputs": [ids], "prompt_name": "query"})
+    assert again.status_code == 200, again.text
+    assert cosines(again.json(), grpc[EMBEDDER].embed(TEXTS[:1], input_type="query")).min() >= 0.9999
+    info = httpx.get(f"{gateway.url}/info", timeout=30).json()
+    assert info["model_id"] == EMBEDDER and info["max_input_length"] > 0 and "embedding" in info["model_type"]
+    rinfo = httpx.get(f"{gateway.url}/info", params={"model": BERT}, timeout=30).json()
+    assert "reranker" in rinfo["model_type"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message", "param"),
+    [
+        ("/embed", {}, 400, "inputs is required", "inputs"),
+        ("/embed", {"inputs": []}, 400, "must not be empty", "inputs"),
+        ("/embed", {"inputs": [1.5]}, 400, "inputs must be", "inputs"),
+        ("/embed", {"inputs": "a", "normalize": False}, 400, "normalize false", "normalize"),
+        ("/embed", {"inputs": "a", "truncate": "yes"}, 400, "true or false", "truncate"),
+        ("/embed", {"inputs": "a", "truncation_direction": "up"}, 400, "Right or Left", "truncation_direction"),
+        ("/embed", {"inputs": "a", "prompt_name": "web"}, 400, "prompt_name must be", "prompt_name"),
+        ("/embed", {"inputs": [[5, 6, 7]]}, 400, "check_embedding_ctx_length=False", "input"),
+        ("/embed", {"inputs": "a", "model": BERT}, 400, "is a reranker", "model"),
+        ("/rerank", {"model": BERT, "query": QUERY, "texts": []}, 400, "must not be empty", "texts"),
+        ("/rerank", {"model": BERT, "query": QUERY, "texts": DOCS, "raw_scores": True}, 400, "raw_scores", None),
+        ("/rerank", {"model": BERT, "query": 3, "texts": DOCS}, 400, "query is required", "query"),
+        ("/decode", {"ids": "1 2"}, 400, "ids is required", "ids"),
+        ("/decode", {"ids": [10**9]}, 400, "vocabulary", "ids"),
+        ("/tokenize", {"inputs": [[1, 2]]}, 400, "list of strings", "inputs"),
+    ],
+)
+def test_tei_bad_input(gateway, path, body, status, message, param):
+    assert_error(post(gateway, path, body), status, message, param)
+    good = post(gateway, "/embed", {"inputs": "a"})
+    assert good.status_code == 200 and len(good.json()) == 1

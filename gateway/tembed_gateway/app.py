@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -33,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tembed_client import EmbeddingError, RerankResult
+from tembed_client import EmbeddingError, RerankResult, __version__
 from tembed_client.contract import (
     EMBEDDING_TYPE,
     EMBEDDING_TYPE_DEFAULT,
@@ -51,6 +52,7 @@ from tembed_client.contract import (
     UNSUPPORTED,
 )
 
+from . import tei
 from .admission import admitted, endpoint
 from .cohere_embed import call_type, check_max_tokens, parse_embed, render_embed
 from .errors import ApiError, bad_request, http_error, json_response
@@ -208,7 +210,11 @@ class Gateway:
         """The token ids a /v1/embeddings request with the same body would embed, per input: the
         served tokenizer model itself answers, so prompt, special tokens and truncation are exact."""
         self.authorize(request)
-        req = parse_request(await self.read_json(request), self.settings.max_inputs)
+        body = await self.read_json(request)
+        if tei.is_tei_tokenize(body):
+            assert isinstance(body, dict)
+            return await self.tei_tokenize(request, body)
+        req = parse_request(body, self.settings.max_inputs)
         if req.options.get(LONG_TEXT) == LONG_TEXT_CHUNK:
             raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
         client, options = await self.resolve_embedding(req, request.scope["path"])
@@ -246,9 +252,117 @@ class Gateway:
     @endpoint
     @admitted
     async def rerank(self, request: Request) -> Response:
-        """Jina / vLLM ``/v1/rerank`` (and ``/rerank``); documents are returned unless asked not to."""
-        result, req = await self._rerank(request, return_documents=True)
+        """Jina / vLLM ``/v1/rerank`` (and ``/rerank``); documents are returned unless asked not to. TEI's
+        body (``texts``, no ``documents``) gets TEI's answer."""
+        started = time.perf_counter_ns()
+        self.authorize(request)
+        body = await self.read_json(request)
+        if tei.is_tei_rerank(body):
+            assert isinstance(body, dict)
+            treq, truncate = tei.parse_rerank(body, self.settings.max_inputs)
+            treq = await self.with_default_model(treq, TASK_RERANK)
+            called = time.perf_counter_ns()
+            result, client = await self.score(request, treq)
+            inferred = time.perf_counter_ns()
+            if truncate is not None:
+                check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+            headers = tei.timing_headers(started, 0, inferred - called, time.perf_counter_ns())
+            return Response(tei.render_rerank(result, treq), headers=headers, media_type="application/json")
+        req = parse_rerank(body, self.settings.max_inputs, True)
+        result, _ = await self.score(request, req)
         return Response(render_rerank(result, req), media_type="application/json")
+
+    async def default_model(self, task: str, given: str) -> str:
+        """``given``, or the only served model of ``task`` (TEI's bodies name no model)."""
+        if given:
+            return given
+        await self.registry.refresh(REFRESH_INTERVAL_S)
+        names = sorted(n for n, c in self.registry.clients.items() if c.info.task == task)
+        if len(names) == 1:
+            return names[0]
+        what = TASK_ROUTES[task][0]
+        served = ", ".join(names) or "none"
+        raise bad_request(
+            f'several models of this task are served ({served}): send "model" in the body'
+            if names
+            else f"no {what} is served",
+            "model",
+        )
+
+    async def with_default_model(self, req, task: str):
+        return dataclasses.replace(req, model=await self.default_model(task, req.model))
+
+    @endpoint
+    @admitted
+    async def tei_embed(self, request: Request) -> Response:
+        """TEI ``/embed``: ``[[float]]``, with TEI's timing headers."""
+        started = time.perf_counter_ns()
+        self.authorize(request)
+        req = tei.parse_embed(await self.read_json(request), self.settings.max_inputs)
+        req = await self.with_default_model(req, TASK_EMBED)
+        client, options = await self.resolve_embedding(req, request.scope["path"])
+        self.served(request, client)
+        tokenized = time.perf_counter_ns()
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
+        called = time.perf_counter_ns()
+        result = await client.encode(texts, **options)
+        inferred = time.perf_counter_ns()
+        self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
+        headers = tei.timing_headers(started, called - tokenized, inferred - called, time.perf_counter_ns())
+        return Response(tei.render_embed(result.embeddings), headers=headers, media_type="application/json")
+
+    async def tei_tokenize(self, request: Request, body: dict[str, Any]) -> Response:
+        req, keep_special = tei.parse_tokenize(body, self.settings.max_inputs)
+        req = await self.with_default_model(req, TASK_EMBED)
+        client, options = await self.resolve_embedding(req, request.scope["path"])
+        self.served(request, client)
+        result = await client.tokenize(req.texts or [], **{o.name: options.get(o.name) for o in TOKEN_OPTIONS})
+        tok = self.need_tokenizer(client.info.name)
+        pieces = [[tok.id_to_token(int(t)) or "" for t in ids] for ids in result.ids]
+        specials = {int(t) for t in tok.get_added_tokens_decoder() if tok.get_added_tokens_decoder()[t].special}
+        return Response(tei.render_tokenize(result, pieces, specials, keep_special), media_type="application/json")
+
+    @endpoint
+    @admitted
+    async def tei_decode(self, request: Request) -> Response:
+        """TEI ``/decode``: ids back to text with the served tokenizer."""
+        self.authorize(request)
+        req = tei.parse_decode(await self.read_json(request))
+        name = await self.default_model(TASK_EMBED, req.model)
+        client = self.served(request, await self.resolve(name, TASK_EMBED, request.scope["path"]))
+        tok = self.need_tokenizer(client.info.name)
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        if any(t >= vocab for seq in req.ids for t in seq):
+            raise bad_request(f"ids must lie in the vocabulary of {name!r} [0, {vocab})", "ids")
+        texts = tok.decode_batch(req.ids, skip_special_tokens=req.skip_special_tokens)
+        return json_response(texts)
+
+    @endpoint
+    async def tei_info(self, request: Request) -> Response:
+        """TEI ``/info`` of the only served embedding model (or reranker; ``?model=`` picks one)."""
+        self.authorize(request)
+        await self.registry.refresh(REFRESH_INTERVAL_S)
+        given = request.query_params.get("model", "")
+        if not given:
+            tasks = {c.info.task for c in self.registry.clients.values()}
+            task = TASK_EMBED if TASK_EMBED in tasks else TASK_RERANK
+            given = await self.default_model(task, "")
+        client = await self.registry.resolve(given)
+        if client is None:
+            raise ApiError(MODEL_NOT_FOUND, f"The model {given!r} does not exist", param="model")
+        max_length = int(client.info.parameters.get(PARAM_MAX_LENGTH, 0))
+        s = self.settings
+        return json_response(
+            tei.info(client.info.name, client.info.task, max_length, s.max_inputs, s.max_in_flight, __version__)
+        )
+
+    def need_tokenizer(self, name: str):
+        tok = self.registry.tokenizer(name)
+        if tok is None:
+            raise bad_request(
+                f"this route needs the tokenizer of {name!r}: start the gateway with --model-repository", "model"
+            )
+        return tok
 
     @endpoint
     @admitted
@@ -360,6 +474,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/ranking", gw.ranking, methods=["POST"]),  # NVIDIA NIM
         Route("/v1/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v1
         Route("/v2/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v2
+        Route("/embed", gw.tei_embed, methods=["POST"]),  # TEI (and /rerank, /tokenize with TEI's bodies)
+        Route("/decode", gw.tei_decode, methods=["POST"]),
+        Route("/info", gw.tei_info, methods=["GET"]),
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/health/ready", gw.health, methods=["GET"]),

@@ -213,8 +213,9 @@ def test_openai_client_raises_its_own_errors(gateway):
 def test_unknown_model_and_path_are_404(gateway):
     err = assert_error(post(gateway, {"model": "nope", "input": "a"}), 404, "'nope' does not exist", "model")
     assert err["code"] == "model_not_found"
-    assert_error(httpx.get(f"{gateway.url}/v1/nothing"), 404)
-    assert_error(httpx.get(f"{gateway.url}/v1/embeddings"), 405)
+    err = assert_error(httpx.get(f"{gateway.url}/v1/nothing"), 404, "GET /v1/nothing is not served")
+    assert "POST /v1/embeddings" in err["message"] and "POST /v1/ranking" in err["message"]
+    assert_error(httpx.get(f"{gateway.url}/v1/embeddings"), 405, "GET /v1/embeddings is not served")
 
 
 def test_body_over_the_limit_is_413(gateway, grpc):

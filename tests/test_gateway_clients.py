@@ -325,3 +325,23 @@ def test_tei_bad_input(gateway, path, body, status, message, param):
     assert_error(post(gateway, path, body), status, message, param)
     good = post(gateway, "/embed", {"inputs": "a"})
     assert good.status_code == 200 and len(good.json()) == 1
+
+
+# --- several models served ----------------------------------------------------------------------------
+
+
+def test_demo_picks_an_embedding_model_and_ambiguity_names_the_argument(rerank_server, capsys):
+    from tembed_client import EmbeddingClient, EmbeddingError
+    from tembed_gateway.launch import demo_model, show_embedding
+    from tembed_serving.supervisor import ServerError
+
+    url = rerank_server.grpc_url
+    assert demo_model(url, None) == EMBEDDER  # three rerankers and one embedder served
+    assert demo_model(url, EMBEDDER) == EMBEDDER
+    with pytest.raises(ServerError, match="--demo-model 'bert-cross-encoder-tiny' is not a served embedding"):
+        demo_model(url, BERT)
+    show_embedding(url, TEXTS[0], demo_model(url, None))
+    assert f"model {EMBEDDER}:" in capsys.readouterr().out
+    with EmbeddingClient(url) as client, pytest.raises(EmbeddingError) as exc:
+        client.embed(TEXTS[:1])
+    assert "model=NAME (Python)" in str(exc.value) and "--model NAME" in str(exc.value)

@@ -32,7 +32,7 @@ def test_ids_must_survive_decode_and_reencode(e5):
         with pytest.raises(ApiError, match="check_embedding_ctx_length=False") as exc:
             check_ids(tok, [own, foreign], "e5")
         assert exc.value.status == 400 and "input[1]" in exc.value.message and exc.value.param == "input"
-    with pytest.raises(ApiError, match="outside the vocabulary"):
+    with pytest.raises(ApiError, match="outside this model's vocabulary"):
         check_ids(tok, [[0, 10**7, 2]], "e5")
 
 

@@ -188,7 +188,7 @@ def test_models_and_health(gateway):
         ({"model": E5, "input": "a", "dimensions": "16"}, "dimensions must be an integer", "dimensions"),
         ({"model": E5, "input": "a", "dimensions": 16}, "dimensions must be between 32 and 384", "dimensions"),
         ({"model": E5, "input": "a", "encoding_format": "int8"}, "encoding_format", "encoding_format"),
-        ({"model": E5, "input": "a", "input_type": "passage"}, "input_type", "input_type"),
+        ({"model": E5, "input": "a", "input_type": "passages"}, "input_type", "input_type"),
         ({"model": E5, "input": "a", "instruction": 7}, "instruction must be a string", "instruction"),
         # Checked by Triton, not the gateway: its INVALID_ARGUMENT and message come through.
         (

@@ -52,8 +52,8 @@ def check_ids(tok: Tokenizer, ids: list[list[int]], model: str) -> list[str]:
         bad = next((t for t in seq if not 0 <= t < vocab), None)
         if bad is not None:
             raise bad_request(
-                f"input[{i}] has token id {bad}, outside the vocabulary of {model!r} [0, {vocab}): these are"
-                f" not this model's token ids; {REMEDY}",
+                f"input[{i}] has token id {bad}, outside this model's vocabulary [0, {vocab}) ({model!r}): these"
+                f" are not its token ids; {REMEDY}",
                 "input",
             )
     texts = tok.decode_batch(ids, skip_special_tokens=True)

@@ -77,6 +77,10 @@ eval-compact: fixtures  ## e5-small retrieval with float/int8/binary vectors (em
 perf: fixtures  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
 	VENV=$(VENV) bash bench/perf.sh
 
+.PHONY: genai-perf
+genai-perf:  ## genai-perf 0.0.16 against a running gateway: embeddings + rankings (RERANK_MODEL=NAME) -> bench_out/genai-perf
+	VENV=$(VENV) bash bench/genai_perf.sh
+
 $(VENV)-infinity/.installed: bench/requirements-infinity.txt
 	$(PYTHON) -m venv $(VENV)-infinity
 	$(VENV)-infinity/bin/pip install -q -r bench/requirements-infinity.txt

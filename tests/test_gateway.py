@@ -188,7 +188,7 @@ def test_models_and_health(gateway):
         ({"model": E5, "input": "a", "dimensions": "16"}, "dimensions must be an integer", "dimensions"),
         ({"model": E5, "input": "a", "dimensions": 16}, "dimensions must be between 32 and 384", "dimensions"),
         ({"model": E5, "input": "a", "encoding_format": "int8"}, "encoding_format", "encoding_format"),
-        ({"model": E5, "input": "a", "input_type": "passage"}, "input_type", "input_type"),
+        ({"model": E5, "input": "a", "input_type": "passages"}, "input_type", "input_type"),
         ({"model": E5, "input": "a", "instruction": 7}, "instruction must be a string", "instruction"),
         # Checked by Triton, not the gateway: its INVALID_ARGUMENT and message come through.
         (
@@ -213,8 +213,9 @@ def test_openai_client_raises_its_own_errors(gateway):
 def test_unknown_model_and_path_are_404(gateway):
     err = assert_error(post(gateway, {"model": "nope", "input": "a"}), 404, "'nope' does not exist", "model")
     assert err["code"] == "model_not_found"
-    assert_error(httpx.get(f"{gateway.url}/v1/nothing"), 404)
-    assert_error(httpx.get(f"{gateway.url}/v1/embeddings"), 405)
+    err = assert_error(httpx.get(f"{gateway.url}/v1/nothing"), 404, "GET /v1/nothing is not served")
+    assert "POST /v1/embeddings" in err["message"] and "POST /v1/ranking" in err["message"]
+    assert_error(httpx.get(f"{gateway.url}/v1/embeddings"), 405, "GET /v1/embeddings is not served")
 
 
 def test_body_over_the_limit_is_413(gateway, grpc):
@@ -261,3 +262,59 @@ def test_concurrent_clients_get_their_own_results(gateway, grpc):
         # Concurrent requests may be merged into one encoder batch: same vectors up to float rounding
         # (distinct texts per job differ by far more than this).
         np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+
+
+def tokenize(gw: GatewayThread, body: dict) -> list[list[int]]:
+    resp = httpx.post(f"{gw.url}/tokenize", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return [d["tokens"] for d in resp.json()["data"]]
+
+
+@pytest.mark.parametrize("input_type", [None, "query"])
+def test_tokenize_ids_are_embedded_as_given(gateway, grpc, input_type):
+    """/tokenize's ids (prompt and special tokens included) sent back: nothing is added a second time."""
+    extra = {"input_type": input_type} if input_type else {}
+    ids = tokenize(gateway, {"model": E5, "input": TEXTS[:3], **extra})
+    assert tokenize(gateway, {"model": E5, "input": ids, **extra}) == ids  # the same ids, not 2 more
+    response = oai(gateway).embeddings.create(model=E5, input=ids, extra_body=extra)
+    expected = grpc[E5].encode(TEXTS[:3], input_type=input_type)
+    got = np.array([d.embedding for d in response.data], dtype=np.float32)
+    np.testing.assert_allclose(got, expected.embeddings, atol=1e-6)
+    assert response.usage.total_tokens == int(expected.token_counts.sum()) == sum(map(len, ids))
+
+
+def byte_level_tiktoken():
+    """A real tiktoken Encoding of another vocabulary (bytes 0-255 as ids; cl100k itself is downloaded on
+    first use, and tests run offline): every id is inside e5's vocabulary, as cl100k's are."""
+    import tiktoken
+
+    ranks = {bytes([b]): b for b in range(256)}
+    return tiktoken.Encoding("bytes", pat_str=r"\S+|\s+", mergeable_ranks=ranks, special_tokens={})
+
+
+def test_langchain_default_tiktoken_ids_are_refused_not_embedded(gateway, grpc, monkeypatch):
+    """langchain-openai's default (check_embedding_ctx_length=True) sends tiktoken ids: a 400 naming
+    the flag, never a 200 with vectors of another text; with the flag off it embeds the text."""
+    from langchain_openai import OpenAIEmbeddings
+    from langchain_openai.embeddings import base
+
+    monkeypatch.setattr(base.tiktoken, "encoding_for_model", lambda _name: byte_level_tiktoken())
+    kw = dict(base_url=f"{gateway.url}/v1", api_key="EMPTY", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as exc:
+        OpenAIEmbeddings(model=E5, **kw).embed_documents(TEXTS[:2])
+    message = exc.value.body["message"]
+    assert "check_embedding_ctx_length=False" in message and "not a sequence of token ids" in message
+    got = np.array(OpenAIEmbeddings(model=E5, check_embedding_ctx_length=False, **kw).embed_documents(TEXTS[:2]))
+    expected = grpc[E5].embed(TEXTS[:2])
+    assert (np.sum(got * expected, axis=1) >= 0.9999).all()
+
+
+def test_ids_of_another_tokenizer_are_refused(gateway, server):
+    """Ids in the vocabulary that do not survive decode -> re-encode (no special tokens, another
+    tokenizer's pieces) get a 400; the gateway keeps serving."""
+    enc = byte_level_tiktoken().encode_ordinary("Hello world")
+    assert_error(post(gateway, {"model": E5, "input": [enc]}), 400, "check_embedding_ctx_length=False", "input")
+    tok = Tokenizer.from_file(str(server.model_repository / f"{E5}-tokenizer" / "1" / "tokenizer.json"))
+    bare = tok.encode("Hello world", add_special_tokens=False).ids  # the text's ids, no <s> </s>
+    assert_error(post(gateway, {"model": E5, "input": bare}), 400, "from position 0", "input")
+    assert post(gateway, {"model": E5, "input": tok.encode("Hello world").ids}).status_code == 200

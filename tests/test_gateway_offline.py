@@ -140,7 +140,8 @@ def test_parse_request_takes_every_declared_option():
         ({"model": "m", "input": "a", "truncate": "middle"}, "truncate must be one of END, START, NONE", "truncate"),
         ({"model": "m", "input": "a", "long_text": "CHUNK"}, "long_text must be one of truncate, chunk", "long_text"),
         ({"model": "m", "input": "a", "embedding_type": "fp16"}, "embedding_type must be one of", "embedding_type"),
-        ({"model": "m", "input": "a", "input_type": "passage"}, "input_type must be one of query", "input_type"),
+        # "passage" is NIM's name for document (contract.INPUT_TYPE_ALIASES); anything else is refused.
+        ({"model": "m", "input": "a", "input_type": "search"}, "input_type must be one of query", "input_type"),
         ({"model": "m", "input": "a", "instruction": 7}, "instruction must be a string", "instruction"),
         ({"model": "m", "input": "a", "encoding_format": "int8"}, "encoding_format", "encoding_format"),
     ],
@@ -210,3 +211,7 @@ def test_render_rerank_and_tokenize():
     body = orjson.loads(render_tokenize(tok, "e5", 512))
     assert [d["tokens"] for d in body["data"]] == [[1, 2, 3], [4]] and body["max_model_len"] == 512
     assert [d["truncated"] for d in body["data"]] == [True, False]
+
+
+def test_nim_passage_is_document():
+    assert parse_request({"model": "m", "input": "a", "input_type": "passage"}, 8).options == {"input_type": "document"}

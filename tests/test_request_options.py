@@ -210,7 +210,7 @@ def test_gateway_truncate_and_counts(gateway, clients):
         ("/v1/embeddings", {"truncate": "MIDDLE"}, "truncate"),
         ("/v1/embeddings", {"truncate": 1}, "truncate"),
         ("/tokenize", {"truncate": "sideways"}, "truncate"),
-        ("/tokenize", {"input_type": "passage"}, "input_type"),
+        ("/tokenize", {"input_type": "passages"}, "input_type"),  # "passage" is NIM's document
         ("/v1/embeddings", {"model": f"{E5}-query", "input_type": "document"}, "input_type"),
         ("/tokenize", {"model": "no-such-model-query"}, "model"),
         ("/v1/embeddings", {"input": [[0, 10**9]]}, "input"),

@@ -70,6 +70,7 @@ def test_e5_prompts_and_right_padding(profiles, fixture_dirs):
     enc = TextEncoder(profiles["multilingual-e5-small"], fixture_dirs["multilingual-e5-small"] / "tokenizer.json")
     assert enc.format(["北京"], input_type="query") == ["query: 北京"]
     assert enc.format(["北京"]) == ["passage: 北京"]  # documents by default
+    assert enc.format(["北京"], input_type="passage") == ["passage: 北京"]  # NIM's name for document
     batch = enc(["a", "a b c d e f g"])
     assert batch.attention_mask[0, 0] == 1 and batch.attention_mask[0, -1] == 0
     assert (batch.input_ids[batch.attention_mask == 0] == 1).all()  # XLM-R pad id, not 0
@@ -88,7 +89,7 @@ def test_whitespace_runs_collapse(qwen):
         (["ok", ""], {}, r"text\[1\] is empty"),
         (["ok", " \n\t "], {}, r"text\[1\] is empty"),
         (["x"] * 9, {}, "too many texts: 9 > 8"),
-        (["x"], {"input_type": "passage"}, "input_type must be one of"),
+        (["x"], {"input_type": "passages"}, "input_type must be one of"),
         (["x"], {"instruction": "   "}, "instruction is empty"),
     ],
 )

@@ -46,6 +46,8 @@ TOKEN_COUNT = "token_count"
 TOKEN_COUNT_ORIGINAL = "token_count_original"
 
 INPUT_TYPES = ("query", "document")
+# Other APIs' names for them, accepted wherever input_type is: NVIDIA NIM's "passage".
+INPUT_TYPE_ALIASES = (("passage", "document"),)
 # What happens to a text over the model's max_length tokens:
 #   END   cut tokens at its end (the default);
 #   START cut tokens at the start of the text, after the prompt: the prompt, the text's end and
@@ -264,6 +266,11 @@ class Option:
     any_case: bool = False  # values match in any case and are sent upper-cased (truncate)
     tokens: bool = False  # it changes the token ids, so a tokenize call takes it too
     tensor: bool = True  # an ensemble input; False: carried otherwise (PRIORITY: the request's priority)
+    aliases: tuple[tuple[str, str], ...] = ()  # (another API's name, the value it means)
+
+    def canonical(self, value: object) -> object:
+        """``value`` with an alias replaced by the value it names."""
+        return dict(self.aliases).get(value, value) if isinstance(value, str) else value
 
     def check(self, value: object, low: int = 1, high: int | None = None, model: str = "") -> str | None:
         """Why ``value`` is not valid for this option (``low``/``high``: an integer's range, inclusive),
@@ -277,18 +284,21 @@ class Option:
                     return f"{self.name} must be between {low} and {high}{where}, got {value}"
                 return f"{self.name} must be a positive integer, got {value!r}"
             return None
+        value = self.canonical(value)
         if not isinstance(value, str) and self.values is None:
             return f"{self.name} must be a string, not {type(value).__name__}"
         if self.values is not None and (
             not isinstance(value, str) or (value.upper() if self.any_case else value) not in self.values
         ):
-            return f"{self.name} must be one of {', '.join(self.values)}, got {value!r}"
+            also = "".join(f" ({a} = {v})" for a, v in self.aliases)
+            return f"{self.name} must be one of {', '.join(self.values)}{also}, got {value!r}"
         return None
 
     def normalize(self, value: object) -> object:
         """The checked value as it is sent: upper-cased for ``any_case`` options, an int for integers."""
         if self.datatype == "INT32":
             return int(value)  # type: ignore[call-overload]
+        value = self.canonical(value)
         return value.upper() if self.any_case and isinstance(value, str) else value
 
 
@@ -297,7 +307,8 @@ OPTIONS = {
     for o in (
         # Replaces the query task of instruction models (Qwen3-Embedding); a reranker's prompt may carry one.
         Option(INSTRUCTION, "BYTES", (TASK_EMBED, TASK_RERANK), tokens=True),
-        Option(INPUT_TYPE, "BYTES", (TASK_EMBED,), INPUT_TYPES, tokens=True),  # default: the model's document prompt
+        # default: the model's document prompt
+        Option(INPUT_TYPE, "BYTES", (TASK_EMBED,), INPUT_TYPES, tokens=True, aliases=INPUT_TYPE_ALIASES),
         Option(DIMENSIONS, "INT32", (TASK_EMBED,)),  # Matryoshka size in [min_dimension, dimension]; default: full
         Option(TRUNCATE, "BYTES", (TASK_EMBED,), TRUNCATE_VALUES, TRUNCATE_DEFAULT, any_case=True, tokens=True),
         # A reranker's too: chunk scores each window of a long document (DOCUMENT_INDEX).

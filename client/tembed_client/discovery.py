@@ -132,7 +132,10 @@ def pick_model(configs: Mapping[str, Mapping[str, Any]]) -> ModelInfo:
     if len(ensembles) == 1:
         return parse_model_config(configs[ensembles[0]])
     if ensembles:
-        msg = f"several ready ensemble models: {', '.join(ensembles)}; choose one with model="
+        msg = (
+            f"several ready ensemble models: {', '.join(ensembles)};"
+            " choose one with model=NAME (Python) or --model NAME (tembed-client)"
+        )
     else:
         msg = f"no ready ensemble model (ready models: {', '.join(sorted(configs)) or 'none'})"
     raise EmbeddingError(msg, reason=c.UNSUPPORTED, param="model")

@@ -162,7 +162,7 @@ def test_an_unknown_option_is_a_type_error():
 
 def test_prepare_rejects_bad_input_type():
     with pytest.raises(EmbeddingError, match="input_type must be one of query, document"):
-        Call.prepare(INFO, ["a"], input_type="passage")
+        Call.prepare(INFO, ["a"], input_type="passages")
 
 
 # request building

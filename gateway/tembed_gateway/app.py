@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import time
@@ -33,8 +34,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tembed_client import EmbeddingError, RerankResult
+from tembed_client import EmbeddingError, RerankResult, __version__
 from tembed_client.contract import (
+    EMBEDDING_TYPE,
+    EMBEDDING_TYPE_DEFAULT,
     INPUT_TYPE,
     INPUT_TYPES,
     LONG_TEXT,
@@ -49,10 +52,12 @@ from tembed_client.contract import (
     UNSUPPORTED,
 )
 
-from . import m3_routes
+from . import m3_routes, tei
 from .admission import admitted, endpoint
+from .cohere_embed import call_type, check_max_tokens, parse_embed, render_embed
 from .errors import ApiError, bad_request, http_error, json_response
 from .metrics import GatewayMetrics
+from .nim import check_fits, parse_ranking, render_ranking
 from .protocols import (
     TASK_ROUTES,
     EmbeddingRequest,
@@ -66,12 +71,15 @@ from .protocols import (
 )
 from .registry import REFRESH_INTERVAL_S, ModelRegistry, ReplicatedModel
 from .settings import GatewaySettings
+from .token_ids import texts_for_ids
 
 log = logging.getLogger("tembed_gateway")
 
 # NAME + this suffix serves embedding model NAME with input_type "query".
 QUERY_SUFFIX = "-query"
 QUERY = INPUT_TYPES[0]
+# NAME + a suffix: NAME with that input_type ("-passage": NVIDIA NIM's name for documents, not listed).
+INPUT_TYPE_SUFFIXES = {QUERY_SUFFIX: QUERY, "-passage": INPUT_TYPES[1]}
 
 
 class Gateway:
@@ -158,39 +166,31 @@ class Gateway:
         """The embedding model ``req.model`` names and the options to send: ``N-query`` is ``N`` with
         input_type "query" (when no served model has that very name)."""
         name = req.model
-        if name.endswith(QUERY_SUFFIX) and await self.registry.resolve(name) is None:
-            base = name[: -len(QUERY_SUFFIX)]
+        for suffix, kind in INPUT_TYPE_SUFFIXES.items():
+            if not name.endswith(suffix) or await self.registry.resolve(name) is not None:
+                continue
+            base = name[: -len(suffix)]
             client = await self.registry.resolve(base)
             if client is not None and client.info.task == TASK_EMBED:
-                if req.options.get(INPUT_TYPE) not in (None, QUERY):
-                    msg = f"model {name!r} embeds queries; send {INPUT_TYPE} {QUERY!r} or none, or use model {base!r}"
+                if req.options.get(INPUT_TYPE) not in (None, kind):
+                    msg = f"model {name!r} embeds {kind}s; send {INPUT_TYPE} {kind!r} or none, or use model {base!r}"
                     raise bad_request(msg, INPUT_TYPE)
-                return client, {**req.options, INPUT_TYPE: QUERY}
+                return client, {**req.options, INPUT_TYPE: kind}
         return await self.resolve(name, TASK_EMBED, path), req.options
 
-    async def decode(self, client: ReplicatedModel, ids: list[list[int]]) -> list[str]:
-        """Token ids back to text with the served tokenizer; the server re-tokenizes the text (and adds
-        the model's prompt and special tokens), so the ids must be ones this model's tokenizer made."""
-        tok = self.registry.tokenizer(client.info.name)
+    async def decode(self, client: ReplicatedModel, ids: list[list[int]], options: dict[str, Any]) -> list[str]:
+        """Token ids back to the texts to send, by the one rule of ``token_ids``: ids must be this
+        model's own (they survive decode -> re-encode), and ids that carry the prompt are embedded as given."""
+        name = client.info.name
+        tok = self.registry.tokenizer(name)
         if tok is None:
             raise bad_request(
-                f"token-id input needs the tokenizer of {client.info.name!r}: start the gateway with"
+                f"token-id input needs the tokenizer of {name!r}: start the gateway with"
                 " --model-repository pointing at the served repository, or send text",
                 "input",
             )
-        vocab = tok.get_vocab_size(with_added_tokens=True)
-        for i, seq in enumerate(ids):
-            bad = next((t for t in seq if not 0 <= t < vocab), None)
-            if bad is not None:
-                raise bad_request(
-                    f"input[{i}] has token id {bad}, outside this model's vocabulary [0, {vocab})", "input"
-                )
-        # Off the event loop: 2048 long sequences take a while to decode.
-        texts = await asyncio.to_thread(tok.decode_batch, ids, skip_special_tokens=True)
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise bad_request(f"input[{i}] decodes to an empty text", "input")
-        return texts
+        # Off the event loop: 2048 long sequences take a while to decode and re-encode.
+        return await asyncio.to_thread(texts_for_ids, tok, self.registry.profile(name), ids, options, name)
 
     @endpoint
     @admitted
@@ -200,7 +200,7 @@ class Gateway:
         client, options = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
         m3_routes.check_dense_only(options)  # bge-m3's other outputs: m3_routes
-        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
         result = await client.encode(texts, **options)
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
@@ -211,12 +211,16 @@ class Gateway:
         """The token ids a /v1/embeddings request with the same body would embed, per input: the
         served tokenizer model itself answers, so prompt, special tokens and truncation are exact."""
         self.authorize(request)
-        req = parse_request(await self.read_json(request), self.settings.max_inputs)
+        body = await self.read_json(request)
+        if tei.is_tei_tokenize(body):
+            assert isinstance(body, dict)
+            return await self.tei_tokenize(request, body)
+        req = parse_request(body, self.settings.max_inputs)
         if req.options.get(LONG_TEXT) == LONG_TEXT_CHUNK:
             raise bad_request(f"{LONG_TEXT} {LONG_TEXT_CHUNK} applies to /v1/embeddings, not /tokenize", LONG_TEXT)
         client, options = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
-        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [])
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
         # The options that change the ids; the others (dimensions, embedding_type) do not apply.
         result = await client.tokenize(texts, **{o.name: options.get(o.name) for o in TOKEN_OPTIONS})
         max_length = int(client.info.parameters.get(PARAM_MAX_LENGTH, 0))
@@ -226,20 +230,144 @@ class Gateway:
         self.authorize(request)
         body = await self.read_json(request)
         req = parse_rerank(body, self.settings.max_inputs, return_documents)
+        result, _ = await self.score(request, req, body)
+        return result, req
+
+    async def score(self, request: Request, req: RerankRequest, body: object = None) -> tuple[RerankResult, ReplicatedModel]:
+        """Every rerank route's call, once parsed: the served reranker's scores of ``req`` (``body``: the
+        request's JSON, for bge-m3's ``weights``)."""
         # A reranker, or bge-m3 (an embedding model with all three outputs) by its M3 score: m3_routes.
         client = self.served(request, await m3_routes.resolve_reranker(self, req.model, request.scope["path"]))
         options = {**req.options, **m3_routes.rerank_options(client.info, body)}
         # The client cuts the documents into the model's max per request and sends those concurrently.
         result = await client.score(req.query, req.documents, **options)
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
-        return result, req
+        return result, client
+
+    @endpoint
+    @admitted
+    async def ranking(self, request: Request) -> Response:
+        """NVIDIA NIM ``/v1/ranking`` (``nim``): ``{"rankings": [{"index", "logit"}]}``."""
+        self.authorize(request)
+        req, truncate = parse_ranking(await self.read_json(request), self.settings.max_inputs)
+        result, client = await self.score(request, req)
+        check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+        return Response(render_ranking(result), media_type="application/json")
 
     @endpoint
     @admitted
     async def rerank(self, request: Request) -> Response:
-        """Jina / vLLM ``/v1/rerank`` (and ``/rerank``); documents are returned unless asked not to."""
-        result, req = await self._rerank(request, return_documents=True)
+        """Jina / vLLM ``/v1/rerank`` (and ``/rerank``); documents are returned unless asked not to. TEI's
+        body (``texts``, no ``documents``) gets TEI's answer."""
+        started = time.perf_counter_ns()
+        self.authorize(request)
+        body = await self.read_json(request)
+        if tei.is_tei_rerank(body):
+            assert isinstance(body, dict)
+            treq, truncate = tei.parse_rerank(body, self.settings.max_inputs)
+            treq = await self.with_default_model(treq, TASK_RERANK)
+            called = time.perf_counter_ns()
+            result, client = await self.score(request, treq)
+            inferred = time.perf_counter_ns()
+            if truncate is not None:
+                check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+            headers = tei.timing_headers(started, 0, inferred - called, time.perf_counter_ns())
+            return Response(tei.render_rerank(result, treq), headers=headers, media_type="application/json")
+        req = parse_rerank(body, self.settings.max_inputs, True)
+        result, _ = await self.score(request, req)
         return Response(render_rerank(result, req), media_type="application/json")
+
+    async def default_model(self, task: str, given: str) -> str:
+        """``given``, or the only served model of ``task`` (TEI's bodies name no model)."""
+        if given:
+            return given
+        await self.registry.refresh(REFRESH_INTERVAL_S)
+        names = sorted(n for n, c in self.registry.clients.items() if c.info.task == task)
+        if len(names) == 1:
+            return names[0]
+        what = TASK_ROUTES[task][0]
+        served = ", ".join(names) or "none"
+        raise bad_request(
+            f'several models of this task are served ({served}): send "model" in the body'
+            if names
+            else f"no {what} is served",
+            "model",
+        )
+
+    async def with_default_model(self, req, task: str):
+        return dataclasses.replace(req, model=await self.default_model(task, req.model))
+
+    @endpoint
+    @admitted
+    async def tei_embed(self, request: Request) -> Response:
+        """TEI ``/embed``: ``[[float]]``, with TEI's timing headers."""
+        started = time.perf_counter_ns()
+        self.authorize(request)
+        req = tei.parse_embed(await self.read_json(request), self.settings.max_inputs)
+        req = await self.with_default_model(req, TASK_EMBED)
+        client, options = await self.resolve_embedding(req, request.scope["path"])
+        self.served(request, client)
+        tokenized = time.perf_counter_ns()
+        texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
+        called = time.perf_counter_ns()
+        result = await client.encode(texts, **options)
+        inferred = time.perf_counter_ns()
+        self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
+        headers = tei.timing_headers(started, called - tokenized, inferred - called, time.perf_counter_ns())
+        return Response(tei.render_embed(result.embeddings), headers=headers, media_type="application/json")
+
+    async def tei_tokenize(self, request: Request, body: dict[str, Any]) -> Response:
+        req, keep_special = tei.parse_tokenize(body, self.settings.max_inputs)
+        req = await self.with_default_model(req, TASK_EMBED)
+        client, options = await self.resolve_embedding(req, request.scope["path"])
+        self.served(request, client)
+        result = await client.tokenize(req.texts or [], **{o.name: options.get(o.name) for o in TOKEN_OPTIONS})
+        tok = self.need_tokenizer(client.info.name)
+        pieces = [[tok.id_to_token(int(t)) or "" for t in ids] for ids in result.ids]
+        specials = {int(t) for t in tok.get_added_tokens_decoder() if tok.get_added_tokens_decoder()[t].special}
+        return Response(tei.render_tokenize(result, pieces, specials, keep_special), media_type="application/json")
+
+    @endpoint
+    @admitted
+    async def tei_decode(self, request: Request) -> Response:
+        """TEI ``/decode``: ids back to text with the served tokenizer."""
+        self.authorize(request)
+        req = tei.parse_decode(await self.read_json(request))
+        name = await self.default_model(TASK_EMBED, req.model)
+        client = self.served(request, await self.resolve(name, TASK_EMBED, request.scope["path"]))
+        tok = self.need_tokenizer(client.info.name)
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        if any(t >= vocab for seq in req.ids for t in seq):
+            raise bad_request(f"ids must lie in the vocabulary of {name!r} [0, {vocab})", "ids")
+        texts = tok.decode_batch(req.ids, skip_special_tokens=req.skip_special_tokens)
+        return json_response(texts)
+
+    @endpoint
+    async def tei_info(self, request: Request) -> Response:
+        """TEI ``/info`` of the only served embedding model (or reranker; ``?model=`` picks one)."""
+        self.authorize(request)
+        await self.registry.refresh(REFRESH_INTERVAL_S)
+        given = request.query_params.get("model", "")
+        if not given:
+            tasks = {c.info.task for c in self.registry.clients.values()}
+            task = TASK_EMBED if TASK_EMBED in tasks else TASK_RERANK
+            given = await self.default_model(task, "")
+        client = await self.registry.resolve(given)
+        if client is None:
+            raise ApiError(MODEL_NOT_FOUND, f"The model {given!r} does not exist", param="model")
+        max_length = int(client.info.parameters.get(PARAM_MAX_LENGTH, 0))
+        s = self.settings
+        return json_response(
+            tei.info(client.info.name, client.info.task, max_length, s.max_inputs, s.max_in_flight, __version__)
+        )
+
+    def need_tokenizer(self, name: str):
+        tok = self.registry.tokenizer(name)
+        if tok is None:
+            raise bad_request(
+                f"this route needs the tokenizer of {name!r}: start the gateway with --model-repository", "model"
+            )
+        return tok
 
     @endpoint
     @admitted
@@ -247,6 +375,30 @@ class Gateway:
         """Cohere v2 ``/v2/rerank``: indices and scores only (documents on ``return_documents: true``)."""
         result, req = await self._rerank(request, return_documents=False)
         return Response(render_rerank_v2(result, req), media_type="application/json")
+
+    @endpoint
+    @admitted
+    async def cohere_embed(self, request: Request) -> Response:
+        """Cohere ``/v1/embed`` and ``/v2/embed`` (``cohere_embed``): one server call per vector type."""
+        self.authorize(request)
+        version = 2 if request.scope["path"].startswith("/v2/") else 1
+        req = parse_embed(await self.read_json(request), version, self.settings.max_inputs)
+        as_openai = EmbeddingRequest(req.model, req.texts, None, "float", req.options)
+        client, options = await self.resolve_embedding(as_openai, request.scope["path"])
+        self.served(request, client)
+        check_max_tokens(req, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+        kinds = req.types or [EMBEDDING_TYPE_DEFAULT]
+        calls = list(dict.fromkeys(call_type(k) for k in kinds))
+        answers = await asyncio.gather(
+            *(
+                client.encode(req.texts, **options, **({EMBEDDING_TYPE: t} if t != EMBEDDING_TYPE_DEFAULT else {}))
+                for t in calls
+            )
+        )
+        by_call = dict(zip(calls, answers))
+        self.metrics.count_tokens(client.info.name, int(answers[0].token_counts.sum()))
+        results = {k: by_call[call_type(k)] for k in kinds}
+        return Response(render_embed(req, results), media_type="application/json")
 
     @endpoint
     async def models(self, request: Request) -> Response:
@@ -324,6 +476,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/rerank", gw.rerank, methods=["POST"]),
         Route("/rerank", gw.rerank, methods=["POST"]),  # vLLM serves both
         Route("/v2/rerank", gw.rerank_v2, methods=["POST"]),
+        Route("/v1/ranking", gw.ranking, methods=["POST"]),  # NVIDIA NIM
+        Route("/v1/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v1
+        Route("/v2/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v2
+        Route("/embed", gw.tei_embed, methods=["POST"]),  # TEI (and /rerank, /tokenize with TEI's bodies)
+        Route("/decode", gw.tei_decode, methods=["POST"]),
+        Route("/info", gw.tei_info, methods=["GET"]),
         Route("/v1/models", gw.models, methods=["GET"]),
         Route("/health", gw.health, methods=["GET"]),
         Route("/health/ready", gw.health, methods=["GET"]),

@@ -79,8 +79,17 @@ def bad_request(message: str, param: str | None = None) -> ApiError:
     return ApiError(c.INVALID_ARGUMENT, message, param=param)
 
 
-async def http_error(_request: Request, exc: Exception) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and methods (Starlette's own errors), in OpenAI's shape too."""
     assert isinstance(exc, HTTPException)
-    body = {"error": {"message": exc.detail, "type": "invalid_request_error", "param": None, "code": None}}
+    message = exc.detail
+    if exc.status_code in (404, 405):  # say what was asked and what is served
+        routes = [
+            f"{'/'.join(sorted(set(r.methods or ()) - {'HEAD'}))} {r.path}"
+            for r in request.app.routes
+            if getattr(r, "methods", None)
+        ]
+        asked = f"{request.method} {request.url.path}"
+        message = f"{exc.detail}: {asked} is not served here; the routes are: {', '.join(routes)}"
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
     return json_response(body, exc.status_code, dict(exc.headers) if exc.headers else None)

@@ -10,15 +10,40 @@ import signal
 import threading
 import urllib.request
 
-from tembed_client.contract import INPUT_TYPE, INPUT_TYPES
+from tembed_client.contract import INPUT_TYPE, INPUT_TYPES, TASK_EMBED
 from tembed_serving.supervisor import ServerError, TritonServer, add_server_args, server_from_args
 
 
-def show_embedding(url: str, text: str) -> None:
+def demo_model(url: str, wanted: str | None) -> str:
+    """The embedding model the demo embeds with: ``wanted`` (``--demo-model``), else the first served one
+    (a repository may hold rerankers and several embedders)."""
+    import tritonclient.grpc as grpcclient
+
+    from tembed_client.discovery import discover_models, loaded_models
+
+    triton = grpcclient.InferenceServerClient(url)
+    try:
+        names = loaded_models(triton.get_inference_statistics(as_json=True))
+        served = discover_models({n: triton.get_model_config(n, as_json=True) for n in names})
+    finally:
+        triton.close()
+    embedders = sorted(n for n, info in served.items() if info.task == TASK_EMBED)
+    if wanted is not None:
+        if wanted not in embedders:
+            raise ServerError(
+                f"--demo-model {wanted!r} is not a served embedding model (served: {', '.join(embedders) or 'none'})"
+            )
+        return wanted
+    if not embedders:
+        raise ServerError(f"--demo needs an embedding model; served: {', '.join(sorted(served)) or 'none'}")
+    return embedders[0]
+
+
+def show_embedding(url: str, text: str, model: str | None = None) -> None:
     """What a user wants to see first: one real embedding from the running server."""
     from tembed_client import EmbeddingClient
 
-    with EmbeddingClient(url) as client:
+    with EmbeddingClient(url, model) as client:
         info = client.model_info()
         result = client.encode([text], input_type=INPUT_TYPES[0])
     vec = result.embeddings[0]
@@ -30,7 +55,7 @@ def show_embedding(url: str, text: str) -> None:
     )
 
 
-def show_openai_embedding(base_url: str, text: str, api_key: str) -> None:
+def show_openai_embedding(base_url: str, text: str, api_key: str, model: str) -> None:
     """The same text through the gateway, the way existing OpenAI client code calls it."""
     try:
         import openai
@@ -39,7 +64,6 @@ def show_openai_embedding(base_url: str, text: str, api_key: str) -> None:
     extra = {INPUT_TYPE: INPUT_TYPES[0]}  # a query, as the gRPC demo, so the numbers match
     if openai is not None:
         client = openai.Client(base_url=f"{base_url}/v1", api_key=api_key)
-        model = client.models.list().data[0].id
         resp = client.embeddings.create(model=model, input=text, extra_body=extra)
         vec, tokens = resp.data[0].embedding, resp.usage.total_tokens
     else:
@@ -51,7 +75,6 @@ def show_openai_embedding(base_url: str, text: str, api_key: str) -> None:
             with urllib.request.urlopen(urllib.request.Request(base_url + path, data, headers), timeout=60) as r:
                 return json.load(r)
 
-        model = call("/v1/models")["data"][0]["id"]
         resp = call("/v1/embeddings", {"model": model, "input": text, **extra})
         vec, tokens = resp["data"][0]["embedding"], resp["usage"]["total_tokens"]
     head = ", ".join(f"{x:+.4f}" for x in vec[:8])
@@ -81,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     add_server_args(ap)
     ap.add_argument("--demo", metavar="TEXT", help="once ready, embed TEXT through the gRPC client and print it")
     ap.add_argument("--exit-after-demo", action="store_true", help="stop the server after the demo")
+    ap.add_argument("--demo-model", metavar="NAME", help="the embedding model --demo uses (default: the first served)")
     from . import GatewaySettings
 
     ap.add_argument(
@@ -108,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_gateway:
             gateway, api_key = start_gateway(args, srv)
         if args.demo:
-            show_embedding(srv.grpc_url, args.demo)
+            model = demo_model(srv.grpc_url, args.demo_model)
+            show_embedding(srv.grpc_url, args.demo, model)
             if gateway is not None:
-                show_openai_embedding(gateway.url, args.demo, api_key)
+                show_openai_embedding(gateway.url, args.demo, api_key, model)
         if not args.exit_after_demo:
             print("serving; Ctrl-C or SIGTERM stops it", flush=True)
             while not stop.wait(0.5):  # the supervisor keeps Triton up meanwhile

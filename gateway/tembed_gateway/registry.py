@@ -37,6 +37,7 @@ from tembed_client import (
 from tembed_client.replicas import AsyncReplicatedTriton, DnsName, Replica
 from tembed_client.replicas import resolve as resolve_names
 from tembed_serving.contract import TASK_RERANK, Layout
+from tembed_serving.profile import ModelProfile
 
 from .settings import GatewaySettings
 
@@ -91,6 +92,7 @@ class ModelRegistry:
         self.clients: dict[str, ReplicatedModel] = {}
         self._served: dict[Replica, dict[str, ModelInfo]] = {}  # per replica, its ensembles
         self._tokenizers: dict[str, Tokenizer] = {}
+        self._profiles: dict[str, ModelProfile] = {}
         self._lock = asyncio.Lock()
         self._refreshed_at = -math.inf
         self._watch: asyncio.Task[None] | None = None
@@ -227,3 +229,13 @@ class ModelRegistry:
                 return None
             self._tokenizers[name] = Tokenizer.from_file(str(path))
         return self._tokenizers[name]
+
+    def profile(self, name: str) -> ModelProfile | None:
+        """The served model's profile (prompts), if the gateway was given the repository."""
+        if name not in self._profiles:
+            repo = self.settings.model_repository
+            path = Layout(Path(repo), name).profile_file if repo else None
+            if path is None or not path.is_file():
+                return None
+            self._profiles[name] = ModelProfile.load(path)
+        return self._profiles[name]

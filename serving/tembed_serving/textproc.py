@@ -252,7 +252,7 @@ class TextEncoder:
                 f"too many texts: {len(texts)} > {p.max_texts} per request (split the list; the client does this)",
                 param=TEXT,
             )
-        check_option(INPUT_TYPE, input_type)
+        input_type = check_option(INPUT_TYPE, input_type)  # type: ignore[assignment]  # "passage" -> "document"
         if instruction is not None:
             if input_type == "document":
                 raise RequestError("documents never carry an instruction; send it with queries only", param=INSTRUCTION)

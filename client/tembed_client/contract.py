@@ -133,6 +133,7 @@ def outputs_value(kinds: object) -> str:
 def output_kinds(value: str) -> tuple[str, ...]:
     return tuple(k for k in value.split(",") if k)
 
+
 # The request's lane: interactive queries (high, the default) ahead of bulk indexing (low) in the encoder's
 # queue. Not an input tensor: a lane is a model of its own (PARAM_LANES: the bulk lane's ensemble and
 # encoder over the same weights), so a query never queues behind bulk work. Triton's own priority levels

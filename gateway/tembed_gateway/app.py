@@ -233,7 +233,9 @@ class Gateway:
         result, _ = await self.score(request, req, body)
         return result, req
 
-    async def score(self, request: Request, req: RerankRequest, body: object = None) -> tuple[RerankResult, ReplicatedModel]:
+    async def score(
+        self, request: Request, req: RerankRequest, body: object = None
+    ) -> tuple[RerankResult, ReplicatedModel]:
         """Every rerank route's call, once parsed: the served reranker's scores of ``req`` (``body``: the
         request's JSON, for bge-m3's ``weights``)."""
         # A reranker, or bge-m3 (an embedding model with all three outputs) by its M3 score: m3_routes.

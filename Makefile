@@ -16,7 +16,7 @@ EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 SOAK_MINUTES ?= 10
 
-.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact rerank-demo bench-rerank soak
+.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact search-demo rerank-demo bench-rerank soak
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ serve: export  ## serve the repository on CPU (gRPC 8001, HTTP 8000), print one 
 
 demo: export  ## like serve, but stop after printing the embedding
 	$(BIN)/tembed serve --model-repository $(REPO) --demo "$(TEXT)" --exit-after-demo
+
+search-demo: setup  ## tembed index the 848 CMRC2018 paragraphs (e5-small, + BM25) then tembed search a few questions, hybrid and reranked, with per-stage timings (~10-15 min on 2 loaded cores; re-runs embed nothing)
+	$(BIN)/python -m tembed_eval.search_demo
 
 rerank-demo: setup  ## e5-small top 100 of 300 CMRC2018 paragraphs, reranked by qwen3-reranker-tiny (random weights); ~1-2 min
 	$(BIN)/python -m tembed_eval.rerank_demo --repo $(RERANK_REPO)

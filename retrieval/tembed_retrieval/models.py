@@ -16,15 +16,18 @@ import numpy as np
 from tembed_client import EmbeddingClient
 from tembed_client import contract as c
 
-DEFAULT_IN_FLIGHT = 4  # requests of max_texts texts each; 2-core CPU: 2 keep the encoder busy, 4 leave margin
+DEFAULT_IN_FLIGHT = 2  # requests of max_texts texts each: one computed while the next waits in the batcher
+BULK_TIMEOUT_S = 600.0  # a bulk request of max_texts long passages on a loaded CPU takes tens of seconds
 
 
 class Embedder:
     """``embed(texts, input_type)`` -> [n, d] float32 unit rows, through one served embedding model."""
 
-    def __init__(self, model: str, *, url: str = c.DEFAULT_URL, gateway: str | None = None) -> None:
-        self.model, self.gateway = model, gateway.rstrip("/") if gateway else None
-        self._client = None if gateway else EmbeddingClient(url, model)
+    def __init__(
+        self, model: str, *, url: str = c.DEFAULT_URL, gateway: str | None = None, timeout: float = BULK_TIMEOUT_S
+    ) -> None:
+        self.model, self.gateway, self.timeout = model, gateway.rstrip("/") if gateway else None, timeout
+        self._client = None if gateway else EmbeddingClient(url, model, timeout=timeout)
         info = self._client.model_info() if self._client else None
         self.max_texts = info.max_texts if info else 32
         self.dimension = info.dimension if info else None  # the gateway's: read from the first answer
@@ -34,7 +37,7 @@ class Embedder:
         if self._client is not None:
             return np.asarray(self._client.encode(texts, input_type=input_type, **options).embeddings, np.float32)
         body = {"model": self.model, "input": texts, c.INPUT_TYPE: input_type, **options}
-        data = _post(f"{self.gateway}/v1/embeddings", body)["data"]
+        data = _post(f"{self.gateway}/v1/embeddings", body, self.timeout)["data"]
         return np.asarray([d["embedding"] for d in sorted(data, key=lambda d: d["index"])], np.float32)
 
     def embed(
@@ -89,10 +92,10 @@ class Reranker:
             self._client.close()
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _post(url: str, body: dict[str, Any], timeout: float = BULK_TIMEOUT_S) -> dict[str, Any]:
     req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=300) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{url}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None

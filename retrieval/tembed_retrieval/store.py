@@ -268,6 +268,20 @@ class EdgeStore:
             if offset is None:
                 return out
 
+    def vectors(self) -> tuple[list[str], np.ndarray]:
+        """Every stored dense vector with its doc id (to build variants of an index without re-embedding)."""
+        import qdrant_edge as qe
+
+        ids, rows, offset = [], [], None
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=1000, with_payload=["doc_id"], with_vector=[DENSE])
+            records, offset = self._shard.scroll(request)
+            for r in records:
+                ids.append(str(r.payload["doc_id"]))
+                rows.append(r.vector[DENSE])
+            if offset is None:
+                return ids, np.asarray(rows, dtype=np.float32).reshape(len(ids), self.spec.dimension)
+
     def size_bytes(self) -> dict[str, int]:
         """On disk: blocks allocated to the shard (Qdrant preallocates its WAL and payload pages sparsely, so file
         sizes overstate it). Resident (what Qdrant keeps in RAM to search): the quantized vectors when there are

@@ -160,15 +160,20 @@ class Retriever:
         dims = self.spec.dimension if self.spec.dimension != self.embedder.dimension else None
         return self.embedder.embed(list(texts), QUERY, dimensions=dims, in_flight=1)
 
-    def searches(self, vectors: np.ndarray, texts: Sequence[str], opts: SearchOptions, limit: int) -> list[Search]:
-        if opts.hybrid and self.bm25 is None:
+    def sparse_queries(self, texts: Sequence[str], opts: SearchOptions) -> list[tuple[list[int], list[float]] | None]:
+        if not opts.hybrid:
+            return [None] * len(texts)
+        if self.bm25 is None:
             raise ValueError("hybrid search needs an index built with --sparse bm25")
+        return [_sparse(self.bm25.embed_query(t)) for t in texts]
+
+    def searches(self, vectors: np.ndarray, sparse: Sequence, opts: SearchOptions, limit: int) -> list[Search]:
         return [
             Search(
                 v,
                 limit=limit,
-                sparse=_sparse(self.bm25.embed_query(t)) if opts.hybrid else None,
-                fusion=opts.fusion if opts.hybrid else None,
+                sparse=sq,
+                fusion=opts.fusion if sq is not None else None,
                 depth=max(opts.depth, limit),
                 exact=opts.exact,
                 hnsw_ef=opts.hnsw_ef,
@@ -177,7 +182,7 @@ class Retriever:
                 ignore_quantization=opts.ignore_quantization,
                 with_text=opts.with_text or self.reranker is not None,
             )
-            for v, t in zip(vectors, texts)
+            for v, sq in zip(vectors, sparse)
         ]
 
     def search(self, query: str, opts: SearchOptions | None = None, query_id: str = "") -> Result:
@@ -185,9 +190,10 @@ class Retriever:
         opts = opts or SearchOptions()
         t0 = time.perf_counter()
         vec = self.embed_queries([query])
+        sparse = self.sparse_queries([query], opts)  # Qdrant's BM25 query vector: part of the embed stage
         t1 = time.perf_counter()
         limit = opts.rerank_depth if self.reranker else opts.top_k
-        hits = self.store.search(self.searches(vec, [query], opts, limit))[0]
+        hits = self.store.search(self.searches(vec, sparse, opts, limit))[0]
         t2 = time.perf_counter()
         timings = {"embed": (t1 - t0) * 1e3, "search": (t2 - t1) * 1e3, "rerank": 0.0}
         if self.reranker is not None and hits:

@@ -16,12 +16,12 @@ EVAL_ARGS   ?= --max-docs 1000
 RERANK_REPO ?= .cache/rerank_repository
 SOAK_MINUTES ?= 10
 
-.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact rerank-demo bench-rerank soak
+.PHONY: setup fixtures export serve demo test test-fast lint clean engine serve-gpu bench-gpu perf bench bench-gateway bench-render budget eval eval-compact eval-engine search-demo rerank-demo bench-rerank soak
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./client -e "./serving[torch,triton]" -e ./gateway -e ".[export,server,fixtures,gateway,eval,bench,test]"
+	$(BIN)/pip install -q -e ./client -e "./serving[torch,triton]" -e ./gateway -e ".[export,server,fixtures,gateway,retrieval,eval,bench,test]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install everything into .venv (PyPI only)
@@ -40,6 +40,9 @@ serve: export  ## serve the repository on CPU (gRPC 8001, HTTP 8000), print one 
 
 demo: export  ## like serve, but stop after printing the embedding
 	$(BIN)/tembed serve --model-repository $(REPO) --demo "$(TEXT)" --exit-after-demo
+
+search-demo: setup  ## tembed index the 848 CMRC2018 paragraphs (e5-small, + BM25) then tembed search a few questions, hybrid and reranked, with per-stage timings (~10-15 min on 2 loaded cores; re-runs embed nothing)
+	$(BIN)/python -m tembed_eval.search_demo
 
 rerank-demo: setup  ## e5-small top 100 of 300 CMRC2018 paragraphs, reranked by qwen3-reranker-tiny (random weights); ~1-2 min
 	$(BIN)/python -m tembed_eval.rerank_demo --repo $(RERANK_REPO)
@@ -73,6 +76,13 @@ COMPACT_ARGS ?= --tasks cmrc2018,tatoeba,msmarco --limit 500 --max-docs 1000
 eval-compact: fixtures  ## e5-small retrieval with float/int8/binary vectors (embedding_type) -> its section of docs/QUALITY.md
 	test -f $(COMPACT_REPO)/multilingual-e5-small-encoder/1/model.onnx || $(BIN)/tembed export fixtures/multilingual-e5-small --repo $(COMPACT_REPO)
 	$(BIN)/python -m tembed_eval --serve $(COMPACT_REPO) --models multilingual-e5-small --embedding-types float,int8,binary $(COMPACT_ARGS) --out docs/QUALITY.md
+
+ENGINE_REPO ?= .cache/retrieval_repository
+QDRANT_ENGINE_ARGS ?= --rerank qwen3-reranker-tiny --rerank-queries 20 --sets tatoeba-zh-en,msmarco,cmrc2018 --limit 500 --max-docs 1000
+eval-engine: fixtures  ## Qdrant's engine measured (HNSW vs exact, int8/binary quantization, Matryoshka, hybrid, two-stage ms) -> its section of docs/QUALITY.md (~25 min on 2 loaded cores; re-runs embed nothing)
+	for m in multilingual-e5-small qwen3-reranker-tiny; do \
+	  test -f $(ENGINE_REPO)/$$m-encoder/1/model.onnx || $(BIN)/tembed export fixtures/$$m --repo $(ENGINE_REPO) || exit 1; done
+	$(BIN)/python -m tembed_eval.engine --serve $(ENGINE_REPO) $(QDRANT_ENGINE_ARGS) --out docs/QUALITY.md
 
 perf: fixtures  ## perf_analyzer concurrency sweep (1,2,4,8,16) over gRPC -> docs/perf_analyzer.csv
 	VENV=$(VENV) bash bench/perf.sh

@@ -19,6 +19,7 @@ PACKAGES = {
     "tembed_eval": ROOT / "evaluation" / "tembed_eval",
     "tembed_bench": ROOT / "bench" / "tembed_bench",
     "tembed_fixtures": ROOT / "devtools" / "tembed_fixtures",
+    "tembed_retrieval": ROOT / "retrieval" / "tembed_retrieval",
 }
 # What each package may import (besides itself): the edges of docs/ARCHITECTURE.md.
 ALLOWED = {
@@ -27,10 +28,20 @@ ALLOWED = {
     "tembed_gateway": {"tembed_client", "tembed_serving"},
     "tembed": {"tembed_client", "tembed_serving", "tembed_gateway"},
     # The rerank demo exports its models (tembed) from folders it builds (tembed_fixtures).
-    "tembed_eval": {"tembed_client", "tembed_serving", "tembed", "tembed_fixtures"},
-    "tembed_bench": {"tembed_client", "tembed_serving", "tembed_gateway", "tembed", "tembed_eval", "tembed_fixtures"},
+    "tembed_eval": {"tembed_client", "tembed_serving", "tembed", "tembed_fixtures", "tembed_retrieval"},
+    "tembed_bench": {
+        "tembed_client",
+        "tembed_serving",
+        "tembed_gateway",
+        "tembed",
+        "tembed_eval",
+        "tembed_fixtures",
+        "tembed_retrieval",
+    },
     # Development only: nothing that serves or exports imports it.
     "tembed_fixtures": {"tembed_client", "tembed_serving", "tembed"},
+    # Retrieval talks to served models through the client only (gRPC or the gateway's HTTP API).
+    "tembed_retrieval": {"tembed_client"},
 }
 
 
@@ -113,7 +124,7 @@ OWNED = {
 }
 SOURCES = [
     p
-    for folder in ("client/tembed_client", "serving", "gateway", "export/tembed", "evaluation", "bench")
+    for folder in ("client/tembed_client", "serving", "gateway", "export/tembed", "evaluation", "bench", "retrieval")
     for p in (ROOT / folder).rglob("*.py")
     if "fixtures" not in p.parts and "build" not in p.parts
 ]
@@ -145,7 +156,16 @@ def test_no_absolute_machine_paths():
 
 SERVING_PATH = [
     p
-    for folder in ("client/tembed_client", "serving", "gateway", "export/tembed", "evaluation", "bench", "devtools")
+    for folder in (
+        "client/tembed_client",
+        "serving",
+        "gateway",
+        "export/tembed",
+        "evaluation",
+        "bench",
+        "devtools",
+        "retrieval",
+    )
     for p in (ROOT / folder).rglob("*.py")
     if "build" not in p.parts
 ]

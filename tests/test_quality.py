@@ -15,7 +15,7 @@ import pytest
 
 from tembed_eval.data import DEFAULT_DATA, load_beir, load_cmrc, load_tatoeba
 from tembed_eval.evaluate import EvalConfig, evaluate_model, score, sweep_dims
-from tembed_eval.index import VectorIndex, cross_check, exact_search, qdrant_client, rankings_agree
+from tembed_eval.index import VectorIndex, cross_check, exact_search, index_stores, rankings_agree
 from tembed_eval.server_stats import find_server_pid, server_memory
 
 pytestmark = [
@@ -27,7 +27,7 @@ E5, MINILM, QWEN = "multilingual-e5-small", "all-minilm-l6-v2", "qwen3-embedding
 
 @pytest.fixture(scope="module")
 def qdrant():
-    return qdrant_client()
+    return index_stores()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tembed_eval.data import DEFAULT_DATA, Task, load_beir, load_cmrc
-from tembed_eval.index import qdrant_client
+from tembed_eval.index import index_stores
 from tembed_eval.rerank import (
     RERANK_METRICS,
     evaluate_rerank,
@@ -44,7 +44,7 @@ def cmrc_run(rerank_server):
     assert len(task.corpus) > 3 * DEPTH
     weights = model_weights(rerank_server.model_repository, QWEN)
     with EmbeddingClient(rerank_server.grpc_url, EMBEDDER) as emb, EmbeddingClient(rerank_server.grpc_url, QWEN) as rr:
-        return task, two_stage(Encoder(emb), rr, task, qdrant_client(), DEPTH, limit=QUESTIONS, weights=weights)
+        return task, two_stage(Encoder(emb), rr, task, index_stores(), DEPTH, limit=QUESTIONS, weights=weights)
 
 
 def test_metrics_are_in_range(cmrc_run):
@@ -107,7 +107,7 @@ def test_cmrc_and_msmarco_through_evaluate_rerank(rerank_server):
         EMBEDDER,
         QWEN,
         [cmrc, tatoeba, marco],
-        qdrant_client(),
+        index_stores(),
         depth=DEPTH,
         limit=8,
         repo=rerank_server.model_repository,

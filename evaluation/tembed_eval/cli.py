@@ -17,7 +17,7 @@ from tembed_client.contract import DEFAULT_URL
 
 from .data import DEFAULT_DATA, ROOT
 from .evaluate import ALL_TASKS, SWEEP_DIMS, EvalConfig, evaluate_model, load_tasks
-from .index import qdrant_client
+from .index import index_stores
 from .report import write_report
 from .rerank import DEFAULT_DEPTH, evaluate_rerank
 from .server_stats import find_server_pid, server_memory
@@ -56,8 +56,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--dims", default=",".join(map(str, SWEEP_DIMS)), help="Matryoshka sweep (plus full)")
     ap.add_argument("--long-chars", type=int, default=20_000, help="length of the long-text document")
     ap.add_argument("--check-queries", type=int, default=20, help="queries per task and dim checked against numpy")
-    ap.add_argument("--qdrant-url", help="Qdrant server (default: embedded local mode)")
-    ap.add_argument("--qdrant-path", help="local mode on disk instead of in memory")
+    ap.add_argument("--qdrant-url", help="a Qdrant server (default: Qdrant Edge, the same engine in-process)")
+    ap.add_argument("--qdrant-path", help="folder for the Qdrant Edge indexes (default: a temporary one)")
     ap.add_argument("--server-pid", type=int, help="tritonserver pid for memory (default: the gRPC port's listener)")
     ap.add_argument(
         "--serve",
@@ -100,7 +100,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _notes(args: argparse.Namespace, memory: dict[str, Any] | None) -> list[str]:
-    versions = ", ".join(f"{p} {version(p)}" for p in ("qdrant-client", "ir-measures", "pytrec-eval-terrier"))
+    versions = ", ".join(f"{p} {version(p)}" for p in ("qdrant-edge-py", "ir-measures", "pytrec-eval-terrier"))
     mem = (
         f"VmRSS from /proc of tritonserver (pid {memory['pid']}) and its {memory['processes'] - 1} child processes "
         "(Python backend stubs: tokenizer, encoder, postprocess of every loaded model), read once after all runs; "
@@ -127,7 +127,7 @@ def _notes(args: argparse.Namespace, memory: dict[str, Any] | None) -> list[str]
         'documents with `input_type="document"`. *Without prompt* sends the queries as documents too '
         "(symmetric: same prompt as the documents, e.g. `passage: ` for e5, none for MiniLM or Qwen3), so the "
         "document index is unchanged and the delta isolates the query prompt.",
-        "Search: every corpus is upserted into Qdrant (cosine, exact search) and the top 10 of each query scored with "
+        "Search: every corpus is upserted into Qdrant's engine (Qdrant Edge in-process unless --qdrant-url; cosine, exact search) and the top 10 of each query scored with "
         f"ir-measures (`RR@10`, `R@10`, `nDCG@10`, `Success@1` = accuracy@1). {versions}. "
         f"The first {args.check_queries} queries of every task and dimension are checked against exact numpy search "
         "(same ids at every rank except for ties).",
@@ -151,7 +151,7 @@ def run_compact(args: argparse.Namespace, model: str, cfg: EvalConfig) -> int:
 
     types = check_types(_csv(args.embedding_types))
     cfg.tasks = tuple(t for t in cfg.tasks if t != "long")
-    qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
+    qdrant = index_stores(args.qdrant_url, args.qdrant_path)
     with contextlib.ExitStack() as stack:
         if args.serve:
             from tembed_serving.supervisor import TritonServer
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if getattr(args, "embedding_types", None):
         return run_compact(args, next(iter(models)), cfg)
-    qdrant = qdrant_client(args.qdrant_url, args.qdrant_path)
+    qdrant = index_stores(args.qdrant_url, args.qdrant_path)
     with contextlib.ExitStack() as stack:
         if args.serve:
             from tembed_serving.supervisor import TritonServer

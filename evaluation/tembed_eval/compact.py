@@ -12,13 +12,10 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient, models
 from tqdm.auto import tqdm
 
 from tembed_client import EmbeddingClient
@@ -26,7 +23,7 @@ from tembed_client.contract import BIT_PACKED_TYPES, EMBEDDING_TYPE_DEFAULT, EMB
 
 from .data import Task
 from .evaluate import score, task_metrics
-from .index import Ranking, VectorIndex
+from .index import Ranking, Stores, VectorIndex
 
 RESCORE_DEPTH = 100  # binary candidates rescored with the float vectors, per query
 TOP_K = 10
@@ -101,36 +98,12 @@ def rescored(candidates: np.ndarray, q_float: np.ndarray, d_float: np.ndarray, d
 
 
 def qdrant_binary(
-    qdrant: QdrantClient, doc_ids: list[str], docs: np.ndarray, queries: np.ndarray, rescore: bool
+    qdrant: Stores, doc_ids: list[str], docs: np.ndarray, queries: np.ndarray, rescore: bool
 ) -> list[Ranking]:
-    """Float vectors in a collection with Qdrant's BinaryQuantization, searched through it with
+    """Float vectors in an index with Qdrant's binary quantization (the real engine), searched through it with
     (or without) rescoring: ``oversampling`` makes its candidates ``RESCORE_DEPTH`` per query."""
-    name = f"tembed-eval-bq-{uuid.uuid4().hex[:12]}"
-    qdrant.create_collection(
-        name,
-        vectors_config=models.VectorParams(size=docs.shape[1], distance=models.Distance.COSINE),
-        quantization_config=models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True)),
-    )
-    try:
-        for start in range(0, len(docs), 256):
-            chunk = docs[start : start + 256]
-            ids = list(range(start, start + len(chunk)))
-            qdrant.upsert(name, points=models.Batch(ids=ids, vectors=chunk.tolist()), wait=True)
-        quant = models.QuantizationSearchParams(ignore=False, rescore=rescore, oversampling=RESCORE_DEPTH / TOP_K)
-        params = models.SearchParams(quantization=quant)
-        out: list[Ranking] = []
-        for start in range(0, len(queries), 64):
-            requests = [
-                models.QueryRequest(query=q.tolist(), limit=TOP_K, params=params, with_payload=False)
-                for q in queries[start : start + 64]
-            ]
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Local mode performs exact")
-                responses = qdrant.query_batch_points(name, requests=requests)
-            out += [[(doc_ids[int(p.id)], float(p.score)) for p in r.points] for r in responses]
-        return out
-    finally:
-        qdrant.delete_collection(name)
+    with VectorIndex.build(qdrant, doc_ids, docs, "binary quantization", quantization="binary") as index:
+        return index.search(queries, TOP_K, exact=False, rescore=rescore, oversampling=RESCORE_DEPTH / TOP_K)
 
 
 def wire_sizes(rows: np.ndarray) -> dict[str, float]:
@@ -157,7 +130,7 @@ def _same(a: list[Ranking], b: list[Ranking]) -> bool:
     return [[i for i, _ in r] for r in a] == [[i for i, _ in r] for r in b]
 
 
-def evaluate_task(enc: CompactEncoder, task: Task, qdrant: QdrantClient, types: list[str]) -> dict[str, Any]:
+def evaluate_task(enc: CompactEncoder, task: Task, qdrant: Stores, types: list[str]) -> dict[str, Any]:
     doc_ids = list(task.corpus)
     doc_texts, query_texts = [task.corpus[d] for d in doc_ids], list(task.queries.values())
     metric = task_metrics(task.name)[0]
@@ -195,7 +168,6 @@ def evaluate_task(enc: CompactEncoder, task: Task, qdrant: QdrantClient, types: 
         qdrant_rows = {
             "qdrant_bq": score(task, plain, (metric,))[metric],
             "qdrant_bq_rescore": score(task, with_rescore, (metric,))[metric],
-            # Local mode brute-forces the float vectors: binary search without rescoring ranks as float does.
             "qdrant_bq_ignored": _same(plain, float_rankings),
         }
     return {
@@ -209,7 +181,7 @@ def evaluate_task(enc: CompactEncoder, task: Task, qdrant: QdrantClient, types: 
     }
 
 
-def evaluate_compact(url: str, model: str, tasks: list[Task], qdrant: QdrantClient, types: list[str]) -> dict[str, Any]:
+def evaluate_compact(url: str, model: str, tasks: list[Task], qdrant: Stores, types: list[str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     with EmbeddingClient(url, model) as client:
         enc = CompactEncoder(client)
@@ -217,7 +189,7 @@ def evaluate_compact(url: str, model: str, tasks: list[Task], qdrant: QdrantClie
             "name": model,
             "dimension": enc.info.dimension,
             "types": types,
-            "local_qdrant": type(getattr(qdrant, "_client", None)).__name__ == "QdrantLocal",
+            "engine": qdrant.engine,
             "tasks": {t.name: evaluate_task(enc, t, qdrant, types) for t in tasks},
         }
     result["elapsed_s"] = round(time.perf_counter() - t0, 1)
@@ -301,15 +273,11 @@ def markdown(result: dict[str, Any], command: str, date: str, limits: str) -> li
     ]
     if "qdrant_bq" in first:
         ignored = all(tasks[n]["qdrant_bq_ignored"] for n in names)
-        if result["local_qdrant"] and ignored:
-            notes.append(
-                "Qdrant rows: qdrant-client's local mode accepts `BinaryQuantization` and the search's "
-                "`QuantizationSearchParams` but ignores them (it brute-forces the float vectors; even without "
-                "rescoring its rankings equal the float ones), so these rows are the float baseline, not a "
-                "measurement of Qdrant's quantisation. A Qdrant server (`--qdrant-url`) applies it (sign bits of "
-                "each dimension, like `binary`); not measured here, no Qdrant server in this environment."
-            )
-        elif ignored:
+        notes.append(
+            f"Qdrant rows: {result.get('engine', 'Qdrant')}, binary quantization of the float vectors (one sign "
+            "bit per dimension, like `binary`), searched through the quantized vectors (not exact)."
+        )
+        if ignored:
             notes.append("Qdrant rows: binary search without rescoring ranked exactly as float: quantisation ignored.")
     lines += [f"- {n}" for n in notes]
     return [BEGIN, *lines, END]

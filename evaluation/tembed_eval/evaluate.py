@@ -11,14 +11,13 @@ from typing import Any
 import ir_measures
 import numpy as np
 from ir_measures import RR, R, Success, nDCG
-from qdrant_client import QdrantClient
 from tqdm.auto import tqdm
 
 from tembed_client import EmbeddingClient, EmbeddingError
 from tembed_client.contract import LONG_TEXT_VALUES
 
 from .data import DEFAULT_DATA, Task, load_beir, load_cmrc, load_tatoeba, long_document
-from .index import Ranking, VectorIndex, cross_check
+from .index import Ranking, Stores, VectorIndex, cross_check
 
 MEASURES = {"MRR@10": RR @ 10, "R@10": R @ 10, "nDCG@10": nDCG @ 10, "acc@1": Success @ 1}
 SWEEP_DIMS = (32, 64, 128, 256, 512)  # and the model's full dimension
@@ -121,7 +120,7 @@ def verify_server_truncation(enc: Encoder, texts: list[str], dims: list[int]) ->
     return worst
 
 
-def evaluate_task(enc: Encoder, task: Task, qdrant: QdrantClient, cfg: EvalConfig) -> dict[str, Any]:
+def evaluate_task(enc: Encoder, task: Task, qdrant: Stores, cfg: EvalConfig) -> dict[str, Any]:
     name, names = task.name, task_metrics(task.name)
     doc_ids = list(task.corpus)
     docs = enc.embed([task.corpus[d] for d in doc_ids], "document", f"{enc.info.name} {name} docs")
@@ -196,9 +195,7 @@ def load_tasks(cfg: EvalConfig, limit: int | None) -> list[Task]:
     return tasks
 
 
-def evaluate_model(
-    url: str, model: str, qdrant: QdrantClient, cfg: EvalConfig, limit: int | None = None
-) -> dict[str, Any]:
+def evaluate_model(url: str, model: str, qdrant: Stores, cfg: EvalConfig, limit: int | None = None) -> dict[str, Any]:
     """Every configured task for one served model; ``limit`` overrides ``cfg.limit``."""
     limit = cfg.limit if limit is None else limit
     t0 = time.perf_counter()

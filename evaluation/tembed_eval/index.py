@@ -1,70 +1,85 @@
-"""Documents in Qdrant, searched with exact cosine; an exact numpy search to check it against."""
+"""Documents in Qdrant's engine (``tembed_retrieval``: Qdrant Edge in-process, or a Qdrant server), searched
+with exact cosine; an exact numpy search to check it against."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from qdrant_client import QdrantClient, models
 from tqdm.auto import tqdm
+
+from tembed_retrieval.store import IndexSpec, Passage, Search, Store, open_store
 
 Ranking = list[tuple[str, float]]  # (doc id, score), best first
 
 
-def qdrant_client(url: str | None = None, path: str | None = None) -> QdrantClient:
-    """A Qdrant server when ``url`` is given, else the embedded local mode (on disk at ``path``
-    or in memory)."""
-    if url:
-        return QdrantClient(url=url)
-    return QdrantClient(path=path) if path else QdrantClient(":memory:")
+@dataclass
+class Stores:
+    """Where the evaluation's temporary indexes live: directories of Qdrant Edge (under ``path``, else a temporary
+    folder), or collections on the Qdrant server at ``url``. Never qdrant-client's local mode, which emulates
+    Qdrant in Python and ignores HNSW and quantization."""
+
+    url: str | None = None
+    path: Path | None = None
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> str:
+        return f"Qdrant server {self.url}" if self.url else "Qdrant Edge (qdrant-edge-py, in-process)"
+
+    def create(self, dimension: int, label: str = "", **spec: object) -> Store:
+        name = f"tembed-eval-{uuid.uuid4().hex[:12]}"
+        if self.url:
+            return open_store(name, IndexSpec("eval", dimension, **spec), qdrant_url=self.url)
+        if self.path is None:
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="tembed-eval-")
+            self.path = Path(self._tmp.name)
+        return open_store(Path(self.path) / name, IndexSpec("eval", dimension, **spec))
+
+
+def index_stores(url: str | None = None, path: str | Path | None = None) -> Stores:
+    """A Qdrant server when ``url`` is given, else Qdrant Edge (on disk under ``path``, or a temporary folder)."""
+    return Stores(url, Path(path) if path else None)
+
+
+def fill(store: Store, doc_ids: list[str], vectors: np.ndarray, label: str = "", batch: int = 256) -> Store:
+    bar = tqdm(total=len(doc_ids), desc=f"upsert {label}".strip(), unit="doc", leave=False)
+    for start in range(0, len(doc_ids), batch):
+        chunk = vectors[start : start + batch]
+        store.upsert([Passage(d, "", v) for d, v in zip(doc_ids[start : start + batch], chunk)])
+        bar.update(len(chunk))
+    bar.close()
+    store.finish()
+    return store
 
 
 @dataclass
 class VectorIndex:
-    """One temporary collection; Qdrant point ids are row numbers, mapped back to doc ids."""
+    """One temporary index of ``doc_ids``; searched exactly (full scan) unless asked otherwise."""
 
-    client: QdrantClient
+    store: Store
     doc_ids: list[str]
-    name: str = ""
-    batch_size: int = 256
 
     @classmethod
-    def build(cls, client: QdrantClient, doc_ids: list[str], vectors: np.ndarray, label: str = "") -> VectorIndex:
-        index = cls(client, list(doc_ids), f"tembed-eval-{uuid.uuid4().hex[:12]}")
-        client.create_collection(
-            index.name, vectors_config=models.VectorParams(size=vectors.shape[1], distance=models.Distance.COSINE)
-        )
-        bar = tqdm(total=len(doc_ids), desc=f"upsert {label}".strip(), unit="doc", leave=False)
-        for start in range(0, len(doc_ids), index.batch_size):
-            chunk = vectors[start : start + index.batch_size]
-            ids = list(range(start, start + len(chunk)))
-            client.upsert(index.name, points=models.Batch(ids=ids, vectors=chunk.tolist()), wait=True)
-            bar.update(len(chunk))
-        bar.close()
-        return index
+    def build(cls, stores: Stores, doc_ids: list[str], vectors: np.ndarray, label: str = "", **spec) -> VectorIndex:
+        return cls(fill(stores.create(vectors.shape[1], label, **spec), list(doc_ids), vectors, label), list(doc_ids))
 
-    def search(self, queries: np.ndarray, k: int = 10, batch: int = 64) -> list[Ranking]:
-        # exact=True: a Qdrant server would otherwise answer from its HNSW graph once a collection
-        # outgrows its full-scan threshold, and approximate results would blur the metrics.
-        params = models.SearchParams(exact=True)
+    def search(self, queries: np.ndarray, k: int = 10, batch: int = 64, exact: bool = True, **params) -> list[Ranking]:
+        # exact=True: a segment over the full-scan threshold would otherwise be answered from its HNSW graph,
+        # and approximate results would blur the metrics.
         out: list[Ranking] = []
         for start in range(0, len(queries), batch):
-            requests = [
-                models.QueryRequest(query=q.tolist(), limit=k, params=params, with_payload=False)
-                for q in queries[start : start + batch]
-            ]
-            with warnings.catch_warnings():
-                # Local mode says it ignores `exact`: it is always brute force.
-                warnings.filterwarnings("ignore", message="Local mode performs exact")
-                responses = self.client.query_batch_points(self.name, requests=requests)
-            for response in responses:
-                out.append([(self.doc_ids[int(p.id)], float(p.score)) for p in response.points])
+            hits = self.store.search(
+                [Search(q, limit=k, exact=exact, **params) for q in queries[start : start + batch]]
+            )
+            out += [[(h.id, h.score) for h in r] for r in hits]
         return out
 
     def drop(self) -> None:
-        self.client.delete_collection(self.name)
+        self.store.drop()
 
     def __enter__(self) -> VectorIndex:
         return self

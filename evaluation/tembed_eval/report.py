@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .compact import kept_section
+from .engine import kept_section as kept_engine_section
 from .evaluate import task_metrics
 from .rerank import markdown as rerank_markdown
 
@@ -194,6 +195,7 @@ def write_report(
         *([f"![quality against bytes per vector]({png.name})", ""] if png else []),
         *([*rerank_markdown(rerank), ""] if rerank else []),
         *([*compact, ""] if (compact := kept_section(out)) else []),  # `tembed eval --embedding-types` writes it
+        *([*engine, ""] if (engine := kept_engine_section(out)) else []),  # `python -m tembed_eval.engine` writes it
         *([*long_text_table(results), ""] if long_text_table(results) else []),
         "## How it is measured",
         "",

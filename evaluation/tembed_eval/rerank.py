@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qdrant_client import QdrantClient
 from tqdm.auto import tqdm
 
 from tembed_client import EmbeddingClient
@@ -25,7 +24,7 @@ from tembed_serving.profile import ModelProfile
 
 from .data import ROOT, Task
 from .evaluate import Encoder, score
-from .index import Ranking, VectorIndex
+from .index import Ranking, Stores, VectorIndex
 
 RERANK_METRICS = ("MRR@10", "nDCG@10")
 DEFAULT_DEPTH = 100
@@ -137,7 +136,7 @@ def two_stage(
     enc: Encoder,
     reranker: EmbeddingClient,
     task: Task,
-    qdrant: QdrantClient,
+    qdrant: Stores,
     depth: int = DEFAULT_DEPTH,
     *,
     limit: int | None = None,
@@ -201,7 +200,7 @@ def evaluate_rerank(
     retriever: str,
     reranker: str,
     tasks: list[Task],
-    qdrant: QdrantClient,
+    qdrant: Stores,
     *,
     depth: int = DEFAULT_DEPTH,
     limit: int | None = None,

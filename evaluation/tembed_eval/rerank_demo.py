@@ -51,7 +51,7 @@ def _short(text: str, n: int = 60) -> str:
 def demo(url: str, repo: Path | None, args: argparse.Namespace) -> int:
     from tembed_client import EmbeddingClient
 
-    from .index import VectorIndex, qdrant_client
+    from .index import VectorIndex, index_stores
     from .rerank import model_weights, rerank_order
 
     task = load_cmrc(args.data)
@@ -65,7 +65,7 @@ def demo(url: str, repo: Path | None, args: argparse.Namespace) -> int:
         docs = emb.embed([task.corpus[d] for d in doc_ids], input_type="document")
         t_embed = time.perf_counter() - t0
         query = emb.embed([question], input_type="query")
-        with VectorIndex.build(qdrant_client(), doc_ids, docs, "cmrc2018") as index:
+        with VectorIndex.build(index_stores(), doc_ids, docs, "cmrc2018") as index:
             (retrieved,) = index.search(query, k=min(args.depth, len(doc_ids)))
         t0 = time.perf_counter()
         result = rr.score(question, [task.corpus[d] for d, _ in retrieved])  # chunked by max_texts

@@ -61,6 +61,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         serving=serving,
         opset=args.opset,
         quantize=args.quantize,
+        int8_methods=tuple(args.int8_method.split(",")) if args.int8_method else None,
         validate=not args.skip_validation,
         calibrate=not args.skip_calibration,
     )
@@ -145,7 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--quantize",
         choices=("int8",),
-        help="CPU: dynamic int8 weights (e5-small 1.44x faster, see docs/QUALITY.md for the retrieval cost)",
+        help="CPU: an int8 encoder, kept only if retrieval on slices of the shipped evaluation sets stays within "
+        "0.5 points of fp32 (tembed.quantize; docs/BENCHMARKS.md 'int8 encoder'), refused otherwise",
+    )
+    ex.add_argument(
+        "--int8-method",
+        default=None,
+        help="comma-separated int8 methods to try in order (static, static-ffn-fp32, dynamic; default: all)",
     )
     ex.add_argument("--skip-validation", action="store_true")
     ex.add_argument(

@@ -15,7 +15,6 @@ from tembed_client.contract import TASK_RERANK
 from tembed_serving.contract import (
     ATTENTION_MASK,
     ENCODER_INPUTS,
-    ENCODER_OUTPUT,
     ENCODER_OUTPUTS,
     GRAPH_OUTPUTS,
     INPUT_IDS,
@@ -156,43 +155,3 @@ def validate_onnx(
                 f"ONNX output differs from PyTorch at batch={batch}, seq={length}: max abs error {err:.3e} > {atol:.0e}"
             )
     return reports
-
-
-# Dynamic int8 changes every vector a little; what matters is that neighbours stay neighbours, on
-# real text (random ids are far outside what the activation ranges were quantised for).
-# e5-small: CMRC2018 MRR@10 0.965 -> 0.958, Tatoeba zh->en acc@1 0.916 -> 0.900 (docs/BENCHMARKS.md).
-INT8_MIN_COSINE = 0.95
-INT8_CHECK_TEXTS = (
-    "北京是中华人民共和国的首都。",
-    "如何在家里做一杯好喝的咖啡？",
-    "The quick brown fox jumps over the lazy dog.",
-    "Triton 推理服务器 serves embeddings 很快",
-    "今天天气真好，我们去爬山吧。",
-    "Retrieval-augmented generation grounds answers in documents.",
-    "深度学习模型在自然语言处理任务中取得了显著进展，尤其是在文本检索和问答系统方面。",
-    "Large language models changed how search engines rank passages.",
-)
-
-
-def quantize_int8(onnx_path: Path, ids: np.ndarray, mask: np.ndarray, *, min_cosine: float = INT8_MIN_COSINE) -> float:
-    """Replace ``onnx_path`` by its dynamically int8-quantised graph (int8 weights, activations
-    quantised per call); returns the worst cosine to the fp32 graph on the given token batch."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    onnx_path = Path(onnx_path)
-    fp32 = onnx_path.with_suffix(".fp32.onnx")
-    onnx_path.replace(fp32)
-    try:
-        quantize_dynamic(str(fp32), str(onnx_path), weight_type=QuantType.QInt8)
-        feeds = {INPUT_IDS: ids.astype(np.int64), ATTENTION_MASK: mask.astype(np.int64)}
-        ref, got = (
-            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run([ENCODER_OUTPUT], feeds)[0]
-            for p in (fp32, onnx_path)
-        )
-        worst = float((ref * got).sum(-1).min())
-        if worst < min_cosine:
-            raise ExportValidationError(f"int8 graph: min cosine to fp32 {worst:.4f} < {min_cosine} on real text")
-        return worst
-    finally:
-        fp32.unlink(missing_ok=True)

@@ -40,6 +40,10 @@ class ExportOptions:
     serving: ServingOptions = field(default_factory=ServingOptions)
     opset: int = 17
     quantize: str | None = None  # "int8"
+    # int8: the methods tried in order (tembed.quantize.METHODS names; None: all), the first that
+    # passes the retrieval gate is kept.
+    int8_methods: tuple[str, ...] | None = None
+    int8_gate_data: Path | None = None  # the evaluation sets the gate reads (None: ../shared/data)
     validate: bool = True
     # embedding models: measure the int8/uint8 ranges of embedding_type with the served encoder
     # (tembed.calibration); without them only float, binary and ubinary are served.
@@ -53,7 +57,7 @@ class ExportResult:
     models: dict[str, Path]  # role -> model folder
     onnx: Path | None = None
     max_abs_err: float | None = None  # ONNX vs PyTorch on fresh shapes
-    int8_min_cosine: float | None = None
+    int8_gate: object | None = None  # tembed.quantize.GateReport of the int8 method kept
     int8_dimensions: list[int] | None = None  # sizes embedding_type int8/uint8 is calibrated for
 
 
@@ -139,16 +143,21 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     else:
         log.warning("[4/4] validation skipped")
     if o.quantize == "int8":
-        from tembed_serving.textproc import TextEncoder
+        from .quantize import METHODS, METHODS_BY_NAME, quantize_gated
 
-        from .onnx_export import INT8_CHECK_TEXTS, quantize_int8
+        methods = METHODS if o.int8_methods is None else tuple(METHODS_BY_NAME[m] for m in o.int8_methods)
+        report = quantize_gated(onnx_path, profile, tokenizer_file, methods, data=o.int8_gate_data)
+        result.int8_gate = report
+        # Facts of the served graph, written once into every profile.json (calibration rewrites them).
+        profile.precision, profile.quantization = "int8", report.method
+        from .repository import save_profile
 
-        batch = TextEncoder(profile, tokenizer_file)(list(INT8_CHECK_TEXTS))
-        result.int8_min_cosine = quantize_int8(onnx_path, batch.input_ids, batch.attention_mask)
+        save_profile(profile, layout)
         log.info(
-            "quantised to int8 (dynamic): min cosine to fp32 on %d texts = %.4f",
-            len(INT8_CHECK_TEXTS),
-            result.int8_min_cosine,
+            "quantised to int8 (%s) in %.0fs, retrieval gate passed: %s",
+            report.method,
+            report.seconds,
+            report.summary(),
         )
     _calibrate(result, o)  # on the graph as served (int8-quantised when asked), before ids are retyped
     if profile.ids_dtype == "int32" and backend.name != "tensorrt":

@@ -74,6 +74,10 @@ class ModelProfile:
     # embedding_type int8/uint8: per-dimension [min, max] of unit vectors at each calibrated output
     # size ("384": [[min_0, ...], [max_0, ...]]), measured at export on the calibration set.
     int8_ranges: dict[str, list[list[float]]] = field(default_factory=dict)
+    # The encoder graph's precision ("fp32", or "int8" when `--quantize int8` passed its retrieval
+    # gate) and the quantisation method kept (tembed.quantize.METHODS), written by the export.
+    precision: str = "fp32"
+    quantization: str | None = None
     # task "rerank": how a (query, document) pair becomes one sequence and its score.
     # pair_format "prompt": prefix + pair_template.format(instruction, query, document) + suffix, one
     # sequence (Qwen3-Reranker); "pair": the tokenizer's own pair template ([CLS] q [SEP] d [SEP]).

@@ -1,0 +1,155 @@
+"""int8 methods for the CPU encoder side by side: retrieval on the export gate's slices and raw ONNX
+Runtime speed, interleaved in one run (tembed.quantize).
+
+    python bench/experiments/int8_methods.py --repo .cache/q/fp32 --models multilingual-e5-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tembed.quantize import METHODS, Method, _weight_matmuls, quantize
+from tembed_eval.int8_gate import Scorer
+from tembed_serving.contract import ATTENTION_MASK, INPUT_IDS, Layout
+from tembed_serving.profile import ModelProfile
+
+VARIANTS = (
+    *METHODS,
+    Method("static-s8", "static", symmetric_activations=True),
+    Method("static-all-layers", "static", fp32_last_layers=0),
+    Method("static-2-last-fp32", "static", fp32_last_layers=2),
+)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def speed(paths: dict[str, Path], shapes, rounds: int) -> dict[str, dict[str, float]]:
+    sessions = {k: _session(p) for k, p in paths.items()}
+    rng = np.random.default_rng(0)
+    out = {k: {} for k in paths}
+    for b, n in shapes:
+        ids = rng.integers(1000, 20000, size=(b, n)).astype(np.int64)
+        mask = np.ones_like(ids)
+        times = {k: [] for k in paths}
+        for s in sessions.values():  # warm-up
+            s.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})
+        for _ in range(rounds):
+            for k, s in sessions.items():  # interleaved
+                t0 = time.perf_counter()
+                s.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})
+                times[k].append(time.perf_counter() - t0)
+        for k in paths:
+            out[k][f"b{b}x{n}_ms"] = round(float(np.median(times[k])) * 1e3, 2)
+    return out
+
+
+def encoder_flops(onnx_path: Path, b: int, n: int) -> float:
+    """Multiply-adds x 2 of one (b, n) call: every weight MatMul, and attention's two
+    activation MatMuls (scores and context: 2 x b x n^2 x hidden each per layer)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    weights = [shapes[next(x for x in node.input if x in shapes)] for node in _weight_matmuls(model)]
+    linear = sum(2 * b * n * k * m for k, m in weights)
+    hidden = weights[0][0]
+    layers = len(weights) // 6
+    return linear + layers * 2 * (2 * b * n * n * hidden)
+
+
+def matmul_peak(kind: str, size: int = 1024, rounds: int = 10) -> float:
+    """GFLOP/s of one size^3 MatMul in ONNX Runtime (fp32 MatMul, or int8 MatMulInteger u8 x s8)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    if kind == "fp32":
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [size, size]) for x in "ab"]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])
+        feeds = {x: np.random.rand(size, size).astype(np.float32) for x in "ab"}
+    else:
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        ins = [
+            helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
+            helper.make_tensor_value_info("b", TensorProto.INT8, [size, size]),
+        ]
+        out = helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])
+        rng = np.random.default_rng(0)
+        feeds = {
+            "a": rng.integers(0, 255, (size, size)).astype(np.uint8),
+            "b": rng.integers(-127, 127, (size, size)).astype(np.int8),
+        }
+    model = helper.make_model(helper.make_graph([node], "mm", ins, [out]), opset_imports=[helper.make_opsetid("", 17)])
+    path = Path(".cache/int8_methods") / f"matmul_{kind}.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    sess = _session(path)
+    sess.run(None, feeds)
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repo", type=Path, required=True)
+    ap.add_argument("--models", default="multilingual-e5-small,all-minilm-l6-v2")
+    ap.add_argument("--methods", default=",".join(m.name for m in VARIANTS))
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path(".cache/int8_methods.json"))
+    args = ap.parse_args()
+    wanted = [m for m in VARIANTS if m.name in args.methods.split(",")]
+    results = {}
+    for model in args.models.split(","):
+        layout = Layout(args.repo, model)
+        profile = ModelProfile.load(layout.profile_file)
+        fp32 = layout.onnx_file
+        work = Path(".cache/int8_methods") / model
+        work.mkdir(parents=True, exist_ok=True)
+        paths = {"fp32": fp32}
+        qtime = {}
+        for m in wanted:
+            t0 = time.perf_counter()
+            if (work / f"{m.name}.onnx").exists():
+                paths[m.name] = work / f"{m.name}.onnx"
+                continue
+            paths[m.name] = quantize(fp32, work / f"{m.name}.onnx", m, profile, layout.tokenizer_file)
+            qtime[m.name] = round(time.perf_counter() - t0, 1)
+        scorer = Scorer(profile, layout.tokenizer_file, None, None)
+        metrics, enc_s = {}, {}
+        for k, p in paths.items():
+            print(f"gate encode {model} {k}", flush=True)
+            t0 = time.perf_counter()
+            metrics[k] = scorer(p)
+            enc_s[k] = round(time.perf_counter() - t0, 1)
+            print(json.dumps({k: metrics[k], "s": enc_s[k]}, ensure_ascii=False), flush=True)
+        sp = speed(paths, [(1, 16), (16, 128)], args.rounds)
+        flops = encoder_flops(fp32, 16, 128)
+        for k in paths:
+            sp[k]["b16x128_gflops"] = round(flops / (sp[k]["b16x128_ms"] / 1e3) / 1e9, 1)
+        results[model] = {
+            k: {"metrics": metrics[k], "gate_encode_s": enc_s[k], "quantize_s": qtime.get(k), **sp[k]} for k in paths
+        }
+        print(json.dumps({model: results[model]}, indent=1, ensure_ascii=False), flush=True)
+    results["matmul_peak_gflops"] = {k: round(matmul_peak(k), 1) for k in ("fp32", "int8")}
+    print(json.dumps(results["matmul_peak_gflops"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

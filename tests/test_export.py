@@ -91,22 +91,22 @@ def test_export_cli_rejects_a_non_model_folder(tmp_path):
 
 
 def test_export_cli_int8(fixture_dirs, tmp_path):
-    """int8 is gated on retrieval over the shipped sets (tembed.quantize): e5-small's static int8
-    graph passes and is served with its precision in the profile; a backend without int8 is refused."""
+    """int8 is gated on retrieval over the shipped sets (tembed.quantize): e5-small's dynamic int8
+    graph loses 3.8 points of Tatoeba en->zh acc@1 on the gate slices (docs/BENCHMARKS.md), so the
+    export refuses it, says by how much, and leaves no int8 graph behind; a backend without int8 is refused."""
 
     def export(name, *extra):
         cmd = [sys.executable, "-m", "tembed", "export", str(fixture_dirs[name]), "--repo", str(tmp_path / "repo")]
-        return subprocess.run([*cmd, "--quantize", "int8", *extra], capture_output=True, text=True, timeout=1200)
+        return subprocess.run([*cmd, "--quantize", "int8", *extra], capture_output=True, text=True, timeout=1800)
 
-    done = export("multilingual-e5-small", "--name", "e5-int8", "--skip-validation", "--int8-method", "static")
-    assert done.returncode == 0, done.stderr
-    assert "quantised to int8 (static)" in done.stderr and "retrieval gate passed" in done.stderr
+    done = export("multilingual-e5-small", "--name", "e5-int8", "--skip-validation", "--int8-method", "dynamic")
+    assert done.returncode != 0
+    assert "no int8 method keeps retrieval within 0.5 points" in done.stderr and "dynamic: worst" in done.stderr
     version = tmp_path / "repo" / "e5-int8-encoder" / "1"
     graph = onnx.load(str(version / "model.onnx"))
-    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.graph.initializer)
+    assert not any(t.data_type == onnx.TensorProto.INT8 for t in graph.graph.initializer)
     assert sorted(p.name for p in version.glob("*.onnx")) == ["model.onnx"]
-    for role in ("tokenizer", "encoder"):
-        profile = json.loads((tmp_path / "repo" / f"e5-int8-{role}" / "1" / "profile.json").read_text())
-        assert (profile["precision"], profile["quantization"]) == ("int8", "static")
+    profile = json.loads((tmp_path / "repo" / "e5-int8-tokenizer" / "1" / "profile.json").read_text())
+    assert profile["precision"] == "fp32"
     bad = export("all-minilm-l6-v2", "--backend", "tensorrt")
     assert bad.returncode != 0 and "--quantize int8 is for the ONNX Runtime encoders" in bad.stderr

@@ -251,8 +251,9 @@ class Gateway:
     async def ranking(self, request: Request) -> Response:
         """NVIDIA NIM ``/v1/ranking`` (``nim``): ``{"rankings": [{"index", "logit"}]}``."""
         self.authorize(request)
-        req, truncate = parse_ranking(await self.read_json(request), self.settings.max_inputs)
-        result, client = await self.score(request, req)
+        body = await self.read_json(request)
+        req, truncate = parse_ranking(body, self.settings.max_inputs)
+        result, client = await self.score(request, req, body)
         check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
         return Response(render_ranking(result), media_type="application/json")
 
@@ -269,14 +270,14 @@ class Gateway:
             treq, truncate = tei.parse_rerank(body, self.settings.max_inputs)
             treq = await self.with_default_model(treq, TASK_RERANK)
             called = time.perf_counter_ns()
-            result, client = await self.score(request, treq)
+            result, client = await self.score(request, treq, body)
             inferred = time.perf_counter_ns()
             if truncate is not None:
                 check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
             headers = tei.timing_headers(started, 0, inferred - called, time.perf_counter_ns())
             return Response(tei.render_rerank(result, treq), headers=headers, media_type="application/json")
         req = parse_rerank(body, self.settings.max_inputs, True)
-        result, _ = await self.score(request, req)
+        result, _ = await self.score(request, req, body)
         return Response(render_rerank(result, req), media_type="application/json")
 
     async def default_model(self, task: str, given: str) -> str:

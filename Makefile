@@ -118,8 +118,8 @@ soak: export  ## 2 Triton replicas + the gateway (separate processes) saturated 
 	$(BIN)/python -m tembed_bench soak --minutes $(SOAK_MINUTES) --repo $(REPO) --model $(MODEL)
 
 lint: setup
-	$(BIN)/ruff check export serving tests client gateway evaluation bench devtools
-	$(BIN)/ruff format --check export serving tests client gateway evaluation bench devtools
+	$(BIN)/ruff check export serving tests client gateway evaluation bench devtools retrieval
+	$(BIN)/ruff format --check export serving tests client gateway evaluation bench devtools retrieval
 
 clean:
 	rm -rf $(REPO)/*/ .cache

@@ -73,7 +73,13 @@ def test_export_cli_writes_a_servable_repository(fixture_dirs, tmp_path):
     assert "validated on 4 fresh shapes" in done.stderr
     # python-onnx: the encoder finishes the vectors itself, no postprocess model
     # and the bulk lane (priority low): its own ensemble and encoder over the same version folder
-    assert sorted(p.name for p in repo.iterdir()) == ["q", "q-encoder", "q-encoder-lane-low", "q-lane-low", "q-tokenizer"]
+    assert sorted(p.name for p in repo.iterdir()) == [
+        "q",
+        "q-encoder",
+        "q-encoder-lane-low",
+        "q-lane-low",
+        "q-tokenizer",
+    ]
     ens = parse((repo / "q" / "config.pbtxt").read_text())
     assert ens.parameters["max_texts"].string_value == "4"
     assert ens.parameters["min_dimension"].string_value == "16"

@@ -37,7 +37,7 @@ from tembed_client.contract import (
 )
 
 from .errors import ApiError, bad_request
-from .protocols import parse_input
+from .protocols import json_object, parse_input, required_model
 
 QUERY, DOCUMENT = INPUT_TYPES
 INPUT_TYPE_MAP = {"search_query": QUERY, "search_document": DOCUMENT, "classification": QUERY, "clustering": QUERY}
@@ -56,11 +56,8 @@ class CohereEmbedRequest:
 
 
 def parse_embed(body: object, version: int, max_inputs: int) -> CohereEmbedRequest:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model is required and must be a non-empty string", "model")
+    body = json_object(body)
+    model = required_model(body)
     for field in ("images", "inputs"):
         if body.get(field):
             raise ApiError(UNSUPPORTED, f"{field} are not served: this gateway embeds texts only", param=field)

@@ -47,7 +47,7 @@ from tembed_client.m3 import WEIGHTS, reranks
 
 from .admission import admitted, endpoint
 from .errors import ApiError, bad_request
-from .protocols import parse_input, parse_request
+from .protocols import json_object, parse_input, parse_request
 
 # The handlers take app.Gateway (not imported: app imports this module) and return its ReplicatedModel.
 Gateway = ReplicatedModel = Any
@@ -85,8 +85,7 @@ def check_dense_only(options: dict[str, Any]) -> None:
 
 def parse_tei(body: object, max_inputs: int) -> tuple[str | None, list[str], dict[str, Any], bool]:
     """(model or None, texts, options, return_tokens) of a TEI body."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
+    body = json_object(body)
     if "inputs" not in body:
         raise bad_request("inputs is required", "inputs")
     texts, ids = parse_input(body["inputs"], max_inputs)

@@ -20,7 +20,7 @@ from tembed_client import RerankResult
 from tembed_client.contract import CONTEXT_LENGTH_EXCEEDED, TRUNCATE, TRUNCATE_END, TRUNCATE_NONE
 
 from .errors import ApiError, bad_request
-from .protocols import RerankRequest
+from .protocols import RerankRequest, json_object, required_model
 
 RANKING_TRUNCATE = (TRUNCATE_NONE, TRUNCATE_END)
 RANKING_TRUNCATE_DEFAULT = TRUNCATE_NONE  # NIM's
@@ -37,11 +37,8 @@ def text_of(value: object, field: str) -> str:
 
 def parse_ranking(body: object, max_inputs: int) -> tuple[RerankRequest, str]:
     """The request and its ``truncate`` (upper-cased). Accepted and ignored: any other field."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model is required and must be a non-empty string", "model")
+    body = json_object(body)
+    model = required_model(body)
     if "query" not in body:
         raise bad_request('query is required: {"text": string}', "query")
     query = text_of(body["query"], "query")

@@ -82,14 +82,26 @@ def parse_options(body: dict[str, Any], task: str) -> dict[str, Any]:
     return options
 
 
-def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
-    """The body of /v1/embeddings and /tokenize. Accepted and ignored: ``user`` and any other field
-    OpenAI clients may add."""
+def json_object(body: object) -> dict:
+    """``body`` if it is a JSON object: every route's first check."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
+    return body
+
+
+def required_model(body: dict) -> str:
+    """The body's ``model``: required, a non-empty string."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad_request("model is required and must be a non-empty string", "model")
+    return model
+
+
+def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
+    """The body of /v1/embeddings and /tokenize. Accepted and ignored: ``user`` and any other field
+    OpenAI clients may add."""
+    body = json_object(body)
+    model = required_model(body)
     if "input" not in body:
         raise bad_request("input is required", "input")
     texts, ids = parse_input(body["input"], max_inputs)
@@ -148,11 +160,8 @@ def parse_rerank(body: object, max_inputs: int, return_documents: bool) -> Reran
     Accepted and ignored: ``max_tokens_per_doc`` (Cohere; every pair is already cut to the model's
     max_length, keeping the prompt's end), ``truncate_prompt_tokens`` (vLLM), ``relevant_spans`` and
     ``priority`` (Cohere), ``user`` and any other field."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model is required and must be a non-empty string", "model")
+    body = json_object(body)
+    model = required_model(body)
     query = body.get("query")
     if not isinstance(query, str):  # "" is Triton's to refuse, with its message
         got = "missing" if query is None else f"a {type(query).__name__}"

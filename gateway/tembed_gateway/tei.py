@@ -38,7 +38,7 @@ from tembed_client.contract import (
 )
 
 from .errors import ApiError, bad_request
-from .protocols import EmbeddingRequest, RerankRequest, parse_documents, parse_input
+from .protocols import EmbeddingRequest, RerankRequest, json_object, parse_documents, parse_input
 
 DIRECTIONS = {"right": TRUNCATE_END, "left": TRUNCATE_START}
 
@@ -80,8 +80,7 @@ def prompt_options(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_embed(body: object, max_inputs: int) -> EmbeddingRequest:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
+    body = json_object(body)
     if "inputs" not in body:
         raise bad_request("inputs is required: a string or a list of strings", "inputs")
     try:
@@ -172,8 +171,7 @@ class DecodeRequest:
 
 
 def parse_decode(body: object) -> DecodeRequest:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
+    body = json_object(body)
     ids = body.get("ids")
     single = isinstance(ids, list) and bool(ids) and all(type(t) is int for t in ids)
     seqs = [ids] if single else ids

@@ -345,3 +345,16 @@ def test_demo_picks_an_embedding_model_and_ambiguity_names_the_argument(rerank_s
     with EmbeddingClient(url) as client, pytest.raises(EmbeddingError) as exc:
         client.embed(TEXTS[:1])
     assert "model=NAME (Python)" in str(exc.value) and "--model NAME" in str(exc.value)
+
+
+def test_nim_body_on_v1_rerank_and_timing_headers_on_v1_embeddings(gateway, grpc):
+    """genai-perf ``--endpoint v1/rerank`` sends NIM's body there: NIM's answer; OpenAI's route carries
+    TEI's timing headers too."""
+    expected = grpc[BERT].score(QUERY, DOCS)
+    body = {"model": BERT, "query": {"text": QUERY}, "passages": [{"text": d} for d in DOCS], "truncate": "END"}
+    resp = post(gateway, "/v1/rerank", body)
+    assert resp.status_code == 200, resp.text
+    rankings = resp.json()["rankings"]
+    assert max(abs(r["logit"] - float(expected.scores[r["index"]])) for r in rankings) <= 1e-5
+    emb = post(gateway, "/v1/embeddings", {"model": EMBEDDER, "input": TEXTS[:2]})
+    assert emb.status_code == 200 and float(emb.headers["x-inference-time"]) > 0

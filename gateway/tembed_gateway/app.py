@@ -1,6 +1,9 @@
 """The HTTP API: ``POST /v1/embeddings`` (OpenAI), ``POST /tokenize`` (the served model's token ids),
 ``POST /v1/rerank`` and ``/rerank`` (Jina / vLLM), ``POST /v2/rerank`` (Cohere v2), ``GET /v1/models``,
-``GET /health``, ``GET /metrics`` (Prometheus; no API key: for the private network).
+``GET /health``, ``GET /metrics`` (Prometheus; no API key: for the private network); other vendors'
+clients: ``POST /v1/ranking`` (NVIDIA NIM, ``nim``), ``/v1/embed`` and ``/v2/embed`` (Cohere, ``cohere_embed``),
+TEI's ``/embed``, ``/decode``, ``GET /info`` and TEI's bodies on ``/rerank`` and ``/tokenize`` (``tei``).
+Token-id input follows one rule (``token_ids``).
 
 Every embedding model ``N`` is also served as ``N-query`` (``QUERY_SUFFIX``): the same model with
 ``input_type="query"``, for stock OpenAI clients (LangChain, LlamaIndex) that cannot send
@@ -57,7 +60,7 @@ from .admission import admitted, endpoint
 from .cohere_embed import call_type, check_max_tokens, parse_embed, render_embed
 from .errors import ApiError, bad_request, http_error, json_response
 from .metrics import GatewayMetrics
-from .nim import check_fits, parse_ranking, render_ranking
+from .nim import check_fits, is_nim_ranking, parse_ranking, render_ranking
 from .protocols import (
     TASK_ROUTES,
     EmbeddingRequest,
@@ -195,15 +198,21 @@ class Gateway:
     @endpoint
     @admitted
     async def embeddings(self, request: Request) -> Response:
+        started = time.perf_counter_ns()
         self.authorize(request)
         req = parse_request(await self.read_json(request), self.settings.max_inputs)
         client, options = await self.resolve_embedding(req, request.scope["path"])
         self.served(request, client)
         m3_routes.check_dense_only(options)  # bge-m3's other outputs: m3_routes
+        tokenized = time.perf_counter_ns()
         texts = req.texts if req.texts is not None else await self.decode(client, req.token_ids or [], options)
+        called = time.perf_counter_ns()
         result = await client.encode(texts, **options)
+        inferred = time.perf_counter_ns()
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
-        return Response(render_embeddings(result, req.model, req.encoding_format), media_type="application/json")
+        body = render_embeddings(result, req.model, req.encoding_format)
+        headers = tei.timing_headers(started, called - tokenized, inferred - called, time.perf_counter_ns())
+        return Response(body, headers=headers, media_type="application/json")
 
     @endpoint
     @admitted
@@ -276,6 +285,11 @@ class Gateway:
                 check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
             headers = tei.timing_headers(started, 0, inferred - called, time.perf_counter_ns())
             return Response(tei.render_rerank(result, treq), headers=headers, media_type="application/json")
+        if is_nim_ranking(body):  # genai-perf --endpoint v1/rerank sends NIM's body: NIM's answer
+            nreq, truncate = parse_ranking(body, self.settings.max_inputs)
+            result, client = await self.score(request, nreq, body)
+            check_fits(result, truncate, int(client.info.parameters.get(PARAM_MAX_LENGTH, 0)))
+            return Response(render_ranking(result), media_type="application/json")
         req = parse_rerank(body, self.settings.max_inputs, True)
         result, _ = await self.score(request, req, body)
         return Response(render_rerank(result, req), media_type="application/json")

@@ -35,6 +35,11 @@ def text_of(value: object, field: str) -> str:
     raise bad_request(f'{field} must be an object {{"text": string}}, got {type(value).__name__}', field)
 
 
+def is_nim_ranking(body: object) -> bool:
+    """NIM's ranking body (``passages``) rather than Jina's / vLLM's (``documents``) or TEI's (``texts``)."""
+    return isinstance(body, dict) and "passages" in body and "documents" not in body
+
+
 def parse_ranking(body: object, max_inputs: int) -> tuple[RerankRequest, str]:
     """The request and its ``truncate`` (upper-cased). Accepted and ignored: any other field."""
     body = json_object(body)

@@ -253,6 +253,43 @@ def test_huggingface_hub_feature_extraction(gateway, grpc):
     assert cosines(query, want).min() >= 0.9999
 
 
+def test_llama_index_text_embeddings_inference(gateway, grpc):
+    """LlamaIndex's TEI client, unchanged (it posts ``{"inputs", "truncate"}`` to ``/embed``, no prompt_name):
+    texts and queries both get the document prompt, as the route's default says; an e5 query wants
+    ``query_instruction`` and the NAME-query model... which TEI's body cannot name, so the instruction rule
+    is documented instead (README)."""
+    from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+
+    li = TextEmbeddingsInference(model_name=EMBEDDER, base_url=gateway.url, embed_batch_size=4)
+    got = li.get_text_embedding_batch(TEXTS)
+    assert cosines(got, grpc[EMBEDDER].embed(TEXTS)).min() >= 0.9999
+    assert cosines([li.get_query_embedding(TEXTS[0])], grpc[EMBEDDER].embed(TEXTS[:1])).min() >= 0.9999
+
+
+def test_haystack_tei_embedders(gateway, grpc):
+    """haystack's TEI embedders (``api_type`` text_embeddings_inference): they post to the URL itself (TEI's
+    ``POST /``). Their default ``normalize=False`` is refused (400 naming normalize); ``normalize=True``
+    gets the served vectors."""
+    from haystack import Document
+    from haystack_integrations.common.huggingface_api.utils import HFEmbeddingAPIType
+    from haystack_integrations.components.embedders.huggingface_api import (
+        HuggingFaceAPIDocumentEmbedder,
+        HuggingFaceAPITextEmbedder,
+    )
+
+    kw = {"api_type": HFEmbeddingAPIType.TEXT_EMBEDDINGS_INFERENCE, "api_params": {"url": gateway.url}}
+    text = HuggingFaceAPITextEmbedder(**kw, normalize=True)
+    got = text.run(text=TEXTS[0])["embedding"]
+    assert cosines([got], grpc[EMBEDDER].embed(TEXTS[:1])).min() >= 0.9999
+    docs = HuggingFaceAPIDocumentEmbedder(**kw, normalize=True, batch_size=4)
+    out = docs.run(documents=[Document(content=t) for t in TEXTS])["documents"]
+    assert cosines([d.embedding for d in out], grpc[EMBEDDER].embed(TEXTS)).min() >= 0.9999
+    with pytest.raises(Exception, match="normalize"):
+        HuggingFaceAPITextEmbedder(**kw).run(text=TEXTS[0])
+    assert_error(post(gateway, "/", {"texts": TEXTS}), 400, "inputs is required", "inputs")
+    assert_error(post(gateway, "/", {"inputs": TEXTS, "normalize": False}), 400, "normalize=True", "normalize")
+
+
 def test_tei_embed_and_timing_headers(gateway, grpc):
     resp = post(gateway, "/embed", {"inputs": TEXTS, "normalize": True})
     assert resp.status_code == 200, resp.text

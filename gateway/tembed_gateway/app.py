@@ -497,6 +497,9 @@ def create_app(settings: GatewaySettings) -> Starlette:
         Route("/v1/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v1
         Route("/v2/embed", gw.cohere_embed, methods=["POST"]),  # Cohere v2
         Route("/embed", gw.tei_embed, methods=["POST"]),  # TEI (and /rerank, /tokenize with TEI's bodies)
+        Route(
+            "/", gw.tei_embed, methods=["POST"]
+        ),  # TEI's root route: an embedding model's /embed (haystack posts here)
         Route("/decode", gw.tei_decode, methods=["POST"]),
         Route("/info", gw.tei_info, methods=["GET"]),
         Route("/v1/models", gw.models, methods=["GET"]),

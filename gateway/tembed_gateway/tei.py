@@ -89,7 +89,10 @@ def parse_embed(body: object, max_inputs: int) -> EmbeddingRequest:
         raise bad_request(exc.message.replace("input", "inputs", 1), "inputs") from None
     if flag(body, "normalize") is False:
         raise ApiError(
-            UNSUPPORTED, "normalize false is not served: the vectors are the model's, normalised", param="normalize"
+            UNSUPPORTED,
+            "normalize false is not served: the vectors are the model's, normalised; send normalize true"
+            " (haystack's TEI embedders: normalize=True)",
+            param="normalize",
         )
     options = prompt_options(body)
     truncate = truncate_of(body)

@@ -87,12 +87,15 @@ def test_python_encoders_finish_the_vectors(profile, backend, steps):
     assert finishes_vectors(profile, opts) == (len(steps) == 2)
     enc, outputs = ens.ensemble_scheduling.step[1], {"embedding", "embedding_packed"}
     if len(steps) == 2:
-        assert set(enc.output_map) == set(enc.output_map.values()) == outputs
+        # and the server's own time of the batch's run (contract.ENCODE_NS), beside the tokenizer's
+        assert set(enc.output_map) == set(enc.output_map.values()) == outputs | {"encode_ns"}
+        assert {"tokenize_ns", "encode_ns"} <= {o.name for o in ens.output}
         cfg = encoder_config(profile, opts)
         # a batched model: every input's first dimension is the request's rows (the batch dimension)
         assert cfg.max_batch_size == profile.max_rows
         assert {i.name: list(i.dims) for i in cfg.input if i.optional} == {"row_options": [3], "row_weight_column": [1]}
-        assert {o.name: list(o.dims) for o in cfg.output} == {"embedding": [-1], "embedding_packed": [-1]}
+        want = {"embedding": [-1], "embedding_packed": [-1], "encode_ns": [1]}
+        assert {o.name: list(o.dims) for o in cfg.output} == want
     else:
         assert set(ens.ensemble_scheduling.step[2].output_map) == outputs
 
@@ -110,7 +113,9 @@ def test_encoder_backends(profile, backend, platform, kind):
     assert cfg.platform == platform and cfg.instance_group[0].kind == kind
     assert cfg.max_batch_size == profile.max_rows  # every window of a chunked request
     # rows of the full dimension, or (a Python runner: it finishes them) per text and as asked
-    assert [o.dims for o in cfg.output] == ([[-1], [-1]] if backend == "python-onnx" else [[profile.dimension]])
+    # (and the batch's run time, contract.ENCODE_NS)
+    want = [[-1], [-1], [1]] if backend == "python-onnx" else [[profile.dimension]]
+    assert [o.dims for o in cfg.output] == want
     assert cfg.HasField("dynamic_batching")
 
 

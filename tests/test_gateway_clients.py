@@ -300,6 +300,11 @@ def test_tei_embed_and_timing_headers(gateway, grpc):
     }
     assert 0 < times["x-inference-time"] <= times["x-total-time"]
     assert times["x-compute-time"] >= times["x-inference-time"]
+    # From the server's own clock: the tokenizer's and the encoder's work, each a part of the call.
+    server = grpc[EMBEDDER].encode(TEXTS).server_ns
+    assert set(server) == {"tokenize_ns", "encode_ns"} and min(server.values()) > 0, server
+    assert times["x-tokenization-time"] > 0 and times["x-queue-time"] >= 0
+    assert times["x-tokenization-time"] + times["x-inference-time"] <= times["x-total-time"] + 1e-3
     too_long = {"inputs": [" ".join(["vector"] * 2000)], "truncate": False}
     assert_error(post(gateway, "/embed", too_long), 400, "", None)
 

@@ -70,7 +70,7 @@ def test_gpu_configs_take_int32_ids(qwen, backend):
     outputs = {o.name: o.data_type for o in cfg.output}
     if backend == "pytorch":  # a Python-backend encoder finishes the vectors itself (no postprocess step)
         assert types == {c.ROW_OPTIONS: mc.TYPE_INT32, c.ROW_WEIGHT_COLUMN: mc.TYPE_FP32}
-        assert outputs == {c.EMBEDDING: mc.TYPE_FP32, c.EMBEDDING_PACKED: mc.TYPE_UINT8}
+        assert outputs == {c.EMBEDDING: mc.TYPE_FP32, c.EMBEDDING_PACKED: mc.TYPE_UINT8, c.ENCODE_NS: mc.TYPE_INT64}
     else:
         assert types == {}
         assert list(outputs.values()) == [mc.TYPE_FP32]

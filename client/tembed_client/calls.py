@@ -204,6 +204,11 @@ class Call:
         return names
 
     @property
+    def timings(self) -> tuple[str, ...]:
+        """The server's own timings its ensemble answers (``contract.SERVER_TIMES``)."""
+        return tuple(n for n in c.SERVER_TIMES if n in self.info.outputs)
+
+    @property
     def wants_original(self) -> bool:
         """Whether the ensemble's config lists TOKEN_COUNT_ORIGINAL (repositories before it did not)."""
         return TOKEN_COUNT_ORIGINAL in self.info.outputs
@@ -232,7 +237,7 @@ class Call:
             inputs += [tensor(name, data) for name, data in self.options.items()]
             vec = self.vector_output
             names = (vec, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL) if self.wants_original else (vec, TOKEN_COUNT)
-            names += self.extra_outputs
+            names += self.extra_outputs + self.timings
             outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for texts[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
             yield where, {"model_name": self.info.name, "inputs": inputs, "outputs": outputs, **self.priority}
@@ -246,7 +251,11 @@ class Call:
         originals = [np.empty(0, np.int32)]
         sparse: list[SparseEmbedding] = []
         multi: list[np.ndarray] = []
+        server_ns = dict.fromkeys(self.timings, 0)
         for chunk, result in zip(self.chunks(), results):
+            for name in server_ns:
+                got = result.as_numpy(name)
+                server_ns[name] += 0 if got is None else int(got.reshape(-1)[0])
             if self.extra_outputs:
                 more_sparse, more_multi = self.m3_outputs(result, len(chunk))
                 sparse += more_sparse
@@ -269,12 +278,13 @@ class Call:
         kind = self.embedding_type
         sp = sparse if c.OUTPUT_SPARSE in self.outputs else None
         mv = multi if c.OUTPUT_COLBERT in self.outputs else None
+        times = server_ns or None
         if self.single:
             return EmbeddingResult(
                 emb[0], tok[0, ...], self.info.name, None if orig is None else orig[0, ...], kind,
-                None if sp is None else sp[0], None if mv is None else mv[0],
+                None if sp is None else sp[0], None if mv is None else mv[0], times,
             )  # fmt: skip
-        return EmbeddingResult(emb, tok, self.info.name, orig, kind, sp, mv)
+        return EmbeddingResult(emb, tok, self.info.name, orig, kind, sp, mv, times)
 
     def m3_outputs(self, result: grpcclient.InferResult, n: int) -> tuple[list[SparseEmbedding], list[np.ndarray]]:
         """One response's per-text sparse weights and multi-vectors, cut by their counts."""

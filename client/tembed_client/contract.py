@@ -44,6 +44,13 @@ TOKEN_COUNT = "token_count"
 # number is the window's count, a lower bound; TOKEN_COUNT_ORIGINAL > TOKEN_COUNT still says
 # exactly whether the text was truncated (never, under chunk).
 TOKEN_COUNT_ORIGINAL = "token_count_original"
+# INT64 [1] each, the server's own clock (TEI's timing headers from what Triton's models measured, not
+# the caller's): TOKENIZE_NS the tokenizer step's work on this request, ENCODE_NS the encoder run of the
+# batch this request was part of (a Python encoder that finishes the vectors; Triton's native backends
+# do not say). An ensemble lists the ones it answers; a client reads those.
+TOKENIZE_NS = "tokenize_ns"
+ENCODE_NS = "encode_ns"
+SERVER_TIMES = (TOKENIZE_NS, ENCODE_NS)
 
 INPUT_TYPES = ("query", "document")
 # Other APIs' names for them, accepted wherever input_type is: NVIDIA NIM's "passage".

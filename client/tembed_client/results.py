@@ -46,6 +46,9 @@ class EmbeddingResult:
     # For a single str, one of each rather than a list.
     sparse: list[SparseEmbedding] | SparseEmbedding | None = None
     multi_vectors: list[np.ndarray] | np.ndarray | None = None
+    # The server's own clock, ns summed over the call's requests (contract.SERVER_TIMES: tokenize_ns,
+    # encode_ns), the ones its ensemble answers; None from a server that says none.
+    server_ns: dict[str, int] | None = None
 
     @property
     def truncated(self) -> np.ndarray | None:

@@ -267,6 +267,7 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         # One vector per text (not per row) and as many columns as the request asked for.
         _io(cfg.output, c.EMBEDDING, mc.TYPE_FP32, [-1])
         _io(cfg.output, c.EMBEDDING_PACKED, mc.TYPE_UINT8, [-1])
+        _io(cfg.output, c.ENCODE_NS, mc.TYPE_INT64, [1])  # [1, 1]: the batch's run, in every response
         if serves_m3(p, opts):
             _io(cfg.input, c.ROW_OUTPUTS, mc.TYPE_INT32, [1], optional=True)
             _m3_outputs(cfg.output, p, batched=True)
@@ -339,6 +340,7 @@ class EmbedTask(Task):
     def tokenizer_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         cfg = tokenizer_model(p, opts, self._text_inputs)
         _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.TOKENIZE_NS, mc.TYPE_INT64, [1])
         if finishes_vectors(p, opts):
             _io(cfg.output, c.ROW_OPTIONS, mc.TYPE_INT32, [-1, c.ROW_OPTION_COLUMNS])
             _io(cfg.output, c.ROW_WEIGHT_COLUMN, mc.TYPE_FP32, [-1, 1])
@@ -375,6 +377,9 @@ class EmbedTask(Task):
         self._vector_outputs(cfg.output)
         _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
         _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.TOKENIZE_NS, mc.TYPE_INT64, [1])
+        if finishes_vectors(p, opts):
+            _io(cfg.output, c.ENCODE_NS, mc.TYPE_INT64, [-1, 1])
         m3 = serves_m3(p, opts)
         if m3:
             _m3_outputs(cfg.output, p, batched=False)
@@ -403,7 +408,7 @@ class EmbedTask(Task):
         for t in cfg.input:
             tok.input_map[t.name] = t.name
         finish_inputs = self._finish_inputs(p, opts) + ((c.ROW_OUTPUTS,) if m3 else ())
-        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, *finish_inputs):
+        for key in (*c.ENCODER_INPUTS, c.TOKEN_COUNT, c.TOKEN_COUNT_ORIGINAL, c.TOKENIZE_NS, *finish_inputs):
             tok.output_map[key] = key
         enc = steps.add(model_name=names["encoder"], model_version=-1)
         for key in c.ENCODER_INPUTS:
@@ -411,7 +416,7 @@ class EmbedTask(Task):
         if finishes_vectors(p, opts):  # tokenizer -> encoder: the encoder's outputs are the ensemble's
             for key in finish_inputs:
                 enc.input_map[key] = key
-            for key in (c.EMBEDDING, c.EMBEDDING_PACKED, *(c.M3_TENSORS if m3 else ())):
+            for key in (c.EMBEDDING, c.EMBEDDING_PACKED, c.ENCODE_NS, *(c.M3_TENSORS if m3 else ())):
                 enc.output_map[key] = key
             return cfg
         enc.output_map[c.ENCODER_OUTPUT] = c.FULL_EMBEDDING

@@ -211,7 +211,9 @@ class Gateway:
         inferred = time.perf_counter_ns()
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
         body = render_embeddings(result, req.model, req.encoding_format)
-        headers = tei.timing_headers(started, called - tokenized, inferred - called, time.perf_counter_ns())
+        headers = tei.timing_headers(
+            started, called - tokenized, inferred - called, time.perf_counter_ns(), result.server_ns
+        )
         return Response(body, headers=headers, media_type="application/json")
 
     @endpoint
@@ -330,7 +332,9 @@ class Gateway:
         result = await client.encode(texts, **options)
         inferred = time.perf_counter_ns()
         self.metrics.count_tokens(client.info.name, int(result.token_counts.sum()))
-        headers = tei.timing_headers(started, called - tokenized, inferred - called, time.perf_counter_ns())
+        headers = tei.timing_headers(
+            started, called - tokenized, inferred - called, time.perf_counter_ns(), result.server_ns
+        )
         return Response(tei.render_embed(result.embeddings), headers=headers, media_type="application/json")
 
     async def tei_tokenize(self, request: Request, body: dict[str, Any]) -> Response:

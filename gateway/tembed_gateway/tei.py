@@ -27,9 +27,11 @@ import orjson
 from tembed_client import RerankResult, TokenizeResult
 from tembed_client.contract import (
     DIMENSIONS,
+    ENCODE_NS,
     INPUT_TYPE,
     OPTIONS,
     TASK_EMBED,
+    TOKENIZE_NS,
     TRUNCATE,
     TRUNCATE_END,
     TRUNCATE_NONE,
@@ -207,11 +209,18 @@ def info(name: str, task: str, max_length: int, max_inputs: int, in_flight: int,
     }
 
 
-def timing_headers(started_ns: int, tokenize_ns: int, inference_ns: int, done_ns: int) -> dict[str, str]:
-    """TEI's timing headers, in milliseconds. ``x-inference-time`` is the Triton call (tokenizer, encoder
-    and postprocess models together), ``x-tokenization-time`` the gateway's own token-id work, ``x-queue-time``
-    the rest (admission, parsing, rendering); ``x-compute-time`` = tokenization + inference."""
+def timing_headers(
+    started_ns: int, tokenize_ns: int, call_ns: int, done_ns: int, server_ns: dict[str, int] | None = None
+) -> dict[str, str]:
+    """TEI's timing headers, in milliseconds, from the server's own clock where its ensemble answers it
+    (``server_ns``: ``contract.SERVER_TIMES``). ``x-tokenization-time``: the gateway's token-id work plus the
+    tokenizer model's; ``x-inference-time``: the encoder's run of the batch the request was in (without
+    ``encode_ns``, a native backend's, the whole Triton call ``call_ns``); ``x-queue-time``: the rest
+    (Triton's queues and hops, admission, parsing, rendering); ``x-compute-time`` = tokenization + inference."""
     ms = 1e-6
+    server_ns = server_ns or {}
+    tokenize_ns += server_ns.get(TOKENIZE_NS, 0)
+    inference_ns = server_ns.get(ENCODE_NS, call_ns - server_ns.get(TOKENIZE_NS, 0))
     queue = max(done_ns - started_ns - tokenize_ns - inference_ns, 0)
     return {
         "x-compute-time": f"{(tokenize_ns + inference_ns) * ms:.3f}",

@@ -6,6 +6,8 @@ ensemble's ``embedding``/``embedding_packed``: there is no postprocess step afte
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -16,6 +18,7 @@ from ..contract import (
     EMBEDDING_PACKED,
     EMBEDDING_TYPE_DEFAULT,
     EMBEDDING_TYPES,
+    ENCODE_NS,
     ENCODER_OUTPUTS,
     INPUT_IDS,
     M3_TENSORS,
@@ -54,6 +57,7 @@ class TritonPythonModel:
         self.runner = load_runner(params[PARAM_RUNNER], folder, self.profile, params, device)
         # bge-m3: the encoder answers the outputs each request asks for (m3.py), from one forward pass.
         self.m3 = self.finishes and self.profile.multi_output and ROW_OUTPUTS in tensor_names(args, "input")
+        self.timed = ENCODE_NS in tensor_names(args, "output")  # the batch's run time, per response
 
     def _finishing(self, given: dict, rows: int) -> tuple:
         """(row_text, row_weight, dimensions, type index) of a request's inputs; without the row tensors
@@ -69,7 +73,14 @@ class TritonPythonModel:
             )
         return from_rows(options, weights, rows)
 
-    def _response(self, out, finishing: tuple | None, m3: tuple | None = None):
+    def _response(self, out, finishing: tuple | None, m3: tuple | None = None, ran_ns: int = 0):
+        response = self._answer(out, finishing, m3)
+        if self.timed and not response.has_error():
+            tensors = [*response.output_tensors(), pb_utils.Tensor(ENCODE_NS, np.array([[ran_ns]], np.int64))]
+            return pb_utils.InferenceResponse(tensors)
+        return response
+
+    def _answer(self, out, finishing: tuple | None, m3: tuple | None):
         if finishing is None and m3 is None:
             return pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.asarray(out))])
         if finishing is None:  # a direct call to bge-m3's encoder: its rows as they are
@@ -129,9 +140,12 @@ class TritonPythonModel:
                 def runner(i, m):
                     return self.runner(i, m, names)
 
-            for i, out, done, wanted in zip(where, run_isolated(runner, ids, masks), finishing, m3):
+            start = time.perf_counter_ns()
+            outs = run_isolated(runner, ids, masks)
+            ran = time.perf_counter_ns() - start
+            for i, out, done, wanted in zip(where, outs, finishing, m3):
                 if isinstance(out, str):
                     responses[i] = internal(out)
                 else:
-                    responses[i] = self._response(out, done, wanted)
+                    responses[i] = self._response(out, done, wanted, ran)
         return responses

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
@@ -23,6 +25,7 @@ from ..contract import (
     TEXT,
     TOKEN_COUNT,
     TOKEN_COUNT_ORIGINAL,
+    TOKENIZE_NS,
     TOKENIZER_FILE,
 )
 from ..errors import RequestError
@@ -63,15 +66,18 @@ class TritonPythonModel:
 
     def _execute(self, requests):
         responses: list = [None] * len(requests)
-        parsed = []
+        parsed, spent = [], [0] * len(requests)  # spent: ns of this step's work per request (TOKENIZE_NS)
         for i, request in enumerate(requests):
+            start = time.perf_counter_ns()
             try:
                 parsed.append((i, *self._parse(request)))
             except RequestError as exc:
                 responses[i] = error_response(exc)
+            spent[i] = time.perf_counter_ns() - start
         for i, texts, dims, kind, bits in parsed:
             # One tokenizer call per request keeps each request's bucket independent of its neighbours
             # (and a text refused under truncate NONE refuses its request only).
+            start = time.perf_counter_ns()
             try:
                 batch = self.encoder.encode(texts)
             except RequestError as exc:
@@ -91,6 +97,7 @@ class TritonPythonModel:
                 tensors[EMBEDDING_TYPE_CHECKED] = np.array([kind], dtype=np.int32)
                 tensors[ROW_TEXT] = batch.row_text
                 tensors[ROW_WEIGHT] = batch.row_weight
+            tensors[TOKENIZE_NS] = np.array([spent[i] + time.perf_counter_ns() - start], np.int64)
             responses[i] = pb_utils.InferenceResponse(
                 [pb_utils.Tensor(k, v) for k, v in tensors.items() if k in self.outputs]
             )

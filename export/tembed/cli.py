@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from tembed_serving.contract import IDS_DTYPES, TASKS, TORCH_DTYPES
+from tembed_serving.contract import IDS_DTYPES, LAYOUTS, TASKS, TORCH_DTYPES
 from tembed_serving.profile import ModelProfile
 
 from .repository import ENCODER_BACKENDS
@@ -59,6 +59,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         task=args.task,
         trust_remote_code=args.trust_remote_code,
         serving=serving,
+        layout=args.layout,
         opset=args.opset,
         quantize=args.quantize,
         int8_methods=tuple(args.int8_method.split(",")) if args.int8_method else None,
@@ -108,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="python-onnx",
         help="encoder: ONNX Runtime in the Python backend (CPU); onnxruntime/tensorrt backends or the PyTorch"
         " runner (pytorch) in the GPU container",
+    )
+    ex.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=ModelProfile.layout,
+        help="two-step: an ensemble of tokenizer and encoder models (every backend); one-step: one batched Python"
+        " model tokenizes and runs ONNX Runtime (python-onnx, embeddings: one stub hop per query on CPU)",
     )
     ex.add_argument("--encoder-instances", type=int, default=1)
     ex.add_argument("--torch-dtype", choices=TORCH_DTYPES, default=ServingOptions.torch_dtype)

@@ -134,7 +134,11 @@ class RowResult:
 
     def as_numpy(self, name: str) -> np.ndarray | None:
         data = self._result.as_numpy(name)
-        return data[0] if data is not None and data.ndim and data.shape[0] == 1 else data
+        if data is None:
+            return None
+        if data.ndim == 0 or data.shape[0] != 1:
+            raise EmbeddingError(f"expected {name} as one batch row [1, ...], got {list(data.shape)}", c.INTERNAL)
+        return data[0]
 
 
 def answers(results: Sequence[grpcclient.InferResult], batched: bool) -> Sequence[grpcclient.InferResult]:

@@ -1,0 +1,236 @@
+"""c=1 and c=8 latency of the one-step layout (``tembed export --layout one-step``) against the two-step
+ensemble, ONNX Runtime in-process and the one-step floor, in interleaved rounds of one run.
+
+    python bench/experiments/one_step.py [--rounds 6] [--queries 40] [--c8-queries 160] [--delays 100,2000]
+
+One tritonserver serves e5-small three ways from the same graph: the two-step ensemble (tokenizer, then the
+encoder), the one-step model (one batched Python stub tokenizes and runs ONNX Runtime), once per batcher delay
+asked (``--delays``, microseconds; the first is the export's default), and the machine's floors
+(``tembed_bench.floor``: ``floor-one-batched``, one pass-through batched Python step, busy for as long as
+ONNX Runtime took in-process; ``floor-one`` unbatched). Every round sends the same short queries each way, one
+at a time (c=1, the order rotated per query) and then 8 in flight (c=8, the order of the paths rotated per
+round), and the same queries through our tokenizer and ONNX Runtime in this process.
+
+The target (issue 23): the one-step c=1 added P50 (served P50 − in-process P50) at most the one-step floor's
+(its wall − busy) + 0.5 ms. The load average is read before every block; the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from tembed.repository import ServingOptions, write_lanes, write_repository
+from tembed_bench import data, servers
+from tembed_bench.floor import ONE as FLOOR_ONE
+from tembed_bench.floor import ONE_BATCHED as FLOOR
+from tembed_bench.floor import FloorClient
+from tembed_bench.floor import write_repo as write_floor_repo
+from tembed_bench.stats import cosine, summary
+from tembed_bench.targets import Raw
+from tembed_client import EmbeddingClient
+from tembed_serving.contract import LAYOUT_ONE_STEP, Layout, model_names
+from tembed_serving.profile import ModelProfile
+
+MODEL = servers.MODEL
+TWO = "two-step"
+IN_PROCESS = "in-process ORT"
+CONCURRENCY = 8
+
+
+def one_step_name(delay_us: int) -> str:
+    return f"{MODEL}-one-step-d{delay_us}"
+
+
+def build_repo(base: Path, dest: Path, delays: list[int], threads: int) -> Path:
+    """One repository: ``MODEL``'s two-step models from ``base`` (hard links, no lanes), a one-step model per
+    delay over the same graph, and the floor's models."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in model_names(MODEL).values():
+        if (base / name).is_dir():
+            shutil.copytree(base / name, dest / name, copy_function=os.link)
+    config = Layout(dest, MODEL).model_dir("ensemble") / "config.pbtxt"
+    text = config.read_text()
+    config.unlink()  # a hard link: do not write through to the base
+    config.write_text(text)
+    write_lanes(dest, MODEL, ())  # one encoder: the bench sends no bulk lane
+    two = Layout(dest, MODEL)
+    for delay in delays:
+        profile = ModelProfile.load(two.profile_file)
+        profile = dataclasses.replace(profile, name=one_step_name(delay), layout=LAYOUT_ONE_STEP)
+        opts = ServingOptions(intra_op_threads=threads, max_queue_delay_us=delay, priority_lanes=False)
+        write_repository(profile, dest, tokenizer_file=two.tokenizer_file, encoder_file=two.onnx_file, opts=opts)
+    write_floor_repo(dest, ModelProfile.load(two.profile_file).dimension, delays[0])
+    return dest
+
+
+def counts(stats_client, names: list[str]) -> dict[str, tuple[int, int]]:
+    """(requests, executions) so far of each model in ``names``."""
+    got = stats_client.get_inference_statistics(as_json=True)["model_stats"]
+    return {
+        m["name"]: (int(m.get("inference_count", 0)), int(m.get("execution_count", 0)))
+        for m in got
+        if m["name"] in names
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--queries", type=int, default=40, help="c=1 queries per path per round")
+    ap.add_argument("--c8-queries", type=int, default=160, help="c=8 queries per path per round")
+    ap.add_argument("--delays", default=str(ServingOptions.max_queue_delay_us), help="one-step batcher delays (us)")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--out", type=Path, default=servers.WORK / "one-step.json")
+    args = ap.parse_args(argv)
+    delays = [int(d) for d in args.delays.split(",")]
+    work = servers.WORK
+    base = servers.export_repo(work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
+    repo = build_repo(base, work / "one-step-repo", delays, args.threads)
+    raw = Raw(base, threads=args.threads)
+    pool = data.short_queries(max(args.queries, args.c8_queries) * 2)
+    one_steps = {f"one-step d={d}us": one_step_name(d) for d in delays}
+    served = {TWO: MODEL, **one_steps}
+    batchers = {TWO: model_names(MODEL)["encoder"], **one_steps, FLOOR: FLOOR}
+    c1: dict[str, list[float]] = {k: [] for k in [*served, IN_PROCESS, FLOOR, FLOOR_ONE]}
+    c8: dict[str, list[float]] = {k: [] for k in [*served, IN_PROCESS, FLOOR]}
+    batch: dict[str, list[int]] = {k: [0, 0] for k in batchers}
+    loads: list[float] = []
+    ort_s: list[float] = []
+    log = work / "tritonserver-one-step.log"
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(servers.triton(repo, log_file=log))
+        stats_client = stack.enter_context(contextlib.closing(grpcclient.InferenceServerClient(srv.grpc_url)))
+        local = threading.local()
+
+        def client(name: str) -> EmbeddingClient:  # one per thread and model
+            made = local.__dict__.setdefault("clients", {})
+            if name not in made:
+                made[name] = EmbeddingClient(srv.grpc_url, name, timeout=120)
+            return made[name]
+
+        def floor_client() -> FloorClient:
+            if not hasattr(local, "floor"):
+                local.floor = FloorClient(srv.grpc_url)
+            return local.floor
+
+        def timed(path: str, q, alone: bool = True) -> float:
+            """Seconds of one query by ``path`` (the floors: wall − busy). ``alone``: c=1, where ONNX Runtime's
+            own time in-process is kept for the floors' busy wait."""
+            if path in (FLOOR, FLOOR_ONE):
+                wait = float(np.median(ort_s[-50:]))  # what ONNX Runtime takes in-process on a short query
+                return floor_client().call(path, [q.text], q.input_type, wait)
+            t = time.perf_counter()
+            if path == IN_PROCESS:
+                b = raw.tok([q.text], q.input_type)
+                t1 = time.perf_counter()
+                raw.enc([b.input_ids], [b.attention_mask])
+                if alone:
+                    ort_s.append(time.perf_counter() - t1)
+            else:
+                client(served[path]).embed([q.text], input_type=q.input_type)
+            return time.perf_counter() - t
+
+        # Warm every path and check the vectors: one-step against two-step and in-process.
+        for q in pool[:10]:
+            timed(IN_PROCESS, q)
+            ref = raw.vectors([q])
+            for path, name in served.items():
+                got = client(name).embed([q.text], input_type=q.input_type)
+                assert cosine(got, ref).min() >= 0.9999, (path, float(cosine(got, ref).min()))
+            for path in (FLOOR, FLOOR_ONE):
+                timed(path, q)
+        names = list(batchers.values())
+        for r in range(args.rounds):
+            rng = np.random.default_rng(r)
+            queries = [pool[i] for i in rng.choice(len(pool), args.queries, replace=False)]
+            loads.append(os.getloadavg()[0])
+            paths = list(c1)
+            for n, q in enumerate(queries):
+                k = n % len(paths)
+                for path in paths[k:] + paths[:k]:
+                    c1[path].append(timed(path, q))
+            paths = list(c8)
+            k = r % len(paths)
+            for path in paths[k:] + paths[:k]:
+                loads.append(os.getloadavg()[0])
+                qs = [pool[i] for i in rng.choice(len(pool), args.c8_queries, replace=True)]
+                before = counts(stats_client, names)
+                with ThreadPoolExecutor(CONCURRENCY) as ex:
+                    c8[path] += list(ex.map(lambda q, p=path: timed(p, q, alone=False), qs))
+                after = counts(stats_client, names)
+                if path in batchers:
+                    name = batchers[path]
+                    batch[path][0] += after[name][0] - before[name][0]
+                    batch[path][1] += after[name][1] - before[name][1]
+            print(f"round {r + 1}/{args.rounds}: load {loads[-1]:.2f}", flush=True)
+    res = {
+        "c1": {k: summary(v) for k, v in c1.items()},
+        "c8": {k: summary(v) for k, v in c8.items()},
+        "c8_mean_batch": {k: v[0] / max(v[1], 1) for k, v in batch.items()},
+        "load": {"mean": float(np.mean(loads)), "min": min(loads), "max": max(loads)},
+        "cpus": os.cpu_count(),
+        "ort_in_process_p50_ms": summary(ort_s)["p50"],
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    print(render(res, list(served), list(one_steps)))
+    return 0
+
+
+def render(res: dict, served: list[str], one_steps: list[str]) -> str:
+    base = res["c1"][IN_PROCESS]["p50"]
+    floor = res["c1"][FLOOR]["p50"]
+    lines = [
+        "| path | c=1 P50 ms | c=1 added P50 ms | c=8 P50 ms | c=8 P99 ms | c=8 requests per batch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for path in [*served, IN_PROCESS]:
+        p50 = res["c1"][path]["p50"]
+        added = f"{p50 - base:+.2f}" if path != IN_PROCESS else "—"
+        b = res["c8_mean_batch"].get(path)
+        lines.append(
+            f"| {path} | {p50:.2f} | {added} | {res['c8'][path]['p50']:.2f} | {res['c8'][path]['p99']:.2f} |"
+            f" {'—' if b is None else f'{b:.2f}'} |"
+        )
+    for path, what in ((FLOOR, "one batched pass-through step"), (FLOOR_ONE, "one unbatched step")):
+        c8 = res["c8"].get(path)
+        tail = f"{c8['p50']:.2f} | {c8['p99']:.2f}" if c8 else "— | —"
+        b = res["c8_mean_batch"].get(path)
+        lines.append(
+            f"| floor: {what} (wall − busy) | — | {res['c1'][path]['p50']:.2f} | {tail} |"
+            f" {'—' if b is None else f'{b:.2f}'} |"
+        )
+    load = res["load"]
+    lines.append("")
+    lines.append(
+        f"In-process P50 {base:.2f} ms (ONNX Runtime alone {res['ort_in_process_p50_ms']:.2f} ms);"
+        f" {res['c1'][IN_PROCESS]['n']} queries per path at c=1, {res['c8'][IN_PROCESS]['n']} at c=8;"
+        f" load average {load['mean']:.2f} (from {load['min']:.2f} to {load['max']:.2f}) on {res['cpus']} CPUs."
+    )
+    for path in one_steps:
+        added = res["c1"][path]["p50"] - base
+        verdict = "met" if added <= floor + 0.5 else "missed"
+        lines.append(
+            f"Target (c=1 added P50 ≤ one-step floor + 0.5 ms), {path}: {added:.2f} ms vs {floor:.2f} + 0.5 ms:"
+            f" {verdict}."
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

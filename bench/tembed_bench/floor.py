@@ -88,7 +88,8 @@ class TritonPythonModel:
 '''
 
 
-def _batched_config(dim: int, delay_us: int) -> str:
+def _batched_config(dim: int, delay_us: int, wait_when_idle: bool) -> str:
+    preferred = "" if wait_when_idle else f" preferred_batch_size: [ {', '.join(map(str, range(1, 17)))} ]"
     return f"""name: "{ONE_BATCHED}"
 backend: "python"
 max_batch_size: 16
@@ -97,7 +98,7 @@ input {{ name: "{INPUT_TYPE}" data_type: TYPE_STRING dims: 1 optional: true }}
 input {{ name: "wait_us" data_type: TYPE_INT32 dims: 1 optional: true }}
 output {{ name: "embedding" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
 instance_group {{ count: 1 kind: KIND_CPU }}
-dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us}{preferred} }}
 parameters {{ key: "dim" value {{ string_value: "{dim}" }} }}
 """
 
@@ -138,11 +139,11 @@ ensemble_scheduling {{
 """
 
 
-def write_repo(dest: Path, dim: int, delay_us: int = 100) -> Path:
-    """The floor's model repository in ``dest`` (rewritten); ``delay_us``: the batched floor's batcher delay
-    (``ServingOptions.max_queue_delay_us``)."""
+def write_repo(dest: Path, dim: int, delay_us: int = 100, wait_when_idle: bool = True) -> Path:
+    """The floor's model repository in ``dest`` (rewritten); ``delay_us`` and ``wait_when_idle``: the batched
+    floor's batcher (``ServingOptions.max_queue_delay_us``, ``wait_when_idle``)."""
     models = {ONE: _step_config(ONE, dim), STEP: _step_config(STEP, dim), f"{STEP}-2": _step_config(f"{STEP}-2", dim)}
-    models[ONE_BATCHED] = _batched_config(dim, delay_us)
+    models[ONE_BATCHED] = _batched_config(dim, delay_us, wait_when_idle)
     for name, config in models.items():
         (dest / name / "1").mkdir(parents=True, exist_ok=True)
         (dest / name / "config.pbtxt").write_text(config)

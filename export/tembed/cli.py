@@ -39,6 +39,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder_instances=args.encoder_instances,
         intra_op_threads=args.threads,
         max_queue_delay_us=args.max_queue_delay_us,
+        wait_when_idle=args.wait_when_idle,
         queue_timeout_s=args.queue_timeout_s,
         queue_tokens=args.queue_tokens,
         priority_lanes=args.priority_lanes,
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=ServingOptions.max_queue_delay_us,
         help="longest wait of a lone request for company in the encoder's batcher (0 makes tritonserver 2.51's"
         " batcher thread spin while the encoder works)",
+    )
+    ex.add_argument(
+        "--wait-when-idle",
+        action=argparse.BooleanOptionalAction,
+        default=ServingOptions.wait_when_idle,
+        help="a request reaching an idle encoder waits --max-queue-delay-us for company (--no-wait-when-idle:"
+        " it runs at once; batches still form while the encoder is busy)",
     )
     ex.add_argument(
         "--queue-timeout-s",

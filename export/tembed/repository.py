@@ -59,6 +59,11 @@ class ServingOptions:
     # with 0 (and no queue policy) tritonserver 2.51's batcher thread spins while the encoder works,
     # 10.7 s of CPU in a 27.7 s load on 2 cores (16.9-19.0 s with 100-2000 us: docs/BENCHMARKS.md).
     max_queue_delay_us: int = 100
+    # False: every batch size is a preferred one, so a request that reaches an idle model runs at once
+    # instead of waiting max_queue_delay_us for company (and for the batcher thread's wake-up on a loaded
+    # machine); while the model is busy requests still gather into the next batch. The delay stays non-zero
+    # (no spinning batcher). bench/experiments/one_step.py measures both.
+    wait_when_idle: bool = True
     tensorrt_accelerator: bool = False  # onnxruntime backend: let its TensorRT EP build engines
     gpu_instances: int = 1
     # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).
@@ -292,6 +297,8 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
 def _batcher(cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
     """The dynamic batcher of the model that runs the encoder (the encoder, or the one-step model)."""
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    if not opts.wait_when_idle:
+        cfg.dynamic_batching.preferred_batch_size[:] = range(1, cfg.max_batch_size + 1)
     if opts.queue_timeout_s > 0 or opts.queue_tokens > 0:  # opt-in: see ServingOptions.queue_timeout_s
         # A bounded queue, and a wait after which a request is refused instead of being computed for a
         # caller that has likely gone (UNAVAILABLE; the client retries with backoff).

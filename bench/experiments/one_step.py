@@ -1,10 +1,11 @@
 """c=1 and c=8 latency of the one-step layout (``tembed export --layout one-step``) against the two-step
 ensemble, ONNX Runtime in-process and the one-step floor, in interleaved rounds of one run.
 
-    python bench/experiments/one_step.py [--rounds 6] [--queries 40] [--c8-queries 160] [--one-step d100,d100-i2-t1]
+    python bench/experiments/one_step.py [--rounds 6] [--queries 40] [--c8-queries 160] [--two-step d100]
+        [--one-step d100,d100-p,d100-i2-t1]
 
-One tritonserver serves e5-small three ways from the same graph: the two-step ensemble (tokenizer, then the
-encoder), the one-step model (one batched Python stub tokenizes and runs ONNX Runtime), once per variant asked
+One tritonserver serves e5-small several ways from the same graph: the two-step ensemble (tokenizer, then the
+encoder), once per variant asked (``--two-step``, spelled as ``--one-step``), the one-step model (one batched Python stub tokenizes and runs ONNX Runtime), once per variant asked
 (``--one-step``: ``dN`` the batcher delay in microseconds, ``-iN`` instances, ``-tN`` ONNX Runtime threads per
 instance, ``-p`` no wait when idle: ``ServingOptions.wait_when_idle`` off; the first is the floor's delay), and the machine's floors
 (``tembed_bench.floor``: ``floor-one-batched``, one pass-through batched Python step, busy for as long as
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from tembed.repository import ServingOptions, write_lanes, write_repository
+from tembed.repository import ServingOptions, write_repository
 from tembed_bench import data, servers
 from tembed_bench.floor import ONE as FLOOR_ONE
 from tembed_bench.floor import ONE_BATCHED as FLOOR
@@ -41,17 +42,16 @@ from tembed_bench.floor import write_repo as write_floor_repo
 from tembed_bench.stats import cosine, summary
 from tembed_bench.targets import Raw
 from tembed_client import EmbeddingClient
-from tembed_serving.contract import LAYOUT_ONE_STEP, Layout, model_names
+from tembed_serving.contract import LAYOUT_ONE_STEP, LAYOUT_TWO_STEP, Layout, model_names
 from tembed_serving.profile import ModelProfile
 
 MODEL = servers.MODEL
-TWO = "two-step"
 IN_PROCESS = "in-process ORT"
 CONCURRENCY = 8
 
 
-def one_step_name(spec: str) -> str:
-    return f"{MODEL}-one-step-{spec}"
+def variant_name(layout: str, spec: str) -> str:
+    return f"{MODEL}-{layout}-{spec}"
 
 
 def serving(spec: str, threads: int) -> ServingOptions:
@@ -63,27 +63,20 @@ def serving(spec: str, threads: int) -> ServingOptions:
     return ServingOptions(**{"intra_op_threads": threads, **given, "priority_lanes": False})
 
 
-def build_repo(base: Path, dest: Path, specs: list[str], threads: int) -> Path:
-    """One repository: ``MODEL``'s two-step models from ``base`` (hard links, no lanes), a one-step model per
-    variant over the same graph, and the floor's models."""
+def build_repo(base: Path, dest: Path, variants: dict[str, list[str]], threads: int) -> Path:
+    """One repository: per layout and variant a model over ``base``'s graph and profile (no lanes), and the
+    floor's models (batching as the first one-step variant)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for name in model_names(MODEL).values():
-        if (base / name).is_dir():
-            shutil.copytree(base / name, dest / name, copy_function=os.link)
-    config = Layout(dest, MODEL).model_dir("ensemble") / "config.pbtxt"
-    text = config.read_text()
-    config.unlink()  # a hard link: do not write through to the base
-    config.write_text(text)
-    write_lanes(dest, MODEL, ())  # one encoder: the bench sends no bulk lane
-    two = Layout(dest, MODEL)
-    for spec in specs:
-        profile = ModelProfile.load(two.profile_file)
-        profile = dataclasses.replace(profile, name=one_step_name(spec), layout=LAYOUT_ONE_STEP)
-        opts = serving(spec, threads)
-        write_repository(profile, dest, tokenizer_file=two.tokenizer_file, encoder_file=two.onnx_file, opts=opts)
-    first = serving(specs[0], threads)  # the floor batches as the first variant does
+    two = Layout(base, MODEL)
+    for layout, specs in variants.items():
+        for spec in specs:
+            profile = ModelProfile.load(two.profile_file)
+            profile = dataclasses.replace(profile, name=variant_name(layout, spec), layout=layout)
+            opts = serving(spec, threads)
+            write_repository(profile, dest, tokenizer_file=two.tokenizer_file, encoder_file=two.onnx_file, opts=opts)
+    first = serving(variants[LAYOUT_ONE_STEP][0], threads)
     write_floor_repo(
         dest, ModelProfile.load(two.profile_file).dimension, first.max_queue_delay_us, first.wait_when_idle
     )
@@ -106,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=40, help="c=1 queries per path per round")
     ap.add_argument("--c8-queries", type=int, default=160, help="c=8 queries per path per round")
     ap.add_argument(
+        "--two-step", default=f"d{ServingOptions.max_queue_delay_us}", help="two-step variants, as --one-step"
+    )
+    ap.add_argument(
         "--one-step",
         default=f"d{ServingOptions.max_queue_delay_us}",
         help="comma-separated one-step variants: dDELAY_US[-iINSTANCES][-tTHREADS] (default: the export's)",
@@ -113,15 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--out", type=Path, default=servers.WORK / "one-step.json")
     args = ap.parse_args(argv)
-    specs = args.one_step.split(",")
+    variants = {LAYOUT_TWO_STEP: args.two_step.split(","), LAYOUT_ONE_STEP: args.one_step.split(",")}
     work = servers.WORK
     base = servers.export_repo(work / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
-    repo = build_repo(base, work / "one-step-repo", specs, args.threads)
+    repo = build_repo(base, work / "one-step-repo", variants, args.threads)
     raw = Raw(base, threads=args.threads)
     pool = data.short_queries(max(args.queries, args.c8_queries) * 2)
-    one_steps = {f"one-step {spec}": one_step_name(spec) for spec in specs}
-    served = {TWO: MODEL, **one_steps}
-    batchers = {TWO: model_names(MODEL)["encoder"], **one_steps, FLOOR: FLOOR}
+    served = {f"{layout} {spec}": variant_name(layout, spec) for layout, specs in variants.items() for spec in specs}
+    one_steps = [k for k in served if k.startswith(LAYOUT_ONE_STEP)]
+    # The model whose batcher merges the requests: the encoder (two-step), the model itself (one-step).
+    batchers = {k: model_names(v)["encoder" if k not in one_steps else "ensemble"] for k, v in served.items()}
+    batchers[FLOOR] = FLOOR
     # Seconds per path, one list per round.
     c1: dict[str, list[list[float]]] = {k: [] for k in [*served, IN_PROCESS, FLOOR, FLOOR_ONE]}
     c8: dict[str, list[list[float]]] = {k: [] for k in [*served, IN_PROCESS, FLOOR]}
@@ -221,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2))
-    print(table(res, list(served), list(one_steps)))
+    print(table(res, list(served), one_steps))
     return 0
 
 

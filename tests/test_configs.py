@@ -211,6 +211,18 @@ def test_encoder_batcher_waits_a_little_by_default(profile):
     )
 
 
+def test_no_wait_when_idle_prefers_every_batch_size(profile):
+    """``wait_when_idle=False``: every batch size up to the model's maximum is preferred, so a lone request
+    is sent at once; the delay stays (never 0: a spinning batcher) for the one-step model too."""
+    from tembed.repository import EmbedTask
+
+    eager = ServingOptions(wait_when_idle=False)
+    for cfg in (encoder_config(profile, eager), EmbedTask().one_step_config(one_step(profile), eager)):
+        assert list(cfg.dynamic_batching.preferred_batch_size) == list(range(1, cfg.max_batch_size + 1))
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == eager.max_queue_delay_us > 0
+    assert not encoder_config(profile, ServingOptions()).dynamic_batching.preferred_batch_size
+
+
 def one_step(profile):
     return dataclasses.replace(profile, layout="one-step")
 

@@ -221,6 +221,11 @@ def test_no_wait_when_idle_prefers_every_batch_size(profile):
         assert list(cfg.dynamic_batching.preferred_batch_size) == list(range(1, cfg.max_batch_size + 1))
         assert cfg.dynamic_batching.max_queue_delay_microseconds == eager.max_queue_delay_us > 0
     assert not encoder_config(profile, ServingOptions()).dynamic_batching.preferred_batch_size
+    # Unless told: the two-step encoder waits, the one-step model does not.
+    one = EmbedTask().one_step_config(one_step(profile), ServingOptions())
+    assert list(one.dynamic_batching.preferred_batch_size) == list(range(1, one.max_batch_size + 1))
+    waits = EmbedTask().one_step_config(one_step(profile), ServingOptions(wait_when_idle=True))
+    assert not waits.dynamic_batching.preferred_batch_size
 
 
 def one_step(profile):

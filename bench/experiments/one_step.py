@@ -7,7 +7,8 @@ ensemble, ONNX Runtime in-process and the one-step floor, in interleaved rounds 
 One tritonserver serves e5-small several ways from the same graph: the two-step ensemble (tokenizer, then the
 encoder), once per variant asked (``--two-step``, spelled as ``--one-step``), the one-step model (one batched Python stub tokenizes and runs ONNX Runtime), once per variant asked
 (``--one-step``: ``dN`` the batcher delay in microseconds, ``-iN`` instances, ``-tN`` ONNX Runtime threads per
-instance, ``-p`` no wait when idle: ``ServingOptions.wait_when_idle`` off; the first is the floor's delay), and the machine's floors
+instance, ``-p`` / ``-w`` no wait / a wait when idle (``ServingOptions.wait_when_idle``; neither: the layout's
+default); the first is the floor's delay), and the machine's floors
 (``tembed_bench.floor``: ``floor-one-batched``, one pass-through batched Python step, busy for as long as
 ONNX Runtime took in-process; ``floor-one`` unbatched). Every round sends the same short queries each way, one
 at a time (c=1, the order rotated per query) and then 8 in flight (c=8, the order of the paths rotated per
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from tembed.repository import ServingOptions, write_repository
+from tembed.repository import ServingOptions, wait_when_idle_default, write_repository
 from tembed_bench import data, servers
 from tembed_bench.floor import ONE as FLOOR_ONE
 from tembed_bench.floor import ONE_BATCHED as FLOOR
@@ -58,8 +59,10 @@ def serving(spec: str, threads: int) -> ServingOptions:
     """``d100-i2-t1``: batcher delay 100 us, 2 instances, 1 ONNX Runtime thread each (defaults: the export's
     delay, 1 instance, ``threads``)."""
     keys = {"d": "max_queue_delay_us", "i": "encoder_instances", "t": "intra_op_threads"}
-    given: dict = {keys[part[0]]: int(part[1:]) for part in spec.split("-") if part != "p"}
-    given["wait_when_idle"] = "p" not in spec.split("-")
+    parts = spec.split("-")
+    given: dict = {keys[part[0]]: int(part[1:]) for part in parts if part not in ("p", "w")}
+    if "p" in parts or "w" in parts:  # else the layout's default (repository.wait_when_idle_default)
+        given["wait_when_idle"] = "w" in parts
     return ServingOptions(**{"intra_op_threads": threads, **given, "priority_lanes": False})
 
 
@@ -77,9 +80,9 @@ def build_repo(base: Path, dest: Path, variants: dict[str, list[str]], threads: 
             opts = serving(spec, threads)
             write_repository(profile, dest, tokenizer_file=two.tokenizer_file, encoder_file=two.onnx_file, opts=opts)
     first = serving(variants[LAYOUT_ONE_STEP][0], threads)
-    write_floor_repo(
-        dest, ModelProfile.load(two.profile_file).dimension, first.max_queue_delay_us, first.wait_when_idle
-    )
+    wait = wait_when_idle_default(dataclasses.replace(ModelProfile.load(two.profile_file), layout=LAYOUT_ONE_STEP))
+    wait = wait if first.wait_when_idle is None else first.wait_when_idle
+    write_floor_repo(dest, ModelProfile.load(two.profile_file).dimension, first.max_queue_delay_us, wait)
     return dest
 
 
@@ -98,13 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--queries", type=int, default=40, help="c=1 queries per path per round")
     ap.add_argument("--c8-queries", type=int, default=160, help="c=8 queries per path per round")
-    ap.add_argument(
-        "--two-step", default=f"d{ServingOptions.max_queue_delay_us}", help="two-step variants, as --one-step"
-    )
+    delay = f"d{ServingOptions.max_queue_delay_us}"
+    ap.add_argument("--two-step", default=delay, help="two-step variants, as --one-step")
     ap.add_argument(
         "--one-step",
-        default=f"d{ServingOptions.max_queue_delay_us}",
-        help="comma-separated one-step variants: dDELAY_US[-iINSTANCES][-tTHREADS] (default: the export's)",
+        default=delay,
+        help="comma-separated one-step variants: dDELAY_US[-iINSTANCES][-tTHREADS][-p|-w] (default: the export's)",
     )
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--out", type=Path, default=servers.WORK / "one-step.json")
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     c8: dict[str, list[list[float]]] = {k: [] for k in [*served, IN_PROCESS, FLOOR]}
     batch: dict[str, list[int]] = {k: [0, 0] for k in batchers}
     loads: list[float] = []
+    paired: list[dict[str, float]] = []  # c=1: each query's seconds by every path, sent within milliseconds
     ort_s: list[float] = []
     log = work / "tritonserver-one-step.log"
     with contextlib.ExitStack() as stack:
@@ -181,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 k = n % len(paths)
                 for path in paths[k:] + paths[:k]:
                     c1[path][-1].append(timed(path, q))
+                paired.append({path: c1[path][-1][-1] for path in paths})
             paths = list(c8)
             k = r % len(paths)
             for path in paths[k:] + paths[:k]:
@@ -211,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             if k != IN_PROCESS
         },
         "c8_p99_rounds": {k: per_round(v, "p99") for k, v in c8.items()},
+        # Query by query: the median of (path − in-process), ms.
+        "c1_paired_added_ms": {k: float(np.median([(p[k] - p[IN_PROCESS]) * 1e3 for p in paired])) for k in served},
         "c8_mean_batch": {k: v[0] / max(v[1], 1) for k, v in batch.items()},
         "load": {"mean": float(np.mean(loads)), "min": min(loads), "max": max(loads)},
         "cpus": os.cpu_count(),
@@ -233,14 +239,16 @@ def table(res: dict, served: list[str], one_steps: list[str]) -> str:
     added = res["c1_added_p50_rounds"]
     floor = float(np.median(added[FLOOR]))
     lines = [
-        "| path | c=1 P50 ms | c=1 added P50 ms, per round: median (range) | c=8 P50 ms | c=8 P99 ms |"
-        " c=8 P99 ms, per round: median | c=8 requests per batch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | c=1 P50 ms | c=1 added P50 ms, per round: median (range) | c=1 added, paired per query: median |"
+        " c=8 P50 ms | c=8 P99 ms | c=8 P99 ms, per round: median | c=8 requests per batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    paired = res["c1_paired_added_ms"]
     for path in [*served, IN_PROCESS]:
         b = res["c8_mean_batch"].get(path)
         lines.append(
             f"| {path} | {res['c1'][path]['p50']:.2f} | {rounds_text(added[path]) if path in added else '—'} |"
+            f" {f'{paired[path]:+.2f}' if path in paired else '—'} |"
             f" {res['c8'][path]['p50']:.2f} | {res['c8'][path]['p99']:.2f} |"
             f" {np.median(res['c8_p99_rounds'][path]):.1f} | {'—' if b is None else f'{b:.2f}'} |"
         )
@@ -249,7 +257,7 @@ def table(res: dict, served: list[str], one_steps: list[str]) -> str:
         tail = f"{c8['p50']:.2f} | {c8['p99']:.2f} | {np.median(res['c8_p99_rounds'][path]):.1f}" if c8 else "— | — | —"
         b = res["c8_mean_batch"].get(path)
         lines.append(
-            f"| floor: {what} (wall − busy) | — | {rounds_text(added[path])} | {tail} |"
+            f"| floor: {what} (wall − busy) | — | {rounds_text(added[path])} | — | {tail} |"
             f" {'—' if b is None else f'{b:.2f}'} |"
         )
     load = res["load"]

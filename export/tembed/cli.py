@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=ServingOptions.wait_when_idle,
         help="a request reaching an idle encoder waits --max-queue-delay-us for company (--no-wait-when-idle:"
-        " it runs at once; batches still form while the encoder is busy)",
+        " it runs at once; batches still form while the encoder is busy). Default: two-step waits, one-step not",
     )
     ex.add_argument(
         "--queue-timeout-s",

@@ -62,8 +62,9 @@ class ServingOptions:
     # False: every batch size is a preferred one, so a request that reaches an idle model runs at once
     # instead of waiting max_queue_delay_us for company (and for the batcher thread's wake-up on a loaded
     # machine); while the model is busy requests still gather into the next batch. The delay stays non-zero
-    # (no spinning batcher). bench/experiments/one_step.py measures both.
-    wait_when_idle: bool = True
+    # (no spinning batcher). None: the layout's default (wait_when_idle_default). bench/experiments/one_step.py
+    # measures both.
+    wait_when_idle: bool | None = None
     tensorrt_accelerator: bool = False  # onnxruntime backend: let its TensorRT EP build engines
     gpu_instances: int = 1
     # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).
@@ -294,10 +295,19 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
     return cfg
 
 
+def wait_when_idle_default(p: ModelProfile) -> bool:
+    """Whether a request reaching an idle model waits for company unless told (``ServingOptions.wait_when_idle``):
+    the two-step encoder waits, as measured when its delay was chosen; the one-step model does not (its c=1 added
+    P50 2.65 / 2.08 ms against 3.40 / 3.25 ms waiting, two interleaved runs on 2 loaded cores; c=8 P99 within
+    noise: docs/BENCHMARKS.md "One Python step per query")."""
+    return p.layout != c.LAYOUT_ONE_STEP
+
+
 def _batcher(cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
     """The dynamic batcher of the model that runs the encoder (the encoder, or the one-step model)."""
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
-    if not opts.wait_when_idle:
+    wait = wait_when_idle_default(p) if opts.wait_when_idle is None else opts.wait_when_idle
+    if not wait:
         cfg.dynamic_batching.preferred_batch_size[:] = range(1, cfg.max_batch_size + 1)
     if opts.queue_timeout_s > 0 or opts.queue_tokens > 0:  # opt-in: see ServingOptions.queue_timeout_s
         # A bounded queue, and a wait after which a request is refused instead of being computed for a

@@ -42,7 +42,7 @@ def one_step_server(model_repository, tmp_path_factory):
 
     repo = copy_served(model_repository, tmp_path_factory.mktemp("one-step-repo"), EMBEDDER)
     write_one_step(model_repository, repo, ONE)
-    write_one_step(model_repository, repo, WAIT, max_queue_delay_us=WAIT_US)
+    write_one_step(model_repository, repo, WAIT, max_queue_delay_us=WAIT_US, wait_when_idle=True)
     log = tmp_path_factory.mktemp("one-step-triton") / "tritonserver.log"
     with TritonServer.on_free_ports(repo, log_file=log) as srv:
         yield srv

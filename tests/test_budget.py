@@ -137,12 +137,13 @@ def test_floor_models_serve_and_keep_busy_as_asked(tmp_path):
     with TritonServer.on_free_ports(repo, log_file=tmp_path / "tritonserver.log") as srv:
         client = floor.FloorClient(srv.grpc_url)
         try:
-            for model in (floor.ONE, floor.TWO):
+            for model in (floor.ONE, floor.TWO, floor.ONE_BATCHED):
                 for wait in (0.0, 0.02):
                     got = client.call(model, ["如何提高睡眠质量", "two"], "query", wait)
                     # Not below zero: the busy step really waited; small: a pass-through on loopback.
                     assert 0.0 < got < 1.0, (model, wait, got)
-                out = client.client.infer(model, client.inputs(["a", "b", "c"], "query", 0.0))
-                assert out.as_numpy("embedding").shape == (3, 8)
+                batched = model == floor.ONE_BATCHED  # one request per batch row: [1, n] in, [1, n, d] out
+                out = client.client.infer(model, client.inputs(["a", "b", "c"], "query", 0.0, batched))
+                assert out.as_numpy("embedding").shape == ((1, 3, 8) if batched else (3, 8))
         finally:
             client.close()

@@ -214,3 +214,98 @@ def test_encoder_batcher_waits_a_little_by_default(profile):
     assert (
         encoder_config(profile, ServingOptions(max_queue_delay_us=0)).dynamic_batching.max_queue_delay_microseconds == 0
     )
+
+
+def test_no_wait_when_idle_prefers_every_batch_size(profile):
+    """``wait_when_idle=False``: every batch size up to the model's maximum is preferred, so a lone request
+    is sent at once; the delay stays (never 0: a spinning batcher) for the one-step model too."""
+    from tembed.repository import EmbedTask
+
+    eager = ServingOptions(wait_when_idle=False)
+    for cfg in (encoder_config(profile, eager), EmbedTask().one_step_config(one_step(profile), eager)):
+        assert list(cfg.dynamic_batching.preferred_batch_size) == list(range(1, cfg.max_batch_size + 1))
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == eager.max_queue_delay_us > 0
+    assert not encoder_config(profile, ServingOptions()).dynamic_batching.preferred_batch_size
+    # Unless told: the two-step encoder waits, the one-step model does not.
+    one = EmbedTask().one_step_config(one_step(profile), ServingOptions())
+    assert list(one.dynamic_batching.preferred_batch_size) == list(range(1, one.max_batch_size + 1))
+    waits = EmbedTask().one_step_config(one_step(profile), ServingOptions(wait_when_idle=True))
+    assert not waits.dynamic_batching.preferred_batch_size
+
+
+def one_step(profile):
+    return dataclasses.replace(profile, layout="one-step")
+
+
+def test_one_step_model_is_the_ensembles_interface_as_batch_rows(profile):
+    """The one-step model takes the ensemble's name, inputs, outputs and client parameters; batched, with
+    ragged texts so requests of any length merge, and the encoder's runner and batcher."""
+    from tembed.repository import EmbedTask
+    from tembed_serving import contract as c
+
+    opts = ServingOptions()
+    ens, one = ensemble_config(profile, opts), EmbedTask().one_step_config(one_step(profile), opts)
+    assert parse(render(one)) == one
+    assert (one.name, one.backend, one.platform) == (ens.name, "python", "")
+    assert one.max_batch_size == opts.max_batch_requests > 0
+    assert [(i.name, i.data_type, list(i.dims), i.optional) for i in one.input] == [
+        (i.name, i.data_type, list(i.dims), i.optional) for i in ens.input
+    ]
+    assert [(o.name, list(o.dims)) for o in one.output] == [(o.name, list(o.dims)) for o in ens.output]
+    assert [i.name for i in one.input if i.allow_ragged_batch] == [c.TEXT]
+    assert one.parameters[c.PARAM_LAYOUT].string_value == c.LAYOUT_ONE_STEP
+    assert ens.parameters[c.PARAM_LAYOUT].string_value == c.LAYOUT_TWO_STEP
+    for key, value in ens.parameters.items():
+        if key != c.PARAM_LAYOUT:
+            assert one.parameters[key] == value, key
+    assert one.parameters[c.PARAM_RUNNER].string_value == "onnxruntime"
+    assert one.dynamic_batching.max_queue_delay_microseconds == opts.max_queue_delay_us
+
+
+def test_one_step_repository_layout(profile, fixture_dirs, tmp_path):
+    """Two models: the one-step model (tokenizer, graph and profile in its version folder: Layout's encoder
+    role) and the tokenizer for ``tokenize``; its lane a symlink to it; a two-step export over it restores
+    the ensemble and leaves no one-step file behind."""
+    from tembed_client.discovery import discover_models
+    from tembed_serving import contract as c
+
+    tok = fixture_dirs["qwen3-embedding-tiny"] / "tokenizer.json"
+    graph = tmp_path / "graph.onnx"
+    graph.write_bytes(b"onnx")
+    repo = tmp_path / "repo"
+    p = one_step(profile)
+    written = write_repository(p, repo, tokenizer_file=tok, encoder_file=graph, opts=ServingOptions())
+    names = model_names(p.name)
+    lane = c.lane_name(p.name, "low")
+    assert {d.name for d in repo.iterdir()} == {names["ensemble"], names["tokenizer"], lane}
+    assert written["encoder"] == written["ensemble"] == repo / p.name
+    version = {f.name for f in (repo / p.name / "1").iterdir()}
+    assert version == {"model.py", "tokenizer.json", "profile.json", "model.onnx"}
+    assert "tembed_serving.triton.onestep" in (repo / p.name / "1" / "model.py").read_text()
+    layout = c.Layout(repo, p.name)
+    assert layout.one_step and layout.onnx_file == repo / p.name / "1" / "model.onnx"
+    assert layout.profile_file.is_file() and layout.tokenizer_file.is_file()
+    assert (repo / lane / "1").is_symlink() and (repo / lane / "1").resolve() == (repo / p.name / "1").resolve()
+    lane_cfg = parse((repo / lane / "config.pbtxt").read_text())
+    main = parse((repo / p.name / "config.pbtxt").read_text())
+    assert lane_cfg.parameters[c.PARAM_LANE_OF].string_value == p.name and lane_cfg.max_batch_size > 0
+    assert main.parameters[c.PARAM_LANES].string_value == f"low={lane}"
+    as_json = {
+        n: {"config": {"name": n, "platform": cfg.platform, "max_batch_size": cfg.max_batch_size,
+            "parameters": {k: {"string_value": v.string_value} for k, v in cfg.parameters.items()}}}
+        for n, cfg in ((p.name, main), (lane, lane_cfg))
+    }  # fmt: skip
+    assert list(discover_models(as_json)) == [p.name] and discover_models(as_json)[p.name].batched
+    write_repository(profile, repo, tokenizer_file=tok, encoder_file=None, opts=ServingOptions(priority_lanes=False))
+    assert not layout.one_step and layout.model_dir("encoder") == repo / names["encoder"]
+    assert parse((repo / p.name / "config.pbtxt").read_text()).platform == "ensemble"
+    assert not (repo / p.name / "1" / "model.onnx").exists() and not (repo / lane).exists()
+
+
+@pytest.mark.parametrize("backend", ("pytorch", "onnxruntime", "tensorrt"))
+def test_one_step_is_the_python_onnx_path(profile, fixture_dirs, tmp_path, backend):
+    tok = fixture_dirs["qwen3-embedding-tiny"] / "tokenizer.json"
+    with pytest.raises(ValueError, match="one-step layout serves embedding models on the python-onnx"):
+        write_repository(
+            one_step(profile), tmp_path, tokenizer_file=tok, encoder_file=None, opts=ServingOptions(backend=backend)
+        )

@@ -91,6 +91,25 @@ def test_export_cli_writes_a_servable_repository(fixture_dirs, tmp_path):
         assert sorted(ranges, key=int) == ["16", "32", "64"] and len(ranges["64"][0]) == 64
 
 
+def test_export_cli_one_step(fixture_dirs, tmp_path):
+    """``--layout one-step``: the model and its tokenizer (and the lane), the graph, calibrated profile and
+    tokenizer in the model's own version folder; a reranker or another backend is refused before any work."""
+    repo = tmp_path / "repo"
+    base = [sys.executable, "-m", "tembed", "export", "--repo", str(repo), "--layout", "one-step"]
+    cmd = [*base, str(fixture_dirs["qwen3-embedding-tiny"]), "--name", "q", "--skip-validation"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in repo.iterdir()) == ["q", "q-lane-low", "q-tokenizer"]
+    cfg = parse((repo / "q" / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and cfg.max_batch_size > 0 and cfg.parameters["layout"].string_value == "one-step"
+    assert (repo / "q" / "1" / "model.onnx").stat().st_size > 1_000_000
+    profile = json.loads((repo / "q" / "1" / "profile.json").read_text())
+    assert profile["layout"] == "one-step" and profile["int8_ranges"]
+    refused = subprocess.run([*base, str(fixture_dirs["qwen3-embedding-tiny"]), "--backend", "pytorch"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert refused.returncode != 0 and "one-step layout serves embedding models on the python-onnx" in refused.stderr
+
+
 def test_export_cli_rejects_a_non_model_folder(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tembed", "export", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode != 0 and "no config.json" in done.stderr

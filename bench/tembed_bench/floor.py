@@ -8,6 +8,11 @@ Two models in a repository of their own, served by the same tritonserver build w
 - ``floor-two``: an ensemble of two Python steps, as ours (tokenizer, then encoder): the first passes the
   text on, the second waits and answers the vector.
 
+- ``floor-one-batched``: the one-step layout's floor (``tembed export --layout one-step``): one batched Python
+  step whose batch row is one request (text ``[1, n]``, ragged; the same batcher delay as ours). Per
+  execution it keeps busy for the longest ``wait_us`` of its batch once (a batched encoder runs the batch
+  as one call) and answers each request its own row.
+
 Sent the same short queries through the same gRPC client, each with ``wait_us`` set to what ONNX Runtime
 took in-process, ``wall − wait`` is what serving costs before any of our code runs: the part of the
 budget that is the machine (and Triton), not us.
@@ -23,6 +28,7 @@ import numpy as np
 from tembed_client.contract import INPUT_TYPE
 
 ONE, TWO, STEP = "floor-one", "floor-two", "floor-step"
+ONE_BATCHED = "floor-one-batched"
 
 _MODEL_PY = '''"""A bench fixture (tembed_bench.floor): pass the text on, or keep busy for wait_us and answer zeros."""
 import json
@@ -51,6 +57,50 @@ class TritonPythonModel:
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", vec)]))
         return out
 '''
+
+
+_BATCHED_MODEL_PY = '''"""A bench fixture (tembed_bench.floor): one request per batch row; busy once per batch, answer zeros."""
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.dim = int(json.loads(args["model_config"])["parameters"]["dim"]["string_value"])
+
+    def execute(self, requests):
+        texts, wait = [], 0
+        for r in requests:
+            texts.append(pb_utils.get_input_tensor_by_name(r, "text").as_numpy())
+            w = pb_utils.get_input_tensor_by_name(r, "wait_us")
+            wait = max(wait, 0 if w is None else int(w.as_numpy().reshape(-1)[0]))
+        end = time.perf_counter() + wait / 1e6
+        while time.perf_counter() < end:
+            pass
+        out = []
+        for text in texts:
+            vec = np.zeros((1, text.shape[1], self.dim), np.float32)
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", vec)]))
+        return out
+'''
+
+
+def _batched_config(dim: int, delay_us: int, wait_when_idle: bool) -> str:
+    preferred = "" if wait_when_idle else f" preferred_batch_size: [ {', '.join(map(str, range(1, 17)))} ]"
+    return f"""name: "{ONE_BATCHED}"
+backend: "python"
+max_batch_size: 16
+input {{ name: "text" data_type: TYPE_STRING dims: -1 allow_ragged_batch: true }}
+input {{ name: "{INPUT_TYPE}" data_type: TYPE_STRING dims: 1 optional: true }}
+input {{ name: "wait_us" data_type: TYPE_INT32 dims: 1 optional: true }}
+output {{ name: "embedding" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
+instance_group {{ count: 1 kind: KIND_CPU }}
+dynamic_batching {{ max_queue_delay_microseconds: {delay_us}{preferred} }}
+parameters {{ key: "dim" value {{ string_value: "{dim}" }} }}
+"""
 
 
 def _step_config(name: str, dim: int) -> str:
@@ -89,13 +139,15 @@ ensemble_scheduling {{
 """
 
 
-def write_repo(dest: Path, dim: int) -> Path:
-    """The floor's model repository in ``dest`` (rewritten)."""
+def write_repo(dest: Path, dim: int, delay_us: int = 100, wait_when_idle: bool = True) -> Path:
+    """The floor's model repository in ``dest`` (rewritten); ``delay_us`` and ``wait_when_idle``: the batched
+    floor's batcher (``ServingOptions.max_queue_delay_us``, ``wait_when_idle``)."""
     models = {ONE: _step_config(ONE, dim), STEP: _step_config(STEP, dim), f"{STEP}-2": _step_config(f"{STEP}-2", dim)}
+    models[ONE_BATCHED] = _batched_config(dim, delay_us, wait_when_idle)
     for name, config in models.items():
         (dest / name / "1").mkdir(parents=True, exist_ok=True)
         (dest / name / "config.pbtxt").write_text(config)
-        (dest / name / "1" / "model.py").write_text(_MODEL_PY)
+        (dest / name / "1" / "model.py").write_text(_BATCHED_MODEL_PY if name == ONE_BATCHED else _MODEL_PY)
     (dest / TWO / "1").mkdir(parents=True, exist_ok=True)
     (dest / TWO / "config.pbtxt").write_text(_ENSEMBLE)
     return dest
@@ -118,15 +170,19 @@ class FloorClient:
     def call(self, model: str, texts: list[str], input_type: str, wait_s: float) -> float:
         """Wall seconds of one request less the ``wait_s`` the last step spent busy."""
         t = time.perf_counter()
-        inputs = self.inputs(texts, input_type, wait_s)
+        inputs = self.inputs(texts, input_type, wait_s, batched=model == ONE_BATCHED)
         self.client.infer(model, inputs, outputs=[self._g.InferRequestedOutput("embedding")]).as_numpy("embedding")
         return time.perf_counter() - t - wait_s
 
-    def inputs(self, texts: list[str], input_type: str, wait_s: float) -> list:
+    def inputs(self, texts: list[str], input_type: str, wait_s: float, batched: bool = False) -> list:
+        arrays = {
+            "text": np.array([s.encode() for s in texts], dtype=np.object_),
+            INPUT_TYPE: np.array([input_type.encode()], dtype=np.object_),
+            "wait_us": np.array([round(wait_s * 1e6)], dtype=np.int32),
+        }
         return [
-            self._input("text", np.array([s.encode() for s in texts], dtype=np.object_), "BYTES"),
-            self._input(INPUT_TYPE, np.array([input_type.encode()], dtype=np.object_), "BYTES"),
-            self._input("wait_us", np.array([round(wait_s * 1e6)], dtype=np.int32), "INT32"),
+            self._input(name, a[np.newaxis] if batched else a, "BYTES" if a.dtype == np.object_ else "INT32")
+            for name, a in arrays.items()
         ]
 
     def close(self) -> None:

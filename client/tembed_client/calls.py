@@ -116,11 +116,33 @@ def decode_packed(packed: np.ndarray, embedding_type: str) -> np.ndarray:
     return np.ascontiguousarray(packed, dtype=np.uint8).view(c.EMBEDDING_DTYPES[embedding_type])
 
 
-def tensor(name: str, data: np.ndarray) -> grpcclient.InferInput:
+def tensor(name: str, data: np.ndarray, batched: bool = False) -> grpcclient.InferInput:
+    """One input of a request; to a batched model (``ModelInfo.batched``) as its one batch row."""
     datatype = "BYTES" if data.dtype == np.object_ else "INT32"
+    data = data[np.newaxis] if batched else data
     inp = grpcclient.InferInput(name, list(data.shape), datatype)
     inp.set_data_from_numpy(data)
     return inp
+
+
+class RowResult:
+    """A batched model's answer to one request (``ModelInfo.batched``): each output without its batch row,
+    as an ensemble answers it."""
+
+    def __init__(self, result: grpcclient.InferResult) -> None:
+        self._result = result
+
+    def as_numpy(self, name: str) -> np.ndarray | None:
+        data = self._result.as_numpy(name)
+        if data is None:
+            return None
+        if data.ndim == 0 or data.shape[0] != 1:
+            raise EmbeddingError(f"expected {name} as one batch row [1, ...], got {list(data.shape)}", c.INTERNAL)
+        return data[0]
+
+
+def answers(results: Sequence[grpcclient.InferResult], batched: bool) -> Sequence[grpcclient.InferResult]:
+    return [RowResult(r) for r in results] if batched else results  # type: ignore[misc]
 
 
 def request_priority(info: ModelInfo, options: Mapping[str, object]) -> dict[str, Any]:
@@ -175,6 +197,11 @@ class Call:
         if kinds == (c.OUTPUT_DENSE,):
             arrays.pop(c.OUTPUTS, None)  # the default: a model exported before the option serves it too
         return cls(info, encoded, single, width, arrays, kind, kinds, request_priority(info, options))
+
+    @property
+    def batched(self) -> bool:
+        """Whether the model called takes requests as batch rows (the one-step layout)."""
+        return self.info.batched
 
     @property
     def dense(self) -> bool:
@@ -233,8 +260,8 @@ class Call:
         chunks = self.chunks()
         start = 0
         for chunk in chunks:
-            inputs = [tensor(TEXT, np.array(chunk, dtype=np.object_))]
-            inputs += [tensor(name, data) for name, data in self.options.items()]
+            inputs = [tensor(TEXT, np.array(chunk, dtype=np.object_), self.batched)]
+            inputs += [tensor(name, data, self.batched) for name, data in self.options.items()]
             vec = self.vector_output
             names = (vec, TOKEN_COUNT, TOKEN_COUNT_ORIGINAL) if self.wants_original else (vec, TOKEN_COUNT)
             names += self.extra_outputs + self.timings
@@ -252,7 +279,7 @@ class Call:
         sparse: list[SparseEmbedding] = []
         multi: list[np.ndarray] = []
         server_ns = dict.fromkeys(self.timings, 0)
-        for chunk, result in zip(self.chunks(), results):
+        for chunk, result in zip(self.chunks(), answers(results, self.batched)):
             for name in server_ns:
                 got = result.as_numpy(name)
                 server_ns[name] += 0 if got is None else int(got.reshape(-1)[0])
@@ -322,6 +349,10 @@ class TokenizeCall(Call):
     """One ``tokenize`` call: the embedding call's inputs, sent to the ensemble's tokenizer model."""
 
     option_names: ClassVar[tuple[str, ...] | None] = tuple(o.name for o in c.TOKEN_OPTIONS)
+
+    @property
+    def batched(self) -> bool:
+        return False  # the tokenizer model takes a request as it is, whatever the layout
 
     @classmethod
     def prepare(cls, info: ModelInfo, texts: Texts, **options: Any) -> TokenizeCall:  # type: ignore[override]
@@ -411,11 +442,12 @@ class RerankCall:
         chunks = self.chunks()
         start = 0
         for chunk in chunks:
+            batched = self.info.batched
             inputs = [
-                tensor(QUERY, np.array([self.query], dtype=np.object_)),
-                tensor(DOCUMENTS, np.array(chunk, dtype=np.object_)),
+                tensor(QUERY, np.array([self.query], dtype=np.object_), batched),
+                tensor(DOCUMENTS, np.array(chunk, dtype=np.object_), batched),
             ]
-            inputs += [tensor(name, data) for name, data in self.options.items()]
+            inputs += [tensor(name, data, batched) for name, data in self.options.items()]
             names = (SCORE, TOKEN_COUNT, c.DOCUMENT_INDEX) if self.chunking else (SCORE, TOKEN_COUNT)
             outputs = [grpcclient.InferRequestedOutput(n) for n in names]
             where = f"request for documents[{start}:{start + len(chunk)}]" if len(chunks) > 1 else ""
@@ -425,7 +457,7 @@ class RerankCall:
     def finish(self, results: Sequence[grpcclient.InferResult]) -> RerankResult:
         scores = [np.empty(0, np.float32)]
         token_counts = [np.empty(0, np.int32)]
-        for chunk, result in zip(self.chunks(), results):
+        for chunk, result in zip(self.chunks(), answers(results, self.info.batched)):
             score, tok = result.as_numpy(SCORE), result.as_numpy(TOKEN_COUNT)
             if score is None or tok is None:
                 raise EmbeddingError(f"response lacks {SCORE!r} or {TOKEN_COUNT!r}", reason=c.INTERNAL)

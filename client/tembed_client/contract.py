@@ -188,6 +188,13 @@ PARAM_TOKENIZER_OUTPUTS = "tokenizer_outputs"
 # weights); a lane ensemble's PARAM_LANE_OF names the model it is a lane of, and discovery hides it.
 PARAM_LANES = "lanes"
 PARAM_LANE_OF = "lane_of"
+# How the served model is laid out (a profile fact, written once at export): "two-step", an ensemble of a
+# tokenizer and an encoder model (and a postprocess model after Triton's native backends), or "one-step",
+# one batched Python model that tokenizes and encodes itself (the CPU path: one stub hop per query). A
+# one-step model has max_batch_size > 0 and one request per batch row: TEXT [1, n], each option [1, 1],
+# every output one row more ([1, n, d]); the client reads max_batch_size and shapes its tensors so.
+PARAM_LAYOUT = "layout"
+LAYOUT_TWO_STEP, LAYOUT_ONE_STEP = LAYOUTS = ("two-step", "one-step")
 LANE_SEPARATOR = "-lane-"
 
 

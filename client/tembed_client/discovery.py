@@ -1,4 +1,5 @@
-"""The served models as their ensemble configs describe them, and finding them on a server."""
+"""The served models as their configs describe them (an ensemble, or a one-step model:
+``contract.PARAM_LAYOUT``), and finding them on a server."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class ModelInfo:
     parameters: Mapping[str, str] = field(default_factory=dict)  # every parameter, raw
     inputs: tuple[str, ...] = ()  # the ensemble's input and output tensors (empty: not read)
     outputs: tuple[str, ...] = ()
+    # A batched model (max_batch_size > 0: the one-step layout) takes one request per batch row: every
+    # tensor of a request one leading row more (TEXT [1, n], an option [1, 1], EMBEDDING [1, n, d]).
+    batched: bool = False
 
 
 def check_task(info: ModelInfo, task: str) -> None:
@@ -83,6 +87,7 @@ def parse_model_config(config: Mapping[str, Any]) -> ModelInfo:
         parameters=params,
         inputs=names("input"),
         outputs=names("output"),
+        batched=int(cfg.get("max_batch_size", 0) or 0) > 0,
     )
 
 
@@ -99,21 +104,26 @@ def ready_models(index: Mapping[str, Any]) -> list[str]:
     return sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
 
 
+def is_served(cfg: Mapping[str, Any]) -> bool:
+    """A model clients call: an ensemble, or a one-step model (``contract.LAYOUT_ONE_STEP``); not a lane."""
+    layout = cfg.get("parameters", {}).get(c.PARAM_LAYOUT, {}).get("string_value")
+    return (cfg.get("platform") == "ensemble" or layout == c.LAYOUT_ONE_STEP) and not is_lane(cfg)
+
+
 def is_lane(cfg: Mapping[str, Any]) -> bool:
     """A priority lane of another served model (``PARAM_LANE_OF``): reached through it, not listed."""
     return c.PARAM_LANE_OF in cfg.get("parameters", {})
 
 
 def discover_models(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, ModelInfo]:
-    """The served ensembles among the configs of the ready models, by name.
+    """The served models (ensembles and one-step models) among the configs of the ready models, by name.
 
     An ensemble is ours when its parameters say what it does; one without (someone else's
     ensemble on the same server) is left out rather than failing discovery.
     """
     found = {}
     for name in sorted(configs):
-        cfg = configs[name].get("config", configs[name])
-        if cfg.get("platform") != "ensemble" or is_lane(cfg):
+        if not is_served(configs[name].get("config", configs[name])):
             continue
         try:
             found[name] = parse_model_config(configs[name])
@@ -123,12 +133,8 @@ def discover_models(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Model
 
 
 def pick_model(configs: Mapping[str, Mapping[str, Any]]) -> ModelInfo:
-    """The single ensemble among the configs of the ready models."""
-    ensembles = sorted(
-        n
-        for n, cfg in configs.items()
-        if cfg.get("config", cfg).get("platform") == "ensemble" and not is_lane(cfg.get("config", cfg))
-    )
+    """The single served model (ensemble or one-step model) among the configs of the ready models."""
+    ensembles = sorted(n for n, cfg in configs.items() if is_served(cfg.get("config", cfg)))
     if len(ensembles) == 1:
         return parse_model_config(configs[ensembles[0]])
     if ensembles:

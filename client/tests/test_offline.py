@@ -353,3 +353,55 @@ def test_which_errors_are_retried(status, message, retryable):
 
     err = EmbeddingError.from_triton(InferenceServerException(message, status=status))
     assert err.retryable is retryable
+
+
+# the one-step layout: one batched model, one request per batch row
+
+
+def one_step_config(name: str = "one", **params: str) -> dict:
+    """A one-step model's config as ``get_model_config(as_json=True)`` gives it: a batched Python model."""
+    params = {"task": "embed", "dimension": "8", "min_dimension": "2", "max_texts": "4", "layout": "one-step"} | params
+    cfg = config(name, platform="", **params)
+    cfg["config"] |= {
+        "backend": "python",
+        "max_batch_size": 16,
+        "input": [{"name": "text", "dims": ["-1"], "allow_ragged_batch": True}, {"name": "dimensions", "dims": ["1"]}],
+        "output": [{"name": "embedding"}, {"name": "token_count"}],
+    }
+    return cfg
+
+
+class BatchedFakeResult(FakeResult):
+    """A batched model's answer: each output one leading batch row more."""
+
+    def as_numpy(self, name):
+        data = super().as_numpy(name)
+        return None if data is None else data[np.newaxis]
+
+
+def test_a_one_step_model_is_found_and_its_requests_are_batch_rows():
+    info = parse_model_config(one_step_config())
+    assert info.batched and not parse_model_config(config(max_texts="4", dimension="8")).batched
+    lane = one_step_config("one-lane-low", lane_of="one")
+    tokenizer = config("one-tokenizer", platform="", max_texts="4", dimension="8")  # no layout: not served
+    assert pick_model({"one": one_step_config(), "one-lane-low": lane, "one-tokenizer": tokenizer}).name == "one"
+    texts = [f"t{i}" for i in range(6)]
+    call = Call.prepare(info, texts, dimensions=3)
+    requests = [r for _, r in call.requests()]
+    shapes = [{i.name(): i.shape() for i in r["inputs"]} for r in requests]
+    assert shapes == [{"text": [1, 4], "dimensions": [1, 1]}, {"text": [1, 2], "dimensions": [1, 1]}]
+    assert [x for r in requests for x in input_values(r["inputs"][0])] == [t.encode() for t in texts]
+    result = call.finish([BatchedFakeResult(c, 3) for c in call.chunks()])
+    assert result.embeddings.shape == (6, 3) and result.token_counts.tolist() == [2] * 6
+    single = Call.prepare(info, "abc")
+    assert single.finish([BatchedFakeResult(c, 8) for c in single.chunks()]).embeddings.shape == (8,)
+    with pytest.raises(EmbeddingError, match="one batch row"):  # an answer without its row is refused
+        call.finish([FakeResult(c, 3) for c in call.chunks()])
+
+
+def test_tokenize_on_a_one_step_model_calls_its_tokenizer_unbatched():
+    from tembed_client.calls import TokenizeCall
+
+    info = parse_model_config(one_step_config(tokenizer="one-tokenizer", tokenizer_outputs="input_ids,attention_mask"))
+    ((_, request),) = TokenizeCall.prepare(info, ["a", "b"]).requests()
+    assert request["model_name"] == "one-tokenizer" and request["inputs"][0].shape() == [2]

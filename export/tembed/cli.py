@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from tembed_serving.contract import IDS_DTYPES, TASKS, TORCH_DTYPES
+from tembed_serving.contract import IDS_DTYPES, LAYOUTS, TASKS, TORCH_DTYPES
 from tembed_serving.profile import ModelProfile
 
 from .repository import ENCODER_BACKENDS
@@ -39,6 +39,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         encoder_instances=args.encoder_instances,
         intra_op_threads=args.threads,
         max_queue_delay_us=args.max_queue_delay_us,
+        wait_when_idle=args.wait_when_idle,
         queue_timeout_s=args.queue_timeout_s,
         queue_tokens=args.queue_tokens,
         priority_lanes=args.priority_lanes,
@@ -59,6 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         task=args.task,
         trust_remote_code=args.trust_remote_code,
         serving=serving,
+        layout=args.layout,
         opset=args.opset,
         quantize=args.quantize,
         int8_methods=tuple(args.int8_method.split(",")) if args.int8_method else None,
@@ -109,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder: ONNX Runtime in the Python backend (CPU); onnxruntime/tensorrt backends or the PyTorch"
         " runner (pytorch) in the GPU container",
     )
+    ex.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=ModelProfile.layout,
+        help="two-step: an ensemble of tokenizer and encoder models (every backend); one-step: one batched Python"
+        " model tokenizes and runs ONNX Runtime (python-onnx, embeddings: one stub hop per query on CPU)",
+    )
     ex.add_argument("--encoder-instances", type=int, default=1)
     ex.add_argument("--torch-dtype", choices=TORCH_DTYPES, default=ServingOptions.torch_dtype)
     ex.add_argument(
@@ -121,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=ServingOptions.max_queue_delay_us,
         help="longest wait of a lone request for company in the encoder's batcher (0 makes tritonserver 2.51's"
         " batcher thread spin while the encoder works)",
+    )
+    ex.add_argument(
+        "--wait-when-idle",
+        action=argparse.BooleanOptionalAction,
+        default=ServingOptions.wait_when_idle,
+        help="a request reaching an idle encoder waits --max-queue-delay-us for company (--no-wait-when-idle:"
+        " it runs at once; batches still form while the encoder is busy). Default: two-step waits, one-step not",
     )
     ex.add_argument(
         "--queue-timeout-s",

@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tembed_serving.contract import Layout
+from tembed_serving.contract import LAYOUT_ONE_STEP, Layout
 from tembed_serving.profile import ModelProfile
 
 from .hf_folder import read_profile
-from .repository import BACKENDS, ServingOptions, write_repository
+from .repository import BACKENDS, ServingOptions, check_one_step, write_repository
 
 log = logging.getLogger("tembed")
 
@@ -38,6 +38,10 @@ class ExportOptions:
     # the export imports and runs that code (nomic-embed-text and other custom architectures).
     trust_remote_code: bool = False
     serving: ServingOptions = field(default_factory=ServingOptions)
+    # The repository's layout (contract.LAYOUTS; written once into the profile): two-step, the ensemble of
+    # tokenizer and encoder models (every backend), or one-step, one batched Python model that tokenizes
+    # and runs ONNX Runtime itself (python-onnx, embeddings: one stub hop per query on CPU).
+    layout: str = ModelProfile.layout
     opset: int = 17
     quantize: str | None = None  # "int8"
     # int8: the methods tried in order (tembed.quantize.METHODS names; None: all), the first that
@@ -90,6 +94,12 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
         quantizable = ", ".join(b.name for b in BACKENDS.values() if b.quantizable)
         raise ValueError(f"--quantize {o.quantize} is for the ONNX Runtime encoders ({quantizable})")
     profile = read_export_profile(source, o)
+    profile.layout = o.layout
+    if o.layout == LAYOUT_ONE_STEP:
+        check_one_step(profile, o.serving)  # before any work: the layout is the CPU embedding path
+        if profile.multi_output:
+            log.warning("%s: the %s layout serves bge-m3's dense vector only", profile.name, o.layout)
+            profile.outputs, profile.special_token_ids = profile.outputs[:1], []
     if o.quantize and profile.task != "embed":
         raise ValueError(f"--quantize {o.quantize} is checked on embeddings; {profile.name} is a {profile.task} model")
     if profile.multi_output and backend.name != "python-onnx":

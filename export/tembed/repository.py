@@ -17,6 +17,11 @@ For a profile named ``N`` the embedding task writes these models (names in
                   only after a Triton-native encoder: a Python-backend encoder does this itself
                   (:func:`finishes_vectors`), one stub hop fewer.
 ``N``             the ensemble clients call: text in, ``[n, dim]`` float32 out.
+
+Under the one-step layout (``profile.layout``, ``tembed export --layout one-step``; the CPU path,
+``python-onnx`` only) ``N`` is instead one batched Python model that tokenizes and runs ONNX Runtime
+itself (:func:`one_step_config`, ``tembed_serving.triton.onestep``), one request per batch row; ``N-tokenizer``
+stays beside it for ``tokenize``, and there is no ``N-encoder``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ class ServingOptions:
     # with 0 (and no queue policy) tritonserver 2.51's batcher thread spins while the encoder works,
     # 10.7 s of CPU in a 27.7 s load on 2 cores (16.9-19.0 s with 100-2000 us: docs/BENCHMARKS.md).
     max_queue_delay_us: int = 100
+    # False: every batch size is a preferred one, so a request that reaches an idle model runs at once
+    # instead of waiting max_queue_delay_us for company (and for the batcher thread's wake-up on a loaded
+    # machine); while the model is busy requests still gather into the next batch. The delay stays non-zero
+    # (no spinning batcher). None: the layout's default (wait_when_idle_default). bench/experiments/one_step.py
+    # measures both.
+    wait_when_idle: bool | None = None
     tensorrt_accelerator: bool = False  # onnxruntime backend: let its TensorRT EP build engines
     gpu_instances: int = 1
     # tensorrt backend: must equal what `tembed engine` built with (it rewrites this config to match).
@@ -77,6 +88,10 @@ class ServingOptions:
     # bench/experiments/batcher_stall.py: 33-51 of 400 short queries over 300 ms against 2-4). Costs a
     # second encoder process (its memory; on GPU its own copy of the weights).
     priority_lanes: bool = True
+    # One-step layout: requests (batch rows) the dynamic batcher merges into one execution at most. A
+    # request is up to max_texts texts (max_rows windows); the runner cuts the merged rows into ONNX
+    # Runtime calls of max_batch_tokens, so this bounds how many callers wait on one execution, not memory.
+    max_batch_requests: int = 16
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -276,7 +291,25 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         if p.task == c.TASK_RERANK:
             out.reshape.shape[:] = []  # one score per pair: [batch, 1] in the graph, [batch] to the ensemble
     # Requests are padded to length buckets by the tokenizer, so same-bucket requests merge here.
+    _batcher(cfg, p, opts)
+    BACKENDS[opts.backend].configure(cfg, p, opts)
+    return cfg
+
+
+def wait_when_idle_default(p: ModelProfile) -> bool:
+    """Whether a request reaching an idle model waits for company unless told (``ServingOptions.wait_when_idle``):
+    the two-step encoder waits, as measured when its delay was chosen; the one-step model does not (its c=1 added
+    P50 2.65 / 2.08 ms against 3.40 / 3.25 ms waiting, two interleaved runs on 2 loaded cores; c=8 P99 within
+    noise: docs/BENCHMARKS.md "One Python step per query")."""
+    return p.layout != c.LAYOUT_ONE_STEP
+
+
+def _batcher(cfg: mc.ModelConfig, p: ModelProfile, opts: ServingOptions) -> None:
+    """The dynamic batcher of the model that runs the encoder (the encoder, or the one-step model)."""
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.max_queue_delay_us
+    wait = wait_when_idle_default(p) if opts.wait_when_idle is None else opts.wait_when_idle
+    if not wait:
+        cfg.dynamic_batching.preferred_batch_size[:] = range(1, cfg.max_batch_size + 1)
     if opts.queue_timeout_s > 0 or opts.queue_tokens > 0:  # opt-in: see ServingOptions.queue_timeout_s
         # A bounded queue, and a wait after which a request is refused instead of being computed for a
         # caller that has likely gone (UNAVAILABLE; the client retries with backoff).
@@ -285,8 +318,6 @@ def encoder_config(p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
         policy.default_timeout_microseconds = int(opts.queue_timeout_s * 1e6)
         policy.allow_timeout_override = True
         policy.max_queue_size = queue_size(p, opts) if opts.queue_tokens > 0 else 0
-    BACKENDS[opts.backend].configure(cfg, p, opts)
-    return cfg
 
 
 def tokenizer_model(p: ModelProfile, opts: ServingOptions, inputs) -> mc.ModelConfig:
@@ -383,26 +414,7 @@ class EmbedTask(Task):
         m3 = serves_m3(p, opts)
         if m3:
             _m3_outputs(cfg.output, p, batched=False)
-        # What clients need to know without reading the profile: request limits and vector sizes.
-        for key, value in {
-            c.PARAM_TASK: p.task,
-            c.PARAM_MAX_TEXTS: p.max_texts,
-            c.PARAM_DIMENSION: p.dimension,
-            c.PARAM_MIN_DIMENSION: p.min_dimension,
-            c.PARAM_MAX_LENGTH: p.max_length,
-            c.PARAM_MODEL_TYPE: p.model_type,
-            c.PARAM_POOLING: p.pooling,
-            c.PARAM_INSTRUCTION: "yes" if p.instruction_template else "no",
-            c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
-            c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
-            c.PARAM_MAX_WINDOWS: p.max_windows,
-            c.PARAM_MAX_ROWS: p.max_rows,
-            # tokenize: the tokenizer model, called directly, answers with the ids the encoder gets.
-            c.PARAM_TOKENIZER: names["tokenizer"],
-            c.PARAM_TOKENIZER_OUTPUTS: ",".join(c.ENCODER_INPUTS),
-            c.PARAM_OUTPUTS: ",".join(p.outputs if m3 else p.outputs[:1]),
-        }.items():
-            cfg.parameters[key].string_value = str(value)
+        self._client_parameters(cfg, p, m3)
         steps = cfg.ensemble_scheduling.step
         tok = steps.add(model_name=names["tokenizer"], model_version=-1)
         for t in cfg.input:
@@ -426,6 +438,65 @@ class EmbedTask(Task):
         for key in (c.EMBEDDING, c.EMBEDDING_PACKED):
             post.output_map[key] = key
         return cfg
+
+    @staticmethod
+    def _client_parameters(cfg: mc.ModelConfig, p: ModelProfile, m3: bool) -> None:
+        """What clients need to know without reading the profile: request limits and vector sizes."""
+        names = model_names(p.name)
+        for key, value in {
+            c.PARAM_TASK: p.task,
+            c.PARAM_MAX_TEXTS: p.max_texts,
+            c.PARAM_DIMENSION: p.dimension,
+            c.PARAM_MIN_DIMENSION: p.min_dimension,
+            c.PARAM_MAX_LENGTH: p.max_length,
+            c.PARAM_MODEL_TYPE: p.model_type,
+            c.PARAM_POOLING: p.pooling,
+            c.PARAM_INSTRUCTION: "yes" if p.instruction_template else "no",
+            c.PARAM_MAX_TEXT_BYTES: p.max_text_bytes,
+            c.PARAM_MAX_REQUEST_BYTES: p.max_request_bytes,
+            c.PARAM_MAX_WINDOWS: p.max_windows,
+            c.PARAM_MAX_ROWS: p.max_rows,
+            # tokenize: the tokenizer model, called directly, answers with the ids the encoder gets.
+            c.PARAM_TOKENIZER: names["tokenizer"],
+            c.PARAM_TOKENIZER_OUTPUTS: ",".join(c.ENCODER_INPUTS),
+            c.PARAM_OUTPUTS: ",".join(p.outputs if m3 else p.outputs[:1]),
+            c.PARAM_LAYOUT: p.layout,
+        }.items():
+            cfg.parameters[key].string_value = str(value)
+
+    def one_step_config(self, p: ModelProfile, opts: ServingOptions) -> mc.ModelConfig:
+        """The one-step model (``tembed_serving.triton.onestep``): the ensemble's name, inputs, outputs and
+        parameters, as one batched Python model whose batch row is one request (``TEXT`` [1, n], each
+        option [1, 1], ``EMBEDDING`` [1, n, d]); its runner and instances are the encoder backend's."""
+        cfg = mc.ModelConfig(name=model_names(p.name)["ensemble"], max_batch_size=opts.max_batch_requests)
+        self._text_inputs(cfg)
+        # Requests of any number of texts merge (an option is one value: its shape never differs).
+        cfg.input[0].allow_ragged_batch = True
+        self._vector_outputs(cfg.output)
+        _io(cfg.output, c.TOKEN_COUNT, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.TOKEN_COUNT_ORIGINAL, mc.TYPE_INT32, [-1])
+        _io(cfg.output, c.TOKENIZE_NS, mc.TYPE_INT64, [1])  # the server's own timings, as the ensemble's
+        _io(cfg.output, c.ENCODE_NS, mc.TYPE_INT64, [-1, 1])
+        self._client_parameters(cfg, p, m3=False)
+        _batcher(cfg, p, opts)
+        BACKENDS[opts.backend].configure(cfg, p, opts)
+        return cfg
+
+    def one_step_models(
+        self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path, encoder_file: Path | None
+    ) -> list[ModelSpec]:
+        """The one-step layout's models: the tokenizer (for ``tokenize``: clients call it directly) and the
+        one-step model, whose version folder holds the tokenizer, the graph and the profile."""
+        tok_files = {"model.py": model_py("tembed_serving.triton.tokenizer"), c.TOKENIZER_FILE: Path(tokenizer_file)}
+        files = {
+            **BACKENDS[opts.backend].files(encoder_file),
+            "model.py": model_py("tembed_serving.triton.onestep"),
+            c.TOKENIZER_FILE: Path(tokenizer_file),
+        }
+        return [
+            ModelSpec("tokenizer", self.tokenizer_config(p, opts), tok_files, profile=True),
+            ModelSpec("ensemble", self.one_step_config(p, opts), files, profile=True),
+        ]
 
     def models(self, p: ModelProfile, opts: ServingOptions, tokenizer_file: Path) -> list[ModelSpec]:
         tok_files = {"model.py": model_py("tembed_serving.triton.tokenizer"), c.TOKENIZER_FILE: Path(tokenizer_file)}
@@ -561,19 +632,35 @@ def write_repository(
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
     backend = BACKENDS[opts.backend]
-    # The runner reads pooling, padding side and pad id from the profile next to it.
-    encoder = ModelSpec("encoder", encoder_config(p, opts), backend.files(encoder_file), backend.runs_in_python)
+    if p.layout == c.LAYOUT_ONE_STEP:
+        check_one_step(p, opts)
+        specs = EmbedTask().one_step_models(p, opts, tokenizer_file, encoder_file)
+    else:
+        # The runner reads pooling, padding side and pad id from the profile next to it.
+        encoder = ModelSpec("encoder", encoder_config(p, opts), backend.files(encoder_file), backend.runs_in_python)
+        specs = [encoder, *TASKS[p.task].models(p, opts, tokenizer_file)]
     written = {}
-    for spec in [encoder, *TASKS[p.task].models(p, opts, tokenizer_file)]:
+    for spec in specs:
         written[spec.role] = _write_model(repo, spec.config, spec.files)
         if spec.profile:
             p.save(written[spec.role] / c.VERSION)
     for role in set(c.ROLES) - set(written):  # e.g. the postprocess model of an earlier export
-        stale = Layout(repo, p.name).model_dir(role)
+        stale = repo / model_names(p.name)[role]  # the folder, whatever the layout maps the role to
         if stale.is_dir():
             shutil.rmtree(stale)
+    if p.layout == c.LAYOUT_ONE_STEP:  # the model that runs the encoder (Layout.model_dir("encoder"))
+        written["encoder"] = written["ensemble"]
     write_lanes(repo, p.name, c.PRIORITY_VALUES[1:] if opts.priority_lanes else ())
     return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))
+
+
+def check_one_step(p: ModelProfile, opts: ServingOptions) -> None:
+    """The one-step layout is the CPU path: an embedding model on ONNX Runtime in the Python backend."""
+    if p.task != c.TASK_EMBED or opts.backend != PythonOnnxBackend.name:
+        raise ValueError(
+            f"the {c.LAYOUT_ONE_STEP} layout serves embedding models on the {PythonOnnxBackend.name} backend;"
+            f" {p.name} is a {p.task} model on {opts.backend}: export it with --layout {c.LAYOUT_TWO_STEP}"
+        )
 
 
 def refresh_lanes(repo: Path, name: str) -> list[Path]:
@@ -602,6 +689,17 @@ def write_lanes(repo: Path, name: str, lanes: tuple[str, ...]) -> list[Path]:
         del ensemble.parameters[c.PARAM_LANES]
     written = []
     for lane in lanes:
+        if ens_dir == enc_dir:  # one-step: the lane is the model again, its own process and queue
+            copy = mc.ModelConfig()
+            copy.CopyFrom(ensemble)
+            copy.name = c.lane_name(name, lane)
+            copy.parameters[c.PARAM_LANE_OF].string_value = name
+            lane_dir = repo / copy.name
+            lane_dir.mkdir()
+            (lane_dir / "config.pbtxt").write_text(render(copy))
+            (lane_dir / c.VERSION).symlink_to(Path("..") / ens_dir.name / c.VERSION, target_is_directory=True)
+            written.append(lane_dir)
+            continue
         encoder = parse((enc_dir / "config.pbtxt").read_text())
         encoder.name = c.lane_name(enc_dir.name, lane)
         lane_enc = repo / encoder.name

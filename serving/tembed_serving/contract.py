@@ -7,6 +7,7 @@ The ensemble's public tensors, option values and parameters are the client's
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     INTERNAL,
     INVALID_ARGUMENT,
     LANE_SEPARATOR,
+    LAYOUT_ONE_STEP,
+    LAYOUT_TWO_STEP,
+    LAYOUTS,
     LONG_TEXT,
     LONG_TEXT_CHUNK,
     LONG_TEXT_DEFAULT,
@@ -48,6 +52,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_INSTRUCTION,
     PARAM_LANE_OF,
     PARAM_LANES,
+    PARAM_LAYOUT,
     PARAM_MAX_LENGTH,
     PARAM_MAX_REQUEST_BYTES,
     PARAM_MAX_ROWS,
@@ -155,12 +160,26 @@ def model_names(name: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where served model ``name``'s files lie in ``repo``."""
+    """Where served model ``name``'s files lie in ``repo``.
+
+    Under the one-step layout (the profile's ``layout``, written at export) the model clients call runs
+    the encoder itself: the encoder role is that model (its config, and the graph in its version
+    folder); the tokenizer model stays beside it for ``tokenize`` and holds the profile as ever."""
 
     repo: Path
     name: str
 
+    @property
+    def one_step(self) -> bool:
+        """Whether the exported profile says ``LAYOUT_ONE_STEP`` (read each time: an export rewrites it)."""
+        path = self.profile_file
+        if not path.is_file():
+            return False
+        return json.loads(path.read_text(encoding="utf-8")).get("layout") == LAYOUT_ONE_STEP
+
     def model_dir(self, role: str) -> Path:
+        if role == "encoder" and self.one_step:
+            role = "ensemble"
         return Path(self.repo) / model_names(self.name)[role]
 
     def version_dir(self, role: str) -> Path:

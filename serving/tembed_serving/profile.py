@@ -15,6 +15,8 @@ from pathlib import Path
 from .contract import (
     IDS_DTYPES,
     INPUT_TYPES,
+    LAYOUT_TWO_STEP,
+    LAYOUTS,
     OUTPUT_DENSE,
     OUTPUT_KINDS,
     PROFILE_FILE,
@@ -97,6 +99,10 @@ class ModelProfile:
     # leave out ``special_token_ids`` (CLS, EOS, PAD, UNK: FlagEmbedding's unused tokens).
     outputs: list[str] = field(default_factory=lambda: [OUTPUT_DENSE])
     special_token_ids: list[int] = field(default_factory=list)
+    # How the repository serves the model (contract.LAYOUTS), written once at export: "two-step" (an
+    # ensemble: tokenizer, encoder and, after Triton's native backends, postprocess) or "one-step" (one
+    # batched Python model tokenizes and runs ONNX Runtime: one stub hop per query on CPU).
+    layout: str = LAYOUT_TWO_STEP
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -121,6 +127,8 @@ class ModelProfile:
         self.chunk_overlap = overlap if self.chunk_overlap < 0 else self.chunk_overlap
         if not self.outputs or set(self.outputs) - set(OUTPUT_KINDS) or OUTPUT_DENSE not in self.outputs:
             raise ProfileError(f"outputs must be dense plus any of {OUTPUT_KINDS[1:]}, got {self.outputs!r}")
+        if self.layout not in LAYOUTS:
+            raise ProfileError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.max_windows < 1:
             raise ProfileError(f"max_windows must be >= 1, got {self.max_windows}")
 

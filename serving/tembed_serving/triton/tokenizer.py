@@ -37,6 +37,20 @@ from ..vectors import check_calibrated, per_row
 from ._util import Executing, error_response, input_arrays, tensor_names, version_dir
 
 
+def parse_request(given: dict, profile: ModelProfile, encoder: TextEncoder) -> tuple[Prompted, int, int, int]:
+    """An embedding request's inputs, checked: its prompted texts, the output size, the embedding type's
+    index in ``EMBEDDING_TYPES`` and bge-m3's output bits (a bad one is this request's RequestError)."""
+    raw = given[TEXT]
+    check_bytes(raw, profile)
+    texts = decode_texts(raw)
+    options = read_options(given, TASK_EMBED)
+    kind = str(options.pop(EMBEDDING_TYPE, EMBEDDING_TYPE_DEFAULT))
+    dims = check_dimensions(profile, options.pop(DIMENSIONS, None))
+    check_calibrated(profile, kind, dims)
+    bits = check_outputs(options.pop(OUTPUTS, None), profile, options.get(LONG_TEXT))
+    return encoder.prepare(texts, **options), dims, EMBEDDING_TYPES.index(kind), bits
+
+
 class TritonPythonModel:
     def initialize(self, args):
         self._executing = Executing(args)
@@ -49,16 +63,7 @@ class TritonPythonModel:
         self.per_row = ROW_OPTIONS in self.outputs
 
     def _parse(self, request) -> tuple[Prompted, int, int, int]:
-        given = input_arrays(request)
-        raw = given[TEXT]
-        check_bytes(raw, self.profile)
-        texts = decode_texts(raw)
-        options = read_options(given, TASK_EMBED)
-        kind = str(options.pop(EMBEDDING_TYPE, EMBEDDING_TYPE_DEFAULT))
-        dims = check_dimensions(self.profile, options.pop(DIMENSIONS, None))
-        check_calibrated(self.profile, kind, dims)
-        bits = check_outputs(options.pop(OUTPUTS, None), self.profile, options.get(LONG_TEXT))
-        return self.encoder.prepare(texts, **options), dims, EMBEDDING_TYPES.index(kind), bits
+        return parse_request(input_arrays(request), self.profile, self.encoder)
 
     def execute(self, requests):
         with self._executing(len(requests)):

@@ -24,15 +24,20 @@ MODEL = "multilingual-e5-small"
 PEERS = ROOT / ".venv-infinity" / "bin"
 
 
-def export_repo(repo: Path, model: str = MODEL, *, threads: int = 2, queue_delay_us: int | None = None) -> Path:
-    """Export ``model`` into ``repo`` once (reused while its ONNX graph is there), int32 ids."""
+def export_repo(
+    repo: Path, model: str = MODEL, *, threads: int = 2, queue_delay_us: int | None = None, layout: str | None = None
+) -> Path:
+    """Export ``model`` into ``repo`` once (reused while its ONNX graph is there), int32 ids, in ``layout``
+    (None: the export's default)."""
     from tembed.pipeline import ExportOptions, export_model
     from tembed.repository import ServingOptions
 
     if not Layout(repo, model).onnx_file.exists():
         delay = ServingOptions.max_queue_delay_us if queue_delay_us is None else queue_delay_us
         serving = ServingOptions(intra_op_threads=threads, max_queue_delay_us=delay)
-        export_model(FIXTURES / model, repo, ExportOptions(ids_dtype="int32", serving=serving, validate=False))
+        given = {"layout": layout} if layout else {}
+        options = ExportOptions(ids_dtype="int32", serving=serving, validate=False, **given)
+        export_model(FIXTURES / model, repo, options)
     return repo
 
 

@@ -21,7 +21,9 @@ from .data import Item
 
 # The CPU engines Infinity 0.0.78 offers; each is a target of its own.
 INFINITY_ENGINES = ("torch", "optimum", "ctranslate2")
-TARGETS = ("raw", "triton", "gateway", *(f"infinity-{e}" for e in INFINITY_ENGINES), "st", "st-onnx")
+# triton-one-step: the same encoder as `tembed export --layout one-step` serves it (one batched Python step), in
+# a tritonserver of its own.
+TARGETS = ("raw", "triton", "triton-one-step", "gateway", *(f"infinity-{e}" for e in INFINITY_ENGINES), "st", "st-onnx")
 
 
 class Raw:
@@ -72,10 +74,11 @@ class SentenceTransformers:
 class Triton:
     name, concurrent = "tembed Triton (gRPC)", True
 
-    def __init__(self, url: str, model: str = servers.MODEL) -> None:
+    def __init__(self, url: str, model: str = servers.MODEL, name: str | None = None) -> None:
         from tembed_client import EmbeddingClient
 
         self.client = EmbeddingClient(url, model)
+        self.name = name or self.name
 
     def vectors(self, items: list[Item]) -> np.ndarray:
         return self.client.embed([i.text for i in items], input_type=items[0].input_type)
@@ -180,6 +183,13 @@ def open_target(name: str, stack: contextlib.ExitStack, repo: Path, threads: int
         return Raw(repo, threads=threads)
     if name == "st":
         return SentenceTransformers(threads=threads)
+    if name == "triton-one-step":
+        from tembed_serving.contract import LAYOUT_ONE_STEP
+
+        one = servers.export_repo(repo.with_name(f"{repo.name}-one-step"), threads=threads, layout=LAYOUT_ONE_STEP)
+        srv = stack.enter_context(servers.triton(one))
+        pids["tritonserver-one-step"] = srv.proc.pid
+        return Triton(srv.grpc_url, name="tembed Triton one-step (gRPC)")
     if name in ("triton", "gateway"):
         if "triton" not in shared:
             shared["triton"] = srv = stack.enter_context(servers.triton(repo))

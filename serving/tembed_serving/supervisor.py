@@ -227,14 +227,15 @@ class TritonServer:
         out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115  (None: inherit)
         # Its own process group: the stubs Triton forks join it, so one killpg removes them all.
         # PR_SET_PDEATHSIG: if this process dies, even by SIGKILL, the kernel stops Triton too.
-        self.proc = subprocess.Popen(
-            self.command(Path(self._tmp.name) if self._tmp is not None else None),
-            env=server_env(self.pip_server),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        with SPAWN_LOCK:  # a Reaper does not take it for an orphan before it is self.proc
+            self.proc = subprocess.Popen(
+                self.command(Path(self._tmp.name) if self._tmp is not None else None),
+                env=server_env(self.pip_server),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         if out is not None:
             out.close()
         self._watch_group()
@@ -249,13 +250,14 @@ class TritonServer:
         not inherited by the processes it starts), and then kills the group."""
         self._stop_watchdog()
         assert self.proc is not None
-        self._watchdog = subprocess.Popen(
-            ["sh", "-c", 'read -r _; kill -s KILL -- "-$0" 2>/dev/null', str(self.proc.pid)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C to the terminal's group does not reach it
-        )
+        with SPAWN_LOCK:
+            self._watchdog = subprocess.Popen(
+                ["sh", "-c", 'read -r _; kill -s KILL -- "-$0" 2>/dev/null', str(self.proc.pid)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to the terminal's group does not reach it
+            )
 
     def _stop_watchdog(self) -> None:
         """Done with the group it watches (removed by now): it kills what may be left of it, and exits."""
@@ -477,6 +479,10 @@ class TritonServer:
             self._tmp.cleanup()
             self._tmp = None
 
+    def children(self) -> set[int]:
+        """The processes this server started (tritonserver, the watchdog) that are still its to wait for."""
+        return {p.pid for p in (self.proc, self._watchdog) if p is not None and p.returncode is None}
+
     def __enter__(self) -> TritonServer:
         return self.start() if self.proc is None else self
 
@@ -489,6 +495,86 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+PR_SET_CHILD_SUBREAPER = 36
+SPAWN_LOCK = threading.Lock()  # held while a child is started and recorded (TritonServer.children)
+
+
+def become_subreaper() -> bool:
+    """Make this process the one orphaned descendants are handed to (prctl PR_SET_CHILD_SUBREAPER), as PID 1
+    is: a Triton stub whose tritonserver died becomes its child, so it must be waited for (Reaper)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def zombie_children(own: set[int]) -> dict[int, str]:
+    """pid -> name of this process's children that have exited, not waited for, and are not in ``own``."""
+    me, found = os.getpid(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if rest[0] in ("Z", "X") and int(rest[1]) == me:
+            found[int(entry.name)] = name
+    return found
+
+
+class Reaper(threading.Thread):
+    """Waits for the orphans handed to this process (PID 1 of a container, or a subreaper): the stubs of a
+    tritonserver killed by -9 outlive it until the supervisor kills its group, and then stay zombies unless
+    their new parent waits for them. The server's own children are left to their Popen (``children``)."""
+
+    POLL_S = 0.5
+
+    def __init__(self, server: TritonServer) -> None:
+        super().__init__(name="tembed-reaper", daemon=True)
+        self.server, self.reaped = server, 0
+        self._halt = threading.Event()
+
+    def reap(self) -> int:
+        """Wait for every orphan that has exited now; how many there were."""
+        with SPAWN_LOCK:
+            dead = zombie_children(self.server.children())
+            for pid, name in dead.items():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                self.server.event(f"reaped orphan {pid} ({name})")
+        self.reaped += len(dead)
+        return len(dead)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.POLL_S):
+            with contextlib.suppress(Exception):  # a /proc read race: the next poll
+                self.reap()
+
+    def stop(self, settle_s: float = 2.0) -> None:
+        """Stop polling, then reap what the server's stop left (killed processes take a moment to exit)."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(5)
+        deadline = time.monotonic() + settle_s
+        while self.reap() or time.monotonic() < deadline and self._orphans():
+            time.sleep(0.05)
+
+    def _orphans(self) -> bool:
+        """Children of this process the server did not start, alive or not."""
+        me, own = os.getpid(), self.server.children()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in own:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat[stat.rindex(")") + 2 :].split()[1]) == me:
+                        return True
+        return False
 
 
 STUB = "triton_python_backend_stub"
@@ -634,6 +720,13 @@ def main(argv: list[str] | None = None) -> int:
         default=TritonServer.live_bound_s,
         help="/health/live fails once the server could not serve for this long",
     )
+    ap.add_argument(
+        "--subreaper",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("TEMBED_SUBREAPER", "") not in ("", "0"),
+        help="take orphaned descendants (prctl PR_SET_CHILD_SUBREAPER) and reap them, as PID 1 always does "
+        "(default: TEMBED_SUBREAPER; docker/entrypoint.sh passes it)",
+    )
     ap.add_argument("triton_args", nargs=argparse.REMAINDER, help="-- then tritonserver's own arguments")
     args = ap.parse_args(argv)
     srv = server_from_args(args)
@@ -649,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     health = HealthServer(srv, args.health_port).start() if args.health_port else None
+    reaper = None
+    if os.getpid() == 1 or (args.subreaper and become_subreaper()):
+        reaper = Reaper(srv)
+        reaper.start()
     try:
         srv.start()
         print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
@@ -663,6 +760,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{left} models still had requests after {srv.exit_timeout_s}s", flush=True)
             print(f"drained in {time.monotonic() - started:.1f}s", flush=True)
         srv.stop()
+        if reaper is not None:
+            reaper.stop()
+            print(f"reaped {reaper.reaped} orphaned processes", flush=True)
         if health is not None:
             health.shutdown()
             health.server_close()

@@ -90,15 +90,81 @@ def server_env(pip_server: bool = True) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_HANDED_OUT: set[int] = set()  # free_port's answers in this process, never given twice
+_HANDED_LOCK = threading.Lock()
+
+
+def port_pool() -> range:
+    """Where free ports are drawn: outside the kernel's ephemeral range, which every outgoing connection of
+    every process draws its local port from (one took a test server's metrics port between the draw and
+    tritonserver's bind, 2026-12-02); above 10000, clear of the usual services' ports."""
+    try:
+        lo, hi = (int(x) for x in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999  # Linux's default
+    if lo - 10000 >= 2000:
+        return range(10000, lo)
+    if 65535 - hi >= 2000:
+        return range(hi + 1, 65536)
+    return range(1024, 65536)
+
+
+def bindable(port: int, host: str = "127.0.0.1", reuse: bool = False) -> bool:
+    """Whether a server could bind ``port`` now (``reuse``: with SO_REUSEADDR, as servers do)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port nobody listens on or connects from now, drawn at random from :func:`port_pool` (so that two
+    processes drawing at once rarely meet; a server that finds it taken anyway starts again on new ones:
+    ``TritonServer.on_free_ports``). Not the same twice in one process."""
+    import random
+
+    pool, draw = port_pool(), random.SystemRandom()
+    for _ in range(200):
+        port = draw.choice(pool)
+        with _HANDED_LOCK:
+            if port in _HANDED_OUT or not bindable(port) or not bindable(port, "0.0.0.0"):
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise ServerError(f"no free port found in {pool.start}..{pool.stop - 1}")
+
+
+def listening_ports(pid: int) -> set[int] | None:
+    """The TCP ports process ``pid`` listens on, from /proc (its sockets' inodes in its net tables); None
+    when /proc cannot tell (another user's process, no /proc)."""
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    except OSError:
+        return None
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 # Admin protocols Triton serves on the same ports as inference. Closed unless the caller presents
 # the key: anyone who reaches the port could otherwise load and unload models, change logging,
 # register shared memory or start traces. The gateway is the authenticated front door.
+PORT_ATTEMPTS = 3  # starts of an on_free_ports server that found a port taken, each on new ports
 STOP_AFTER_DRAIN_S = 5.0  # how long Triton may take to exit once a drain found nothing left
 QUIET_READS = 3  # reads 0.1 s apart with nothing in flight and nothing finishing: a drain is done
 
@@ -143,10 +209,56 @@ class TritonServer:
     _unready_since: float | None = None
     _was_ready: bool = False
     _drained: bool = False  # a drain found nothing left in flight
+    redraw_ports: bool = False  # a start that finds a port taken draws new ones (on_free_ports)
+    _log_start: int = 0  # the log's size when tritonserver was last started
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, **kw) -> TritonServer:
-        return cls(model_repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kw)
+        """On ports :func:`free_port` draws; a start that loses one to another process (between the draw and
+        Triton's bind) draws new ones and starts again, up to PORT_ATTEMPTS times."""
+        srv = cls(model_repository, **kw)
+        srv.redraw_ports = True
+        srv.draw_ports()
+        return srv
+
+    def draw_ports(self) -> None:
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+
+    def ports(self) -> dict[str, int]:
+        """The ports tritonserver listens on once started: those its arguments do not turn off."""
+        ports = {"grpc": self.grpc_port, "http": self.http_port, "metrics": self.metrics_port}
+        args = list(self.extra_args)
+        for i, arg in enumerate(args):
+            for kind in list(ports):
+                flag = f"--allow-{kind}"
+                value = arg[len(flag) + 1 :] if arg.startswith(f"{flag}=") else None
+                if arg == flag and i + 1 < len(args):
+                    value = args[i + 1]
+                if value is not None and value.lower() in ("false", "0", "off", "no"):
+                    del ports[kind]
+        return ports
+
+    def listening(self) -> bool:
+        """tritonserver itself listens on every one of its ports (Triton says ready once HTTP is up, before
+        it binds the metrics port, and exits when that one is taken)."""
+        if self.proc is None:
+            return False
+        have = listening_ports(self.proc.pid)
+        return have is None or set(self.ports().values()) <= have
+
+    def ports_taken(self) -> list[int]:
+        """The ports this server's last start found in use: named by Triton's log, or not bindable now."""
+        taken = set()
+        if self.log_file and Path(self.log_file).exists():
+            with open(self.log_file, "rb") as f:
+                f.seek(self._log_start)
+                tail = f.read().decode(errors="replace")
+            for line in tail.splitlines():
+                if "already in use" in line.lower():
+                    taken |= {p for p in self.ports().values() if f":{p}" in line}
+        host = "0.0.0.0" if self.host in ("0.0.0.0", "::") else self.host
+        taken |= {p for p in self.ports().values() if not bindable(p, host, reuse=True)}
+        return sorted(taken)
 
     @property
     def grpc_url(self) -> str:
@@ -225,6 +337,7 @@ class TritonServer:
 
     def _spawn(self) -> None:
         out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115  (None: inherit)
+        self._log_start = out.tell() if out is not None else 0
         # Its own process group: the stubs Triton forks join it, so one killpg removes them all.
         # PR_SET_PDEATHSIG: if this process dies, even by SIGKILL, the kernel stops Triton too.
         with SPAWN_LOCK:  # a Reaper does not take it for an orphan before it is self.proc
@@ -274,8 +387,22 @@ class TritonServer:
         if self.pip_server:
             self._tmp = tempfile.TemporaryDirectory(prefix="tembed-backends-")
             prepare_backends(Path(self._tmp.name))
-        self._spawn()
-        self.wait_ready(timeout)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self._spawn()
+            try:
+                self.wait_ready(timeout)
+                break
+            except ServerError as exc:
+                exited = self.proc is not None  # (a timeout stopped it: not a port's doing)
+                taken = self.ports_taken() if exited else []
+                if not (self.redraw_ports and taken and attempt < PORT_ATTEMPTS):
+                    if exited:
+                        self.stop()
+                    if taken:
+                        raise ServerError(f"port(s) {taken} in use by another process: {exc}") from None
+                    raise
+                self.event(f"ports {taken} taken by another process; starting again on new ports")
+                self.draw_ports()
         self.event("ready")
         if self.supervise:
             self._supervisor = Supervisor(self)
@@ -304,7 +431,7 @@ class TritonServer:
                 code = self.proc.returncode
                 self._kill_group()
                 raise ServerError(f"tritonserver exited with code {code}{self._log_tail()}")
-            if self.ready():
+            if self.ready() and self.listening():
                 return
             time.sleep(0.25)
         self.stop()

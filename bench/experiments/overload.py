@@ -1,7 +1,10 @@
 """Overload: many concurrent requests of long texts, through the gateway and over gRPC.
 
-    python bench/overload.py                    # 200 requests x 16 long texts each way, e5-small, ~3 min
-    python bench/overload.py --requests 40      # quicker
+    python bench/experiments/overload.py                     # 200 requests x 16 long texts each way, e5-small
+    python bench/experiments/overload.py --requests 40       # quicker
+    python bench/experiments/overload.py --max-in-flight 64  # the gateway's bound (default: GatewaySettings')
+    python bench/experiments/overload.py --repo REPO         # an exported repository (default: e5-small's
+                                                             # fixture, exported with today's defaults)
 
 What an operator wants to know under overload: how many requests succeed, how fast the rest are
 refused (429 / RESOURCE_EXHAUSTED / UNAVAILABLE, not a 60 s timeout), and whether the server goes
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: bench/experiments/overload.py
 MODEL = "multilingual-e5-small"
 LONG = "检索增强生成把向量数据库召回的段落交给大模型，再由模型生成回答。" * 20  # ~500 tokens
 
@@ -68,12 +72,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     from tembed_serving.supervisor import TritonServer
 
     work = Path(tempfile.mkdtemp(prefix="tembed-overload-"))
-    export_model(ROOT / "fixtures" / MODEL, work / "repo", ExportOptions(validate=False))
+    repo = args.repo
+    if repo is None:
+        repo = work / "repo"
+        export_model(ROOT / "fixtures" / MODEL, repo, ExportOptions(validate=False))
     texts = [f"{i} {LONG}" for i in range(16)]
     results = []
+    limit = {"max_in_flight": args.max_in_flight} if args.max_in_flight else {}
     try:
-        with TritonServer.on_free_ports(work / "repo", log_file=work / "tritonserver.log") as srv:
-            with GatewayThread(GatewaySettings(srv.grpc_url, timeout_s=args.timeout)) as gw:
+        with TritonServer.on_free_ports(repo, log_file=work / "tritonserver.log") as srv:
+            settings = GatewaySettings(srv.grpc_url, timeout_s=args.timeout, **limit)
+            print(f"gateway max_in_flight {settings.max_in_flight}", file=sys.stderr)
+            with GatewayThread(settings) as gw:
 
                 def via_gateway(i: int) -> tuple[str, float]:
                     t = time.monotonic()
@@ -107,6 +117,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def burst(name: str, call, args: argparse.Namespace, http_url: str) -> dict:
+    load = os.getloadavg()[0]
     print(f"{name}: {args.requests} concurrent requests of 16 texts (~500 tokens each) ...", file=sys.stderr)
     outcomes: list[tuple[str, float]] = []
     lock = threading.Lock()
@@ -119,22 +130,25 @@ def burst(name: str, call, args: argparse.Namespace, http_url: str) -> dict:
     with ThreadPoolExecutor(args.requests) as pool:
         list(pool.map(one, range(args.requests)))
     tail = compute_tail(http_url, time.monotonic())
-    return summarize(name, outcomes, tail)
+    return {**summarize(name, outcomes, tail), "load_average": [round(load, 1), round(os.getloadavg()[0], 1)]}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--timeout", type=float, default=60.0, help="gateway's per-call and the client's timeout")
+    ap.add_argument("--max-in-flight", type=int, help="the gateway's max_in_flight (default: GatewaySettings')")
+    ap.add_argument("--repo", type=Path, help="an exported model repository serving e5-small (default: export one)")
     args = ap.parse_args(argv)
     results = run(args)
-    print("\n| path | requests | outcome: count | P50 s | max s | encoder busy after last answer |")
-    print("|---|--:|---|---|---|--:|")
+    print("\n| path | requests | outcome: count | P50 s | max s | encoder busy after last answer | load average |")
+    print("|---|--:|---|---|---|--:|---|")
     for r in results:
         outcome = ", ".join(f"{k}: {n}" for k, n in r["outcomes"].items())
         p50 = ", ".join(f"{k} {v}" for k, v in r["p50_s"].items())
         mx = ", ".join(f"{k} {v}" for k, v in r["max_s"].items())
-        print(f"| {r['path']} | {r['requests']} | {outcome} | {p50} | {mx} | {r['compute_tail_s']} s |")
+        load = "→".join(str(x) for x in r["load_average"])
+        print(f"| {r['path']} | {r['requests']} | {outcome} | {p50} | {mx} | {r['compute_tail_s']} s | {load} |")
     print(json.dumps(results))
     return 0
 

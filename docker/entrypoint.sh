@@ -4,8 +4,10 @@
 # what `tembed serve` does on one machine: a Python stub that dies has its model reloaded, a tritonserver
 # that dies is restarted, SIGTERM unloads the ensembles first (new requests go to other replicas at once)
 # and stops Triton once the requests inside have finished, and nothing of Triton's process group outlives
-# it. Its probes are on TEMBED_HEALTH_PORT (8003): /health/ready is false while a model cannot serve
-# (a dead stub, a reload, a drain), /health/live fails once that has lasted TEMBED_LIVE_BOUND_S (120 s).
+# it: the supervisor is the pod's PID 1 (outside a container, a subreaper: --subreaper) and waits for the
+# orphans handed to it, such as the stubs of a tritonserver killed by -9. Its probes are on
+# TEMBED_HEALTH_PORT (8003): /health/ready is false while a model cannot serve (a dead stub, a reload, a
+# drain), /health/live fails once that has lasted TEMBED_LIVE_BOUND_S (120 s).
 #
 # Triton's admin protocols stay closed (the list is tembed_serving.supervisor.RESTRICTED): loading and
 # unloading models, logging, shared memory and tracing need the key in TEMBED_ADMIN_KEY, a random one when
@@ -21,5 +23,6 @@ exec "${TEMBED_PYTHON:-python3}" -m tembed_serving.supervisor \
     --tritonserver "${triton}" \
     --health-port "${TEMBED_HEALTH_PORT:-8003}" \
     --live-bound-s "${TEMBED_LIVE_BOUND_S:-120}" \
+    --subreaper \
     --log-file - \
     -- "$@"

@@ -105,3 +105,40 @@ def test_a_query_does_not_wait_behind_bulk_indexing(lanes_server):
     assert max(during[high]) <= 2, during  # finished before two bulk batches did, every time
     assert np.median(ms[high]) < 0.5 * batch_s * 1e3  # well under one bulk batch
     assert np.median(ms[high]) < np.median(ms[low])  # and faster than in the bulk queue
+
+
+def ensemble_requests(srv, name: str) -> int:
+    """Requests ensemble ``name`` has answered."""
+    stats = httpx.get(f"{srv.http_url}/v2/models/{name}/stats", timeout=10).json()["model_stats"][0]
+    return int(stats["inference_stats"]["success"].get("count", 0))
+
+
+def test_tembed_index_goes_to_the_bulk_lane_and_search_to_the_default(lanes_server, tmp_path):
+    """``tembed index`` sends its embeddings at the bulk priority, over gRPC and through the gateway alike;
+    ``--priority high`` overrides it; ``tembed search`` stays on the default lane. Counted by Triton."""
+    from tembed_gateway import GatewaySettings, GatewayThread
+    from tembed_retrieval.cli import main as retrieval_cli
+    from tembed_serving.contract import PRIORITY_BULK, PRIORITY_DEFAULT, lane_name
+
+    srv, lanes = lanes_server, {PRIORITY_DEFAULT: E5, PRIORITY_BULK: lane_name(E5, PRIORITY_BULK)}
+    passages = 20  # 3 requests of max_texts (8) texts
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{i}: {PASSAGE[: 20 + i]}" for i in range(passages)) + "\n", encoding="utf-8")
+
+    def delta(argv: list[str]) -> dict[str, int]:
+        before = {lane: ensemble_requests(srv, name) for lane, name in lanes.items()}
+        assert retrieval_cli(argv) == 0
+        return {lane: ensemble_requests(srv, name) - before[lane] for lane, name in lanes.items()}
+
+    with GatewayThread(GatewaySettings(srv.grpc_url)) as gw:
+        for route in (["--url", srv.grpc_url], ["--gateway", gw.url]):
+            index = str(tmp_path / route[0].strip("-"))
+            made = delta(["index", str(corpus), "--index", index, "--model", E5, *route])
+            assert made[PRIORITY_DEFAULT] == 0 and made[PRIORITY_BULK] >= 3, (route[0], made)
+            asked = delta(["search", "向量数据库怎么选？", "--index", index, *route])
+            assert asked == {PRIORITY_DEFAULT: 1, PRIORITY_BULK: 0}, (route[0], asked)
+            told = delta(
+                ["index", str(corpus), "--index", f"{index}-high", "--model", E5, "--priority", "high", *route]
+            )
+            assert told[PRIORITY_DEFAULT] >= 3 and told[PRIORITY_BULK] == 0, (route[0], told)
+            print(f"\n{route[0]}: index {made}, search {asked}, index --priority high {told}")

@@ -147,6 +147,66 @@ def test_entrypoint_heals_a_dead_stub_and_drains_on_sigterm(pod_repo, tmp_path):
             pod.proc.kill()
 
 
+def processes() -> dict[int, tuple[str, str, int, int]]:
+    """pid -> (name, state, parent, process group) of every process, zombies included (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            rest = stat[stat.rindex(")") + 2 :].split()
+            found[int(entry.name)] = (stat[stat.index("(") + 1 : stat.rindex(")")], rest[0], int(rest[1]), int(rest[2]))
+    return found
+
+
+def test_entrypoint_reaps_the_stubs_of_a_killed_tritonserver(pod_repo, tmp_path):
+    """tritonserver killed by -9: its stubs are orphaned to the supervisor (a subreaper here, PID 1 in a pod),
+    which restarts Triton, kills the old group and waits for its processes, so no zombie or orphan is left
+    once it has healed, nor after SIGTERM."""
+    from tembed_client import EmbeddingClient
+
+    pod = Pod(pod_repo, tmp_path / "pod.log")
+    try:
+        pod.wait_ready()
+        sup = pod.proc.pid  # sh execs the supervisor
+        (triton,) = [p for p, (name, *_, ppid, _) in processes().items() if ppid == sup and name == "tritonserver"]
+        stubs = [p for p, (*_, group) in processes().items() if group == triton and p != triton]
+        assert stubs, "no stubs in tritonserver's group"
+        os.kill(triton, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while True:  # healed: another tritonserver, ready, and nothing of the old group left
+            procs = processes()
+            kids = {p: v for p, v in procs.items() if v[2] == sup}
+            old = [p for p, v in procs.items() if v[3] == triton]
+            healed = triton not in kids and any(v[0] == "tritonserver" for v in kids.values())
+            if healed and not old and pod.ready() == 200:
+                break
+            assert time.monotonic() < deadline, f"not healed: {kids}, old group {old}\n{pod.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        time.sleep(2 * 0.5)  # a poll of the reaper more: what is left now stays
+        kids = {p: v for p, v in processes().items() if v[2] == sup}
+        assert not [v for v in kids.values() if v[1] in "ZX"], f"zombies under the supervisor: {kids}"
+        assert sorted(v[0] for v in kids.values()) == ["sh", "tritonserver"], kids  # Triton and its watchdog
+        reaped = pod.log.read_text().count("reaped orphan")
+        assert reaped >= len(stubs), f"{reaped} reaped of {len(stubs)} stubs:\n{pod.log.read_text()[-3000:]}"
+        print(f"\npod: tritonserver killed -9, its {len(stubs)} stubs orphaned and reaped ({reaped}), Triton restarted")
+        with EmbeddingClient(pod.grpc, E5, timeout=60) as client:
+            assert client.embed(TEXTS[:1]).shape[0] == 1
+        (new,) = [p for p, v in kids.items() if v[0] == "tritonserver"]
+        pod.proc.send_signal(signal.SIGTERM)
+        assert pod.proc.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and [p for p, v in processes().items() if v[3] in (triton, new)]:
+            time.sleep(0.1)
+        assert [v for v in processes().values() if v[3] in (triton, new) or v[2] == sup] == []
+        assert left_behind(pod_repo) == []
+    finally:
+        if pod.proc.poll() is None:
+            pod.proc.kill()
+
+
 def test_entrypoint_fails_liveness_when_a_stub_cannot_come_back(pod_repo, tmp_path):
     """The encoder's model.py broken on disk, then its stub killed: every reload fails, readiness stays 503,
     and once that has lasted the bound (3 s here) liveness fails too, so Kubernetes would restart the pod."""

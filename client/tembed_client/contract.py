@@ -148,7 +148,8 @@ def output_kinds(value: str) -> tuple[str, ...]:
 # request's Triton priority (INFER_PRIORITY), which a batcher without priority_levels ignores.
 PRIORITY = "priority"
 PRIORITY_VALUES = ("high", "low")
-PRIORITY_DEFAULT = "high"
+PRIORITY_DEFAULT = "high"  # queries (tembed search, any request that names none)
+PRIORITY_BULK = "low"  # bulk indexing (tembed index, build_index)
 PRIORITY_LEVELS = {v: i + 1 for i, v in enumerate(PRIORITY_VALUES)}  # Triton's levels: 1 is served first
 INFER_PRIORITY = "priority"  # tritonclient's infer() keyword that carries it
 

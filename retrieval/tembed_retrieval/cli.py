@@ -33,7 +33,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     try:
         dim = args.dimensions or embedder.dimension
         if dim is None:  # the gateway does not announce it: one probe
-            dim = int(embedder.embed(["probe"], "document").shape[1])
+            dim = int(embedder.embed(["probe"], "document", priority=args.priority).shape[1])
             embedder.dimension = dim
         if embedder.min_dimension and not embedder.min_dimension <= dim <= embedder.dimension:
             raise SystemExit(
@@ -49,7 +49,15 @@ def cmd_index(args: argparse.Namespace) -> int:
             hnsw_ef_construct=args.hnsw_ef_construct,
             full_scan_threshold_kb=args.full_scan_threshold_kb,
         )
-        report = build_index(records, args.index, spec, embedder, qdrant_url=args.qdrant_url, in_flight=args.in_flight)
+        report = build_index(
+            records,
+            args.index,
+            spec,
+            embedder,
+            qdrant_url=args.qdrant_url,
+            in_flight=args.in_flight,
+            priority=args.priority,
+        )
     except RetrievalError as exc:
         raise SystemExit(f"error: {exc}") from None
     finally:
@@ -138,6 +146,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="segments under this many KB of vectors are searched exactly, as Qdrant does (%(default)s)",
     )
     ix.add_argument("--in-flight", type=int, default=DEFAULT_IN_FLIGHT, help="embedding requests kept in flight")
+    ix.add_argument(
+        "--priority",
+        choices=c.PRIORITY_VALUES,
+        default=c.PRIORITY_BULK,
+        help="the embedding requests' lane: %(default)s (bulk, behind users' queries) unless told",
+    )
     ix.set_defaults(func=cmd_index)
 
     se = subparsers.add_parser("search", help="search an index built by `tembed index`")

@@ -1,6 +1,7 @@
 """The served models a retrieval uses: an embedder and a reranker, over gRPC (``tembed_client``, the default) or
 the HTTP gateway (``--gateway URL``: ``/v1/embeddings``, ``/v1/rerank``). Bulk embedding keeps a few requests in
-flight so the server's batcher always has the next one."""
+flight so the server's batcher always has the next one, and sends them at the priority it is given
+(``contract.PRIORITY``: ``build_index`` gives the bulk lane's, so a user's query does not queue behind them)."""
 
 from __future__ import annotations
 
@@ -47,14 +48,19 @@ class Embedder:
         *,
         dimensions: int | None = None,
         long_text: str | None = None,
+        priority: str | None = None,
         in_flight: int = DEFAULT_IN_FLIGHT,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
+        """``priority``: the requests' lane (``contract.PRIORITY_VALUES``; None: the server's default, a query's),
+        sent as the gRPC option or the gateway's ``priority`` field."""
         options: dict[str, Any] = {}
         if dimensions is not None:
             options[c.DIMENSIONS] = dimensions
         if long_text is not None:
             options[c.LONG_TEXT] = long_text
+        if priority is not None:
+            options[c.PRIORITY] = priority
         chunks = [list(texts[i : i + self.max_texts]) for i in range(0, len(texts), self.max_texts)]
         if not chunks:
             return np.empty((0, dimensions or self.dimension or 0), np.float32)

@@ -53,9 +53,11 @@ def build_index(
     in_flight: int = DEFAULT_IN_FLIGHT,
     batch: int | None = None,
     progress: bool = True,
+    priority: str = c.PRIORITY_BULK,
 ) -> IndexReport:
     """Embed the records not yet in ``index`` with their current text, upsert them, build HNSW. A record whose id
-    is indexed with the same text is skipped (re-indexing is idempotent); one whose text changed is replaced."""
+    is indexed with the same text is skipped (re-indexing is idempotent); one whose text changed is replaced.
+    The embedding requests go at ``priority`` (bulk by default: the model's bulk lane, behind users' queries)."""
     t0 = time.perf_counter()
     existed = qdrant_url is not None or (Path(index) / "tembed-index.json").exists()
     store = open_store(index, spec, qdrant_url=qdrant_url)  # refuses another model or dimension before any write
@@ -74,6 +76,7 @@ def build_index(
                 DOCUMENT,
                 dimensions=spec.dimension if spec.dimension != embedder.dimension else None,
                 long_text=spec.long_text,
+                priority=priority,
                 in_flight=in_flight,
                 progress=bar.update,
             )

@@ -67,6 +67,7 @@ from tembed_client.contract import (  # noqa: F401  (re-exported: the runtime's 
     PARAM_TOKENIZER,
     PARAM_TOKENIZER_OUTPUTS,
     PRIORITY,
+    PRIORITY_BULK,
     PRIORITY_DEFAULT,
     PRIORITY_LEVELS,
     PRIORITY_VALUES,

@@ -90,15 +90,81 @@ def server_env(pip_server: bool = True) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_HANDED_OUT: set[int] = set()  # free_port's answers in this process, never given twice
+_HANDED_LOCK = threading.Lock()
+
+
+def port_pool() -> range:
+    """Where free ports are drawn: outside the kernel's ephemeral range, which every outgoing connection of
+    every process draws its local port from (one took a test server's metrics port between the draw and
+    tritonserver's bind, 2026-12-02); above 10000, clear of the usual services' ports."""
+    try:
+        lo, hi = (int(x) for x in EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999  # Linux's default
+    if lo - 10000 >= 2000:
+        return range(10000, lo)
+    if 65535 - hi >= 2000:
+        return range(hi + 1, 65536)
+    return range(1024, 65536)
+
+
+def bindable(port: int, host: str = "127.0.0.1", reuse: bool = False) -> bool:
+    """Whether a server could bind ``port`` now (``reuse``: with SO_REUSEADDR, as servers do)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A port nobody listens on or connects from now, drawn at random from :func:`port_pool` (so that two
+    processes drawing at once rarely meet; a server that finds it taken anyway starts again on new ones:
+    ``TritonServer.on_free_ports``). Not the same twice in one process."""
+    import random
+
+    pool, draw = port_pool(), random.SystemRandom()
+    for _ in range(200):
+        port = draw.choice(pool)
+        with _HANDED_LOCK:
+            if port in _HANDED_OUT or not bindable(port) or not bindable(port, "0.0.0.0"):
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise ServerError(f"no free port found in {pool.start}..{pool.stop - 1}")
+
+
+def listening_ports(pid: int) -> set[int] | None:
+    """The TCP ports process ``pid`` listens on, from /proc (its sockets' inodes in its net tables); None
+    when /proc cannot tell (another user's process, no /proc)."""
+    try:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    except OSError:
+        return None
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 # Admin protocols Triton serves on the same ports as inference. Closed unless the caller presents
 # the key: anyone who reaches the port could otherwise load and unload models, change logging,
 # register shared memory or start traces. The gateway is the authenticated front door.
+PORT_ATTEMPTS = 3  # starts of an on_free_ports server that found a port taken, each on new ports
 STOP_AFTER_DRAIN_S = 5.0  # how long Triton may take to exit once a drain found nothing left
 QUIET_READS = 3  # reads 0.1 s apart with nothing in flight and nothing finishing: a drain is done
 
@@ -143,10 +209,56 @@ class TritonServer:
     _unready_since: float | None = None
     _was_ready: bool = False
     _drained: bool = False  # a drain found nothing left in flight
+    redraw_ports: bool = False  # a start that finds a port taken draws new ones (on_free_ports)
+    _log_start: int = 0  # the log's size when tritonserver was last started
 
     @classmethod
     def on_free_ports(cls, model_repository: Path, **kw) -> TritonServer:
-        return cls(model_repository, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(), **kw)
+        """On ports :func:`free_port` draws; a start that loses one to another process (between the draw and
+        Triton's bind) draws new ones and starts again, up to PORT_ATTEMPTS times."""
+        srv = cls(model_repository, **kw)
+        srv.redraw_ports = True
+        srv.draw_ports()
+        return srv
+
+    def draw_ports(self) -> None:
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+
+    def ports(self) -> dict[str, int]:
+        """The ports tritonserver listens on once started: those its arguments do not turn off."""
+        ports = {"grpc": self.grpc_port, "http": self.http_port, "metrics": self.metrics_port}
+        args = list(self.extra_args)
+        for i, arg in enumerate(args):
+            for kind in list(ports):
+                flag = f"--allow-{kind}"
+                value = arg[len(flag) + 1 :] if arg.startswith(f"{flag}=") else None
+                if arg == flag and i + 1 < len(args):
+                    value = args[i + 1]
+                if value is not None and value.lower() in ("false", "0", "off", "no"):
+                    del ports[kind]
+        return ports
+
+    def listening(self) -> bool:
+        """tritonserver itself listens on every one of its ports (Triton says ready once HTTP is up, before
+        it binds the metrics port, and exits when that one is taken)."""
+        if self.proc is None:
+            return False
+        have = listening_ports(self.proc.pid)
+        return have is None or set(self.ports().values()) <= have
+
+    def ports_taken(self) -> list[int]:
+        """The ports this server's last start found in use: named by Triton's log, or not bindable now."""
+        taken = set()
+        if self.log_file and Path(self.log_file).exists():
+            with open(self.log_file, "rb") as f:
+                f.seek(self._log_start)
+                tail = f.read().decode(errors="replace")
+            for line in tail.splitlines():
+                if "already in use" in line.lower():
+                    taken |= {p for p in self.ports().values() if f":{p}" in line}
+        host = "0.0.0.0" if self.host in ("0.0.0.0", "::") else self.host
+        taken |= {p for p in self.ports().values() if not bindable(p, host, reuse=True)}
+        return sorted(taken)
 
     @property
     def grpc_url(self) -> str:
@@ -225,16 +337,18 @@ class TritonServer:
 
     def _spawn(self) -> None:
         out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115  (None: inherit)
+        self._log_start = out.tell() if out is not None else 0
         # Its own process group: the stubs Triton forks join it, so one killpg removes them all.
         # PR_SET_PDEATHSIG: if this process dies, even by SIGKILL, the kernel stops Triton too.
-        self.proc = subprocess.Popen(
-            self.command(Path(self._tmp.name) if self._tmp is not None else None),
-            env=server_env(self.pip_server),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        with SPAWN_LOCK:  # a Reaper does not take it for an orphan before it is self.proc
+            self.proc = subprocess.Popen(
+                self.command(Path(self._tmp.name) if self._tmp is not None else None),
+                env=server_env(self.pip_server),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         if out is not None:
             out.close()
         self._watch_group()
@@ -249,13 +363,14 @@ class TritonServer:
         not inherited by the processes it starts), and then kills the group."""
         self._stop_watchdog()
         assert self.proc is not None
-        self._watchdog = subprocess.Popen(
-            ["sh", "-c", 'read -r _; kill -s KILL -- "-$0" 2>/dev/null', str(self.proc.pid)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C to the terminal's group does not reach it
-        )
+        with SPAWN_LOCK:
+            self._watchdog = subprocess.Popen(
+                ["sh", "-c", 'read -r _; kill -s KILL -- "-$0" 2>/dev/null', str(self.proc.pid)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C to the terminal's group does not reach it
+            )
 
     def _stop_watchdog(self) -> None:
         """Done with the group it watches (removed by now): it kills what may be left of it, and exits."""
@@ -272,8 +387,22 @@ class TritonServer:
         if self.pip_server:
             self._tmp = tempfile.TemporaryDirectory(prefix="tembed-backends-")
             prepare_backends(Path(self._tmp.name))
-        self._spawn()
-        self.wait_ready(timeout)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self._spawn()
+            try:
+                self.wait_ready(timeout)
+                break
+            except ServerError as exc:
+                exited = self.proc is not None  # (a timeout stopped it: not a port's doing)
+                taken = self.ports_taken() if exited else []
+                if not (self.redraw_ports and taken and attempt < PORT_ATTEMPTS):
+                    if exited:
+                        self.stop()
+                    if taken:
+                        raise ServerError(f"port(s) {taken} in use by another process: {exc}") from None
+                    raise
+                self.event(f"ports {taken} taken by another process; starting again on new ports")
+                self.draw_ports()
         self.event("ready")
         if self.supervise:
             self._supervisor = Supervisor(self)
@@ -302,7 +431,7 @@ class TritonServer:
                 code = self.proc.returncode
                 self._kill_group()
                 raise ServerError(f"tritonserver exited with code {code}{self._log_tail()}")
-            if self.ready():
+            if self.ready() and self.listening():
                 return
             time.sleep(0.25)
         self.stop()
@@ -477,6 +606,10 @@ class TritonServer:
             self._tmp.cleanup()
             self._tmp = None
 
+    def children(self) -> set[int]:
+        """The processes this server started (tritonserver, the watchdog) that are still its to wait for."""
+        return {p.pid for p in (self.proc, self._watchdog) if p is not None and p.returncode is None}
+
     def __enter__(self) -> TritonServer:
         return self.start() if self.proc is None else self
 
@@ -489,6 +622,86 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+PR_SET_CHILD_SUBREAPER = 36
+SPAWN_LOCK = threading.Lock()  # held while a child is started and recorded (TritonServer.children)
+
+
+def become_subreaper() -> bool:
+    """Make this process the one orphaned descendants are handed to (prctl PR_SET_CHILD_SUBREAPER), as PID 1
+    is: a Triton stub whose tritonserver died becomes its child, so it must be waited for (Reaper)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def zombie_children(own: set[int]) -> dict[int, str]:
+    """pid -> name of this process's children that have exited, not waited for, and are not in ``own``."""
+    me, found = os.getpid(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in own:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if rest[0] in ("Z", "X") and int(rest[1]) == me:
+            found[int(entry.name)] = name
+    return found
+
+
+class Reaper(threading.Thread):
+    """Waits for the orphans handed to this process (PID 1 of a container, or a subreaper): the stubs of a
+    tritonserver killed by -9 outlive it until the supervisor kills its group, and then stay zombies unless
+    their new parent waits for them. The server's own children are left to their Popen (``children``)."""
+
+    POLL_S = 0.5
+
+    def __init__(self, server: TritonServer) -> None:
+        super().__init__(name="tembed-reaper", daemon=True)
+        self.server, self.reaped = server, 0
+        self._halt = threading.Event()
+
+    def reap(self) -> int:
+        """Wait for every orphan that has exited now; how many there were."""
+        with SPAWN_LOCK:
+            dead = zombie_children(self.server.children())
+            for pid, name in dead.items():
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                self.server.event(f"reaped orphan {pid} ({name})")
+        self.reaped += len(dead)
+        return len(dead)
+
+    def run(self) -> None:
+        while not self._halt.wait(self.POLL_S):
+            with contextlib.suppress(Exception):  # a /proc read race: the next poll
+                self.reap()
+
+    def stop(self, settle_s: float = 2.0) -> None:
+        """Stop polling, then reap what the server's stop left (killed processes take a moment to exit)."""
+        self._halt.set()
+        if self.is_alive():
+            self.join(5)
+        deadline = time.monotonic() + settle_s
+        while self.reap() or time.monotonic() < deadline and self._orphans():
+            time.sleep(0.05)
+
+    def _orphans(self) -> bool:
+        """Children of this process the server did not start, alive or not."""
+        me, own = os.getpid(), self.server.children()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) not in own:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    stat = (entry / "stat").read_text()
+                    if int(stat[stat.rindex(")") + 2 :].split()[1]) == me:
+                        return True
+        return False
 
 
 STUB = "triton_python_backend_stub"
@@ -634,6 +847,13 @@ def main(argv: list[str] | None = None) -> int:
         default=TritonServer.live_bound_s,
         help="/health/live fails once the server could not serve for this long",
     )
+    ap.add_argument(
+        "--subreaper",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("TEMBED_SUBREAPER", "") not in ("", "0"),
+        help="take orphaned descendants (prctl PR_SET_CHILD_SUBREAPER) and reap them, as PID 1 always does "
+        "(default: TEMBED_SUBREAPER; docker/entrypoint.sh passes it)",
+    )
     ap.add_argument("triton_args", nargs=argparse.REMAINDER, help="-- then tritonserver's own arguments")
     args = ap.parse_args(argv)
     srv = server_from_args(args)
@@ -649,6 +869,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     health = HealthServer(srv, args.health_port).start() if args.health_port else None
+    reaper = None
+    if os.getpid() == 1 or (args.subreaper and become_subreaper()):
+        reaper = Reaper(srv)
+        reaper.start()
     try:
         srv.start()
         print(f"tritonserver ready (log: {args.log_file}): gRPC {srv.grpc_url}, HTTP {srv.http_url}", flush=True)
@@ -663,6 +887,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{left} models still had requests after {srv.exit_timeout_s}s", flush=True)
             print(f"drained in {time.monotonic() - started:.1f}s", flush=True)
         srv.stop()
+        if reaper is not None:
+            reaper.stop()
+            print(f"reaped {reaper.reaped} orphaned processes", flush=True)
         if health is not None:
             health.shutdown()
             health.server_close()

@@ -24,6 +24,8 @@ VARIANTS = (
     Method("static-s8", "static", symmetric_activations=True),
     Method("static-all-layers", "static", fp32_last_layers=0),
     Method("static-2-last-fp32", "static", fp32_last_layers=2),
+    Method("nncf-last-fp32", "nncf", fp32_last_layers=1),
+    Method("nncf-ffn-fp32", "nncf", fp32_last_layers=0, fp32_ffn_out=True),
 )
 
 

@@ -49,46 +49,20 @@ class OrtOptions:
         )
 
 
-class OrtEncoder:
-    """Run several requests' token tensors as one batch and split the embeddings back per request."""
+class GraphEncoder:
+    """Run several requests' token tensors as one batch and split the embeddings back per request:
+    the padding, length grouping and splitting every graph runner shares. A subclass sets
+    ``options``, ``pad_token_id``, ``left``, ``_output`` (the task's output name), ``output_names``
+    and runs one call in ``_session_run``."""
 
-    def __init__(
-        self,
-        onnx_path: Path,
-        *,
-        pad_token_id: int,
-        padding_side: str,
-        options: OrtOptions | None = None,
-    ):
-        import onnxruntime as ort
-
-        o = options or OrtOptions()
-        if o.graph_optimization not in _OPT_LEVELS:
-            raise ValueError(f"graph_optimization must be one of {tuple(_OPT_LEVELS)}, got {o.graph_optimization!r}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = o.intra_op_threads
-        opts.inter_op_num_threads = 1  # sequential execution: one graph at a time per instance
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[o.graph_optimization])
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if o.allow_spinning else "0")
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        self.options = o
-        self.pad_token_id = pad_token_id
-        self.left = padding_side == "left"
-        # The task's output (embedding or score), as the export named it; bge-m3's graph has its per-token
-        # outputs after it (run only when a request asks: ``outputs``).
-        self._output = self.session.get_outputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        # The exported graph takes the ids dtype it was exported with (--ids-dtype).
-        self._ids_dtype = np.int32 if "int32" in self.session.get_inputs()[0].type else np.int64
+    options: OrtOptions
+    pad_token_id: int
+    left: bool
+    _output: str
+    output_names: list[str]
 
     def _session_run(self, ids: np.ndarray, mask: np.ndarray, names: list[str] | None = None):
-        feeds = {
-            INPUT_IDS: ids.astype(self._ids_dtype, copy=False),
-            ATTENTION_MASK: mask.astype(self._ids_dtype, copy=False),
-        }
-        if names is not None:
-            return self.session.run(names, feeds)
-        return self.session.run([self._output], feeds)[0]
+        raise NotImplementedError
 
     def run_outputs(self, ids: np.ndarray, mask: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         """:meth:`run` for several graph outputs (bge-m3): per-sequence ones ``[b, ...]``, per-token ones
@@ -141,3 +115,45 @@ class OrtEncoder:
                 {name: parts[i] if name == self._output else parts[i][:, width] for name, parts in split.items()}
             )
         return answers
+
+
+class OrtEncoder(GraphEncoder):
+    """ONNX Runtime on CPU (the exported graph, fp32 or int8 QDQ)."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        *,
+        pad_token_id: int,
+        padding_side: str,
+        options: OrtOptions | None = None,
+    ):
+        import onnxruntime as ort
+
+        o = options or OrtOptions()
+        if o.graph_optimization not in _OPT_LEVELS:
+            raise ValueError(f"graph_optimization must be one of {tuple(_OPT_LEVELS)}, got {o.graph_optimization!r}")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = o.intra_op_threads
+        opts.inter_op_num_threads = 1  # sequential execution: one graph at a time per instance
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[o.graph_optimization])
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if o.allow_spinning else "0")
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.options = o
+        self.pad_token_id = pad_token_id
+        self.left = padding_side == "left"
+        # The task's output (embedding or score), as the export named it; bge-m3's graph has its per-token
+        # outputs after it (run only when a request asks: ``outputs``).
+        self._output = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        # The exported graph takes the ids dtype it was exported with (--ids-dtype).
+        self._ids_dtype = np.int32 if "int32" in self.session.get_inputs()[0].type else np.int64
+
+    def _session_run(self, ids: np.ndarray, mask: np.ndarray, names: list[str] | None = None):
+        feeds = {
+            INPUT_IDS: ids.astype(self._ids_dtype, copy=False),
+            ATTENTION_MASK: mask.astype(self._ids_dtype, copy=False),
+        }
+        if names is not None:
+            return self.session.run(names, feeds)
+        return self.session.run([self._output], feeds)[0]

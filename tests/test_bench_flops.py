@@ -59,7 +59,13 @@ def test_harness_table_shows_gflops_against_the_peak():
         "workloads": {"mixed": {"throughput": True, "requests": 3, "gflop": 1.0, "results": {"raw": res}}},
     }
     text = render.harness(rec, None)
-    assert "GFLOP/s (% of fp32 peak)" in text and "| 150 (50 %) |" in text
+    assert "GFLOP/s (% of the runtime's MatMul peak)" in text and "| 150 (50 % of ORT fp32) |" in text
     assert "**300 GFLOP/s fp32**" in text and "**2,400 GFLOP/s int8**" in text
+    # OpenVINO targets are read against OpenVINO's peak, int8 ones against the int8 peak.
+    rec["peak_gflops"]["openvino"] = {"fp32": 200.0, "int8": 600.0}
+    rec["targets"]["raw-openvino-int8"] = {"system": "raw OpenVINO int8", "min_cosine": 0.99}
+    rec["workloads"]["mixed"]["results"]["raw-openvino-int8"] = {**res, "gflops_per_s": 300.0}
+    text = render.harness(rec, None)
+    assert "| 300 (50 % of OV int8) |" in text and "in OpenVINO **200 fp32**, **600 int8**" in text
     del rec["peak_gflops"]  # records from before the column render as they were
     assert "GFLOP/s" not in render.harness(rec, None)

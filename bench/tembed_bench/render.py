@@ -74,7 +74,7 @@ def harness(rec: dict, png: str | None) -> str:
         head = ["target", "in flight", "texts/s", "tokens/s", f"× {ref} (median of rounds)", "P50 ms", "P99 ms"]
         head += ["CPU ms / request (all processes)", "min cosine to ours"]
         if peak:
-            head.append("GFLOP/s (% of fp32 peak)")
+            head.append("GFLOP/s (% of the runtime's MatMul peak)")
         rows = []
         for k, r in res.items():
             lat, vs = r["latency_ms"], r.get(f"vs_{ref}", {})
@@ -90,8 +90,8 @@ def harness(rec: dict, png: str | None) -> str:
                 + [f(lat.get("p50"), 2), f(lat.get("p99"), 2), f(cpu, 2), f(rec["targets"][k]["min_cosine"], 4)]
             )
             if peak:
-                g = r.get("gflops_per_s")
-                rows[-1].append("" if g is None else f"{g:,.0f} ({100 * g / peak['fp32']:.0f} %)")
+                g, (p, what) = r.get("gflops_per_s"), peak_of(rec, k)
+                rows[-1].append("" if g is None else f"{g:,.0f} ({100 * g / p:.0f} % of {what})")
         if "triton" in res and "gateway" in res:
             g, t = res["gateway"]["latency_ms"], res["triton"]["latency_ms"]
             gw_cpu = res["gateway"]["cpu_ms_per_request"].get("gateway")
@@ -105,6 +105,15 @@ def harness(rec: dict, png: str | None) -> str:
     return out
 
 
+def peak_of(rec: dict, target: str) -> tuple[float, str]:
+    """The MatMul peak a target's GFLOP/s is read against: its runtime's (OpenVINO for raw-openvino*,
+    else ONNX Runtime), int8 for an int8 target, and its label."""
+    p = rec["peak_gflops"]
+    runtime = "openvino" if target.startswith("raw-openvino") and "openvino" in p else "onnxruntime"
+    kind = "int8" if target.endswith("int8") else "fp32"
+    return p[runtime][kind], f"{'OV' if runtime == 'openvino' else 'ORT'} {kind}"
+
+
 def utilisation_note(rec: dict) -> str:
     """The peak the GFLOP/s columns are read against, and the count behind them (tembed_bench.flops)."""
     p, sh = rec["peak_gflops"], rec.get("shape", {})
@@ -114,7 +123,13 @@ def utilisation_note(rec: dict) -> str:
         f"Utilisation: GFLOP/s = the workload's FLOPs counted from {shape} at each text's own token"
         f" length (weight MatMuls + attention; padding is not work), over the target's wall time; against one"
         f" {PEAK_SIZE}³ MatMul in ONNX Runtime on {p.get('threads', '?')} threads in the same run:"
-        f" **{ort['fp32']:,.0f} GFLOP/s fp32**, **{ort['int8']:,.0f} GFLOP/s int8** (`MatMulInteger` u8 × s8).\n\n"
+        f" **{ort['fp32']:,.0f} GFLOP/s fp32**, **{ort['int8']:,.0f} GFLOP/s int8** (`MatMulInteger` u8 × s8)"
+        + (
+            f"; in OpenVINO **{p['openvino']['fp32']:,.0f} fp32**, **{p['openvino']['int8']:,.0f} int8** (QDQ)"
+            if "openvino" in p
+            else ""
+        )
+        + " (best of 10 calls).\n\n"
     )
 
 

@@ -17,6 +17,11 @@ INFERENCE_PRECISION = "f32"
 
 
 class OpenVinoEncoder(GraphEncoder):
+    # OpenVINO prepares its kernels per input shape: length groups cut to their class's width (16, 32,
+    # 64, ...) rather than to their longest row keep the shapes few. 200 short queries (8-41 tokens),
+    # loaded machine: P50 fp32 15.2 -> 14.0 ms, NNCF int8 10.3 -> 8.4 ms (ORT fp32 12.5 ms, cut to the row).
+    group_width = True
+
     def __init__(
         self,
         onnx_path: Path,

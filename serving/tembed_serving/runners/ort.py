@@ -61,15 +61,23 @@ class GraphEncoder:
     _output: str
     output_names: list[str]
 
+    # Cut each length group to the group's width rather than its longest row (batching.plan).
+    group_width = False
+
     def _session_run(self, ids: np.ndarray, mask: np.ndarray, names: list[str] | None = None):
         raise NotImplementedError
+
+    def _plan(self, mask: np.ndarray):
+        o = self.options
+        return plan(
+            mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens, group_width=self.group_width
+        )
 
     def run_outputs(self, ids: np.ndarray, mask: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         """:meth:`run` for several graph outputs (bge-m3): per-sequence ones ``[b, ...]``, per-token ones
         ``[b, s, ...]`` laid back at the batch's full width (zeros where a length group was cut)."""
-        o = self.options
         out: dict[str, np.ndarray] = {}
-        for rows, cols in plan(mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens):
+        for rows, cols in self._plan(mask):
             parts = self._session_run(ids[rows, cols], mask[rows, cols], names)
             for name, part in zip(names, parts):
                 if name not in out:
@@ -86,9 +94,8 @@ class GraphEncoder:
 
     def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Embeddings (or scores) of one padded batch, run by length group (``batching.plan``)."""
-        o = self.options
         out: np.ndarray | None = None
-        for rows, cols in plan(mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens):
+        for rows, cols in self._plan(mask):
             emb = self._session_run(ids[rows, cols], mask[rows, cols])
             if out is None:
                 out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)

@@ -21,7 +21,7 @@ SOAK_MINUTES ?= 10
 $(VENV)/.installed: pyproject.toml client/pyproject.toml serving/pyproject.toml gateway/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ./client -e "./serving[torch,triton]" -e ./gateway -e ".[export,server,fixtures,gateway,retrieval,eval,bench,test]"
+	$(BIN)/pip install -q -e ./client -e "./serving[torch,triton,openvino]" -e ./gateway -e ".[export,server,fixtures,gateway,retrieval,eval,bench,test]"
 	touch $@
 
 setup: $(VENV)/.installed  ## install everything into .venv (PyPI only)

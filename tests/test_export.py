@@ -134,4 +134,4 @@ def test_export_cli_int8(fixture_dirs, tmp_path):
     profile = json.loads((tmp_path / "repo" / "e5-int8-tokenizer" / "1" / "profile.json").read_text())
     assert profile["precision"] == "fp32"
     bad = export("all-minilm-l6-v2", "--backend", "tensorrt")
-    assert bad.returncode != 0 and "--quantize int8 is for the ONNX Runtime encoders" in bad.stderr
+    assert bad.returncode != 0 and "--quantize int8 is for the encoders that serve the ONNX graph" in bad.stderr

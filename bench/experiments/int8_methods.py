@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tembed.quantize import METHODS, Method, _weight_matmuls, quantize
+from tembed.quantize import METHODS, Method, quantize
+from tembed_bench.flops import EncoderShape, encoder_flops, peaks
 from tembed_eval.int8_gate import Scorer
 from tembed_serving.contract import ATTENTION_MASK, INPUT_IDS, Layout
 from tembed_serving.profile import ModelProfile
@@ -23,6 +24,8 @@ VARIANTS = (
     Method("static-s8", "static", symmetric_activations=True),
     Method("static-all-layers", "static", fp32_last_layers=0),
     Method("static-2-last-fp32", "static", fp32_last_layers=2),
+    Method("nncf-last-fp32", "nncf", fp32_last_layers=1),
+    Method("nncf-ffn-fp32", "nncf", fp32_last_layers=0, fp32_ffn_out=True),
 )
 
 
@@ -54,59 +57,10 @@ def speed(paths: dict[str, Path], shapes, rounds: int) -> dict[str, dict[str, fl
     return out
 
 
-def encoder_flops(onnx_path: Path, b: int, n: int) -> float:
-    """Multiply-adds x 2 of one (b, n) call: every weight MatMul, and attention's two
-    activation MatMuls (scores and context: 2 x b x n^2 x hidden each per layer)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
-    weights = [shapes[next(x for x in node.input if x in shapes)] for node in _weight_matmuls(model)]
-    linear = sum(2 * b * n * k * m for k, m in weights)
-    hidden = weights[0][0]
-    layers = len(weights) // 6
-    return linear + layers * 2 * (2 * b * n * n * hidden)
-
-
-def matmul_peak(kind: str, size: int = 1024, rounds: int = 10) -> float:
-    """GFLOP/s of one size^3 MatMul in ONNX Runtime (fp32 MatMul, or int8 MatMulInteger u8 x s8)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    if kind == "fp32":
-        node = helper.make_node("MatMul", ["a", "b"], ["y"])
-        ins = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [size, size]) for x in "ab"]
-        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])
-        feeds = {x: np.random.rand(size, size).astype(np.float32) for x in "ab"}
-    else:
-        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
-        ins = [
-            helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
-            helper.make_tensor_value_info("b", TensorProto.INT8, [size, size]),
-        ]
-        out = helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])
-        rng = np.random.default_rng(0)
-        feeds = {
-            "a": rng.integers(0, 255, (size, size)).astype(np.uint8),
-            "b": rng.integers(-127, 127, (size, size)).astype(np.int8),
-        }
-    model = helper.make_model(helper.make_graph([node], "mm", ins, [out]), opset_imports=[helper.make_opsetid("", 17)])
-    path = Path(".cache/int8_methods") / f"matmul_{kind}.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    sess = _session(path)
-    sess.run(None, feeds)
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return 2 * size**3 / float(np.median(times)) / 1e9
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repo", type=Path, required=True)
+    ap.add_argument("--fixtures", type=Path, default=Path("fixtures"), help="the models' folders (config.json)")
     ap.add_argument("--models", default="multilingual-e5-small,all-minilm-l6-v2")
     ap.add_argument("--methods", default=",".join(m.name for m in VARIANTS))
     ap.add_argument("--rounds", type=int, default=20)
@@ -138,14 +92,14 @@ def main() -> None:
             enc_s[k] = round(time.perf_counter() - t0, 1)
             print(json.dumps({k: metrics[k], "s": enc_s[k]}, ensure_ascii=False), flush=True)
         sp = speed(paths, [(1, 16), (16, 128)], args.rounds)
-        flops = encoder_flops(fp32, 16, 128)
+        flops = encoder_flops(EncoderShape.from_config(args.fixtures / model), [128] * 16)
         for k in paths:
             sp[k]["b16x128_gflops"] = round(flops / (sp[k]["b16x128_ms"] / 1e3) / 1e9, 1)
         results[model] = {
             k: {"metrics": metrics[k], "gate_encode_s": enc_s[k], "quantize_s": qtime.get(k), **sp[k]} for k in paths
         }
         print(json.dumps({model: results[model]}, indent=1, ensure_ascii=False), flush=True)
-    results["matmul_peak_gflops"] = {k: round(matmul_peak(k), 1) for k in ("fp32", "int8")}
+    results["matmul_peak_gflops"] = peaks()
     print(json.dumps(results["matmul_peak_gflops"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))

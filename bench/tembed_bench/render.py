@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import record
+from .flops import PEAK_SIZE
 
 DOC = record.ROOT / "docs" / "BENCHMARKS.md"
 PNG = {"compare": "benchmarks.png", "budget": "budget.png"}
@@ -63,12 +64,17 @@ def harness(rec: dict, png: str | None) -> str:
     """One table per workload: a row per target; the gateway's added time when both paths ran."""
     out = stamp(rec)
     systems = {k: v["system"] for k, v in rec["targets"].items()}
+    peak = (rec.get("peak_gflops") or {}).get("onnxruntime")
+    if peak:
+        out += utilisation_note(rec)
     for wname, w in rec["workloads"].items():
         res = w["results"]
         ref = next(iter(res))
         out += f"**{wname}** ({w['requests']} requests, {rec['args'].get('rounds', '?')} interleaved rounds)\n\n"
         head = ["target", "in flight", "texts/s", "tokens/s", f"× {ref} (median of rounds)", "P50 ms", "P99 ms"]
         head += ["CPU ms / request (all processes)", "min cosine to ours"]
+        if peak:
+            head.append("GFLOP/s (% of the runtime's MatMul peak)")
         rows = []
         for k, r in res.items():
             lat, vs = r["latency_ms"], r.get(f"vs_{ref}", {})
@@ -83,6 +89,9 @@ def harness(rec: dict, png: str | None) -> str:
                 ]
                 + [f(lat.get("p50"), 2), f(lat.get("p99"), 2), f(cpu, 2), f(rec["targets"][k]["min_cosine"], 4)]
             )
+            if peak:
+                g, (p, what) = r.get("gflops_per_s"), peak_of(rec, k)
+                rows[-1].append("" if g is None else f"{g:,.0f} ({100 * g / p:.0f} % of {what})")
         if "triton" in res and "gateway" in res:
             g, t = res["gateway"]["latency_ms"], res["triton"]["latency_ms"]
             gw_cpu = res["gateway"]["cpu_ms_per_request"].get("gateway")
@@ -94,6 +103,34 @@ def harness(rec: dict, png: str | None) -> str:
         plot_harness(rec, DOC.parent / png)
         out += f"\n![throughput and latency]({png})\n"
     return out
+
+
+def peak_of(rec: dict, target: str) -> tuple[float, str]:
+    """The MatMul peak a target's GFLOP/s is read against: its runtime's (OpenVINO for raw-openvino*,
+    else ONNX Runtime), int8 for an int8 target, and its label."""
+    p = rec["peak_gflops"]
+    runtime = "openvino" if target.startswith("raw-openvino") and "openvino" in p else "onnxruntime"
+    kind = "int8" if target.endswith("int8") else "fp32"
+    return p[runtime][kind], f"{'OV' if runtime == 'openvino' else 'ORT'} {kind}"
+
+
+def utilisation_note(rec: dict) -> str:
+    """The peak the GFLOP/s columns are read against, and the count behind them (tembed_bench.flops)."""
+    p, sh = rec["peak_gflops"], rec.get("shape", {})
+    ort = p["onnxruntime"]
+    shape = f"{sh['layers']} layers, hidden {sh['hidden']}, FFN {sh['intermediate']}" if sh else "the model's shape"
+    return (
+        f"Utilisation: GFLOP/s = the workload's FLOPs counted from {shape} at each text's own token"
+        f" length (weight MatMuls + attention; padding is not work), over the target's wall time; against one"
+        f" {PEAK_SIZE}³ MatMul in ONNX Runtime on {p.get('threads', '?')} threads in the same run:"
+        f" **{ort['fp32']:,.0f} GFLOP/s fp32**, **{ort['int8']:,.0f} GFLOP/s int8** (`MatMulInteger` u8 × s8)"
+        + (
+            f"; in OpenVINO **{p['openvino']['fp32']:,.0f} fp32**, **{p['openvino']['int8']:,.0f} int8** (QDQ)"
+            if "openvino" in p
+            else ""
+        )
+        + " (best of 10 calls).\n\n"
+    )
 
 
 def plot_harness(rec: dict, path: Path) -> None:

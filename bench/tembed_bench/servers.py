@@ -41,6 +41,22 @@ def export_repo(
     return repo
 
 
+def nncf_graph(repo: Path, model: str = MODEL) -> Path:
+    """``model``'s graph in ``repo`` quantised by NNCF (tembed.quantize, method ``nncf``: what
+    ``--backend python-openvino --quantize int8`` serves), once: reused while the file is there."""
+    from tembed.quantize import METHODS_BY_NAME, quantize
+    from tembed_serving.profile import ModelProfile
+
+    layout = Layout(repo, model)
+    out = WORK / f"{model}-nncf" / "model.onnx"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        profile = ModelProfile.load(layout.profile_file)
+        quantize(layout.onnx_file, out.with_suffix(".tmp"), METHODS_BY_NAME["nncf"], profile, layout.tokenizer_file)
+        out.with_suffix(".tmp").replace(out)
+    return out
+
+
 def variant_repo(base: Path, dest: Path, encoder: dict[str, str], params: dict[str, str]) -> Path:
     """A copy of ``base`` (hard links) whose encoder config has other fields/parameters."""
     from tembed.repository import parse, render

@@ -21,19 +21,37 @@ from .data import Item
 
 # The CPU engines Infinity 0.0.78 offers; each is a target of its own.
 INFINITY_ENGINES = ("torch", "optimum", "ctranslate2")
+# Our encoder in-process in each CPU runtime and precision we serve (--backend python-onnx, python-openvino):
+# name -> (runner, int8 graph or not, the system's name in the tables).
+RAW = {
+    "raw": ("onnxruntime", False, "raw ORT (in-process)"),
+    "raw-openvino": ("openvino", False, "raw OpenVINO (in-process)"),
+    "raw-openvino-int8": ("openvino", True, "raw OpenVINO int8 NNCF (in-process)"),
+}
 # triton-one-step: the same encoder as `tembed export --layout one-step` serves it (one batched Python step), in
 # a tritonserver of its own.
-TARGETS = ("raw", "triton", "triton-one-step", "gateway", *(f"infinity-{e}" for e in INFINITY_ENGINES), "st", "st-onnx")
+TARGETS = (*RAW, "triton", "triton-one-step", "gateway", *(f"infinity-{e}" for e in INFINITY_ENGINES), "st", "st-onnx")
 
 
 class Raw:
-    """The ceiling: our tokenizer (prompt, bucketing) and OrtEncoder in-process, one call per request."""
+    """The ceiling: our tokenizer (prompt, bucketing) and our encoder runner in-process (ONNX Runtime, or
+    ``runner="openvino"``; ``graph``: another ONNX file than the repository's), one call per request."""
 
     name, concurrent = "raw ORT (in-process)", False
+    min_cosine = 0.999  # to our fp32 encoder: what the harness notes as differing
 
-    def __init__(self, repo: Path, model: str = servers.MODEL, threads: int = 2, **ort_options) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        model: str = servers.MODEL,
+        threads: int = 2,
+        runner: str = "onnxruntime",
+        graph: Path | None = None,
+        **ort_options,
+    ) -> None:
         from tembed_serving.contract import Layout
         from tembed_serving.profile import ModelProfile
+        from tembed_serving.runners.openvino import OpenVinoEncoder
         from tembed_serving.runners.ort import OrtEncoder, OrtOptions
         from tembed_serving.textproc import TextEncoder
 
@@ -41,8 +59,12 @@ class Raw:
         profile = ModelProfile.load(layout.profile_file)
         self.tok = TextEncoder(profile, layout.tokenizer_file)
         options = OrtOptions(intra_op_threads=threads, **ort_options)
-        self.enc = OrtEncoder(
-            layout.onnx_file, pad_token_id=profile.pad_token_id, padding_side=profile.padding_side, options=options
+        cls = {"onnxruntime": OrtEncoder, "openvino": OpenVinoEncoder}[runner]
+        self.enc = cls(
+            graph or layout.onnx_file,
+            pad_token_id=profile.pad_token_id,
+            padding_side=profile.padding_side,
+            options=options,
         )
 
     def tokens(self, items: list[Item]) -> int:
@@ -179,8 +201,13 @@ def open_target(name: str, stack: contextlib.ExitStack, repo: Path, threads: int
     """Start target ``name`` (one of ``TARGETS``) on ``stack``. ``shared`` keeps what targets share
     (the tritonserver the gateway fronts) and the pids whose CPU the harness reads."""
     pids = shared.setdefault("pids", {})
-    if name == "raw":
-        return Raw(repo, threads=threads)
+    if name in RAW:
+        runner, int8, system = RAW[name]
+        t = Raw(repo, threads=threads, runner=runner, graph=servers.nncf_graph(repo) if int8 else None)
+        t.name = system
+        if int8:  # int8 vectors are near ours, not equal: the gate measures what that costs in retrieval
+            t.min_cosine = 0.98
+        return t
     if name == "st":
         return SentenceTransformers(threads=threads)
     if name == "triton-one-step":

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from tembed_client.contract import INPUT_TYPES
-from tembed_serving.contract import ATTENTION_MASK, INPUT_IDS
 from tembed_serving.profile import ModelProfile
 
 from .data import DEFAULT_DATA, Task, load_beir, load_cmrc, load_tatoeba
@@ -55,17 +54,22 @@ def token_batches(profile: ModelProfile, tokenizer_file: Path, tasks: list[Task]
     return batches
 
 
-def embed(onnx_path: Path, batches: list) -> dict[tuple[str, str], np.ndarray]:
-    import onnxruntime as ort
+def embed(onnx_path: Path, batches: list, runtime: str = "onnxruntime") -> dict[tuple[str, str], np.ndarray]:
+    """Every batch's vectors from ``onnx_path`` run by ``runtime`` (a tembed_serving runner name:
+    ``onnxruntime``, or ``openvino`` for a graph OpenVINO will serve), as one call per batch."""
+    from tembed_serving.runners.ort import OrtEncoder, OrtOptions
 
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_outputs()[0].name
-    itype = np.int32 if "int32" in sess.get_inputs()[0].type else np.int64
+    if runtime == "onnxruntime":
+        enc = OrtEncoder(onnx_path, pad_token_id=0, padding_side="right", options=OrtOptions(trim_padding=False))
+    elif runtime == "openvino":
+        from tembed_serving.runners.openvino import OpenVinoEncoder
+
+        enc = OpenVinoEncoder(onnx_path, pad_token_id=0, padding_side="right", options=OrtOptions(trim_padding=False))
+    else:
+        raise ValueError(f"runtime must be onnxruntime or openvino, got {runtime!r}")
     out = {}
     for input_type, texts, ids, mask in batches:
-        v = sess.run([name], {INPUT_IDS: ids.astype(itype), ATTENTION_MASK: mask.astype(itype)})[0]
+        v = enc.run(ids, mask)
         out.update({(input_type, t): row for t, row in zip(texts, v)})
     return out
 
@@ -84,10 +88,18 @@ def retrieval(vectors: dict, tasks: list[Task]) -> dict[str, dict[str, float]]:
 class Scorer:
     """``graph path -> {task: {metric: value}}`` on the gate slices (tokenized once)."""
 
-    def __init__(self, profile: ModelProfile, tokenizer_file: Path, data: Path | None, slices: dict | None):
+    def __init__(
+        self,
+        profile: ModelProfile,
+        tokenizer_file: Path,
+        data: Path | None,
+        slices: dict | None,
+        runtime: str = "onnxruntime",
+    ):
+        self.runtime = runtime
         self.tasks = gate_tasks(data, slices)
         self.batches = token_batches(profile, tokenizer_file, self.tasks)
         self.sizes = ", ".join(f"{t.name} {t.size}" for t in self.tasks)
 
     def __call__(self, onnx_path: Path) -> dict[str, dict[str, float]]:
-        return retrieval(embed(onnx_path, self.batches), self.tasks)
+        return retrieval(embed(onnx_path, self.batches, self.runtime), self.tasks)

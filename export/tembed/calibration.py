@@ -85,7 +85,7 @@ def calibrate(runner: Runner, profile: ModelProfile, tokenizer_file: Path, texts
 
 
 def served_runner(layout: Layout, profile: ModelProfile, backend: str, torch_dtype: str = CALIBRATION_DTYPE) -> Runner:
-    """The encoder as served: ONNX Runtime on the exported graph, or the PyTorch runner on the copy
+    """The encoder as served: ONNX Runtime (or OpenVINO) on the exported graph, or the PyTorch runner on the copy
     of the Hugging Face folder (``pytorch`` backend; on CPU when no GPU is there)."""
     from tembed_serving.runners import load_runner
 
@@ -95,7 +95,10 @@ def served_runner(layout: Layout, profile: ModelProfile, backend: str, torch_dty
         device = "cuda" if torch.cuda.is_available() else "cpu"
         folder = layout.version_dir("encoder")
         return load_runner("torch", folder, profile, {PARAM_DTYPE: torch_dtype}, device)
-    return load_runner("onnxruntime", layout.onnx_file.parent, profile, {})
+    from .repository import BACKENDS
+
+    runner = getattr(BACKENDS[backend], "runner", "onnxruntime")  # python-openvino: OpenVINO
+    return load_runner(runner, layout.onnx_file.parent, profile, {})
 
 
 def calibrate_repository(

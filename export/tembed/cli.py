@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         choices=ENCODER_BACKENDS,
         default="python-onnx",
-        help="encoder: ONNX Runtime in the Python backend (CPU); onnxruntime/tensorrt backends or the PyTorch"
-        " runner (pytorch) in the GPU container",
+        help="encoder: ONNX Runtime in the Python backend (CPU; python-openvino: OpenVINO, serving[openvino]);"
+        " onnxruntime/tensorrt backends or the PyTorch runner (pytorch) in the GPU container",
     )
     ex.add_argument(
         "--layout",
@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--int8-method",
         default=None,
-        help="comma-separated int8 methods to try in order (static, static-ffn-fp32, dynamic; default: all)",
+        help="comma-separated int8 methods to try in order (static, static-ffn-fp32, dynamic, nncf; default: the"
+        " runner's: static,static-ffn-fp32,dynamic for ONNX Runtime, nncf for OpenVINO)",
     )
     ex.add_argument("--skip-validation", action="store_true")
     ex.add_argument(

@@ -44,7 +44,8 @@ class ExportOptions:
     layout: str = ModelProfile.layout
     opset: int = 17
     quantize: str | None = None  # "int8"
-    # int8: the methods tried in order (tembed.quantize.METHODS names; None: all), the first that
+    # int8: the methods tried in order (tembed.quantize.METHODS names; None: the runner's defaults,
+    # tembed.quantize.DEFAULT_METHODS), the first that
     # passes the retrieval gate is kept.
     int8_methods: tuple[str, ...] | None = None
     int8_gate_data: Path | None = None  # the evaluation sets the gate reads (None: ../shared/data)
@@ -92,8 +93,13 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     backend = BACKENDS[o.serving.backend]
     if o.quantize and not backend.quantizable:
         quantizable = ", ".join(b.name for b in BACKENDS.values() if b.quantizable)
-        raise ValueError(f"--quantize {o.quantize} is for the ONNX Runtime encoders ({quantizable})")
+        raise ValueError(f"--quantize {o.quantize} is for the encoders that serve the ONNX graph ({quantizable})")
+    if o.quantize:
+        from .quantize import methods_for
+
+        methods_for(getattr(backend, "runner", "onnxruntime"), o.int8_methods)  # unknown names: refused now
     profile = read_export_profile(source, o)
+    profile.runner = getattr(backend, "runner", backend.name)  # a fact of the served encoder, written once
     profile.layout = o.layout
     if o.layout == LAYOUT_ONE_STEP:
         check_one_step(profile, o.serving)  # before any work: the layout is the CPU embedding path
@@ -153,10 +159,11 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     else:
         log.warning("[4/4] validation skipped")
     if o.quantize == "int8":
-        from .quantize import METHODS, METHODS_BY_NAME, quantize_gated
+        from .quantize import methods_for, quantize_gated
 
-        methods = METHODS if o.int8_methods is None else tuple(METHODS_BY_NAME[m] for m in o.int8_methods)
-        report = quantize_gated(onnx_path, profile, tokenizer_file, methods, data=o.int8_gate_data)
+        runtime = getattr(backend, "runner", "onnxruntime")  # the gate scores in the runtime that serves
+        methods = methods_for(runtime, o.int8_methods)
+        report = quantize_gated(onnx_path, profile, tokenizer_file, methods, data=o.int8_gate_data, runtime=runtime)
         result.int8_gate = report
         # Facts of the served graph, written once into every profile.json (calibration rewrites them).
         profile.precision, profile.quantization = "int8", report.method

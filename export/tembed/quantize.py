@@ -1,6 +1,6 @@
 """int8 encoders for CPU, gated on retrieval quality.
 
-``tembed export --quantize int8`` tries the methods of :data:`METHODS` in order on the exported
+``tembed export --quantize int8`` tries the methods of :data:`DEFAULT_METHODS` (per runner) in order on the exported
 fp32 graph and keeps the first whose retrieval on small fixed slices of the shipped evaluation sets
 (``tembed_eval.int8_gate.GATE_SLICES``, scored with tembed_eval's loaders and metrics, exact
 search; found by the ``tembed.int8_gate`` entry point) is within
@@ -17,6 +17,10 @@ The methods (measured in docs/BENCHMARKS.md, "int8 encoder"):
   MiniLM class carry activation outliers a static range cannot hold) stay fp32 too.
 - ``dynamic``: ``quantize_dynamic`` (int8 weights per tensor, activation ranges per call), what the
   export did before.
+- ``nncf``: NNCF's post-training quantization of the ONNX graph (``nncf.quantize`` with
+  ``model_type=TRANSFORMER``: SmoothQuant moves activation outliers into the weights, and NNCF's
+  transformer scope keeps softmax, LayerNorm and the other sensitive ops unquantised), calibrated on the
+  same texts; QDQ, run by ONNX Runtime or by OpenVINO (``--runner openvino``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ MAX_DROP = 0.005
 @dataclass(frozen=True)
 class Method:
     name: str
-    kind: str  # "static" | "dynamic"
+    kind: str  # "static" | "dynamic" | "nncf"
     fp32_last_layers: int = 1
     fp32_ffn_out: bool = False
     per_channel: bool = True
@@ -56,8 +60,30 @@ METHODS: tuple[Method, ...] = (
     Method("static", "static"),
     Method("static-ffn-fp32", "static", fp32_ffn_out=True),  # MiniLM-class outliers
     Method("dynamic", "dynamic"),
+    Method("nncf", "nncf", fp32_last_layers=0),
 )
 METHODS_BY_NAME = {m.name: m for m in METHODS}
+# The methods tried by default, in order, for the runner that serves the graph (measured in
+# docs/BENCHMARKS.md, "CPU runtimes x precisions"). OpenVINO runs NNCF's QDQ graph on its int8 kernels;
+# ONNX Runtime 1.32 runs that graph slower than fp32 on single queries (signed int8 activations), so it
+# tries its own methods, and ``--int8-method nncf`` is there when asked.
+DEFAULT_METHODS: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("static", "static-ffn-fp32", "dynamic"),
+    "openvino": ("nncf",),
+}
+
+
+def methods_for(runner: str, names: Sequence[str] | None = None) -> tuple[Method, ...]:
+    """The int8 methods to try, in order: ``names`` when given, else the runner's defaults."""
+    if names is None:
+        names = DEFAULT_METHODS.get(runner)
+        if names is None:
+            raise ValueError(f"--quantize int8 has no methods for the {runner} runner ({', '.join(DEFAULT_METHODS)})")
+    unknown = [n for n in names if n not in METHODS_BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown int8 method(s) {', '.join(unknown)}; known: {', '.join(METHODS_BY_NAME)}")
+    return tuple(METHODS_BY_NAME[n] for n in names)
+
 
 _LAYER = re.compile(r"/layers?\.(\d+)/")
 
@@ -144,6 +170,8 @@ def quantize(
     if method.kind == "dynamic":
         quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
         return out
+    if method.kind == "nncf":
+        return quantize_nncf(fp32, out, method, profile, tokenizer_file, texts)
     quantised, _ = nodes_kept_fp32(fp32, method)
     act = QuantType.QInt8 if method.symmetric_activations else QuantType.QUInt8
     quantize_static(
@@ -163,6 +191,41 @@ def quantize(
             # keep the calibration's augmented graph off the (shared) /tmp of small machines
         },
     )
+    return out
+
+
+def quantize_nncf(
+    fp32: Path,
+    out: Path,
+    method: Method,
+    profile: ModelProfile,
+    tokenizer_file: Path,
+    texts: Sequence[str] | None = None,
+) -> Path:
+    """NNCF post-training quantization (its ONNX backend) of ``fp32``, calibrated on the calibration
+    texts (both prompts, tokenized as served); the linear layers of the last
+    :attr:`Method.fp32_last_layers` layers (and with :attr:`Method.fp32_ffn_out` the FFN down
+    projections) are left out of it (an ignored scope)."""
+    import nncf
+    import onnx
+
+    model = onnx.load(str(fp32))
+    itype = np.int32 if model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32 else np.int64
+    batches = calibration_batches(profile, tokenizer_file, texts, step=1)  # one text a sample: no padding
+    data = nncf.Dataset(batches, lambda b: {INPUT_IDS: b[0].astype(itype), ATTENTION_MASK: b[1].astype(itype)})
+    ignored = None
+    if method.fp32_last_layers or method.fp32_ffn_out:  # those linear layers left out of NNCF's scope
+        quantised, _ = nodes_kept_fp32(fp32, method)
+        names = [n.name for n in _weight_matmuls(model) if n.name not in set(quantised)]
+        ignored = nncf.IgnoredScope(names=names, validate=False)
+    q = nncf.quantize(
+        model,
+        data,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(batches),
+        ignored_scope=ignored,
+    )
+    onnx.save(q, str(out))
     return out
 
 
@@ -204,9 +267,16 @@ class GateReport:
 SCORER_GROUP = "tembed.int8_gate"  # entry point: (profile, tokenizer_file, data, slices) -> scorer
 
 
-def load_scorer(profile: ModelProfile, tokenizer_file: Path, data: Path | None, slices: dict[str, int] | None):
+def load_scorer(
+    profile: ModelProfile,
+    tokenizer_file: Path,
+    data: Path | None,
+    slices: dict[str, int] | None,
+    runtime: str = "onnxruntime",
+):
     """The gate's scorer, ``graph path -> {task: {metric: value}}``, from the ``tembed.int8_gate``
-    entry point (tembed_eval.int8_gate: its loaders and metrics; tembed does not import tembed_eval)."""
+    entry point (tembed_eval.int8_gate: its loaders and metrics; tembed does not import tembed_eval),
+    running the graphs in ``runtime`` (the runner that will serve them: onnxruntime or openvino)."""
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=SCORER_GROUP):
@@ -214,7 +284,7 @@ def load_scorer(profile: ModelProfile, tokenizer_file: Path, data: Path | None, 
             factory = ep.load()
         except ImportError as exc:  # the eval extra is not installed
             raise Int8Refused(f"int8 is gated on retrieval, which needs the eval extra: {exc}") from None
-        return factory(profile, tokenizer_file, data, slices)
+        return factory(profile, tokenizer_file, data, slices, runtime=runtime)
     raise Int8Refused(f"int8 is gated on retrieval: no {SCORER_GROUP} entry point (install tembed with the eval extra)")
 
 
@@ -232,11 +302,13 @@ def quantize_gated(
     data: Path | None = None,
     slices: dict[str, int] | None = None,
     max_drop: float = MAX_DROP,
+    runtime: str = "onnxruntime",
 ) -> GateReport:
-    """Replace ``onnx_path`` by the first of ``methods`` that passes the retrieval gate; the
-    report of the one kept. Raises :class:`Int8Refused` (the graph left fp32) when none passes."""
+    """Replace ``onnx_path`` by the first of ``methods`` that passes the retrieval gate, scored in
+    ``runtime`` (the runner that serves it); the report of the one kept. Raises :class:`Int8Refused`
+    (the graph left fp32) when none passes."""
     onnx_path = Path(onnx_path)
-    scorer = load_scorer(profile, tokenizer_file, data, slices)
+    scorer = load_scorer(profile, tokenizer_file, data, slices, runtime)
     base = scorer(onnx_path)
     tried = []
     for method in methods:

@@ -150,6 +150,12 @@ class PythonOnnxBackend(PythonRunnerBackend):
         return {**super().files(source), **({c.ONNX_FILE: source} if source is not None else {})}
 
 
+class PythonOpenvinoBackend(PythonOnnxBackend):
+    """The same ONNX graph run by OpenVINO in the Python backend (``serving[openvino]``)."""
+
+    name, runner = "python-openvino", "openvino"
+
+
 class PytorchBackend(PythonRunnerBackend):
     name, runner, graph = "pytorch", "torch", None
 
@@ -206,7 +212,8 @@ class TensorrtBackend(EncoderBackend):
 
 
 BACKENDS: dict[str, EncoderBackend] = {
-    b.name: b for b in (PythonOnnxBackend(), OnnxruntimeBackend(), TensorrtBackend(), PytorchBackend())
+    b.name: b
+    for b in (PythonOnnxBackend(), PythonOpenvinoBackend(), OnnxruntimeBackend(), TensorrtBackend(), PytorchBackend())
 }
 ENCODER_BACKENDS = tuple(BACKENDS)
 

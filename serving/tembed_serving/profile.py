@@ -80,6 +80,9 @@ class ModelProfile:
     # gate) and the quantisation method kept (tembed.quantize.METHODS), written by the export.
     precision: str = "fp32"
     quantization: str | None = None
+    # What runs the encoder graph: a tembed_serving.runners name for a Python-backend encoder
+    # (onnxruntime, openvino, torch), else the Triton backend (onnxruntime, tensorrt); written by the export.
+    runner: str = "onnxruntime"
     # task "rerank": how a (query, document) pair becomes one sequence and its score.
     # pair_format "prompt": prefix + pair_template.format(instruction, query, document) + suffix, one
     # sequence (Qwen3-Reranker); "pair": the tokenizer's own pair template ([CLS] q [SEP] d [SEP]).

@@ -37,13 +37,25 @@ def _onnxruntime(folder: Path, profile: ModelProfile, params: Mapping[str, str],
     )
 
 
+def _openvino(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
+    from .openvino import OpenVinoEncoder
+    from .ort import OrtOptions
+
+    return OpenVinoEncoder(
+        folder / ONNX_FILE,
+        pad_token_id=profile.pad_token_id,
+        padding_side=profile.padding_side,
+        options=OrtOptions.from_parameters(params),
+    )
+
+
 def _torch(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
     from .torch import TorchEncoder
 
     return TorchEncoder.load(folder / HF_DIR, profile, dtype=params.get(PARAM_DTYPE, TORCH_DTYPES[0]), device=device)
 
 
-RUNNERS: dict[str, RunnerFactory] = {"onnxruntime": _onnxruntime, "torch": _torch}
+RUNNERS: dict[str, RunnerFactory] = {"onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch}
 
 
 def load_runner(

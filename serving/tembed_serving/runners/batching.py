@@ -19,10 +19,11 @@ def length_group(n: int) -> int:
 
 
 def plan(
-    mask: np.ndarray, *, left: bool, trim: bool = True, max_batch_tokens: int = 0
+    mask: np.ndarray, *, left: bool, trim: bool = True, max_batch_tokens: int = 0, group_width: bool = False
 ) -> list[tuple[np.ndarray, slice]]:
     """(rows, columns) of each call: rows of one length group, columns cut to that group's longest
-    row on the padding side, at most ``max_batch_tokens`` rows x columns per call (0: no cap)."""
+    row on the padding side (``group_width``: to the group's width, so calls come in a few shapes, for a
+    runtime that compiles per shape), at most ``max_batch_tokens`` rows x columns per call (0: no cap)."""
     width = mask.shape[1]
     lengths = mask.sum(axis=1)
     if trim:
@@ -34,6 +35,8 @@ def plan(
     calls = []
     for part in parts:
         w = max(1, int(lengths[part].max())) if trim else width
+        if trim and group_width:
+            w = min(width, length_group(w))
         cols = slice(width - w, width) if left else slice(0, w)
         step = max(1, max_batch_tokens // w) if max_batch_tokens else len(part)
         calls.extend((part[start : start + step], cols) for start in range(0, len(part), step))

@@ -49,8 +49,83 @@ class OrtOptions:
         )
 
 
-class OrtEncoder:
-    """Run several requests' token tensors as one batch and split the embeddings back per request."""
+class GraphEncoder:
+    """Run several requests' token tensors as one batch and split the embeddings back per request:
+    the padding, length grouping and splitting every graph runner shares. A subclass sets
+    ``options``, ``pad_token_id``, ``left``, ``_output`` (the task's output name), ``output_names``
+    and runs one call in ``_session_run``."""
+
+    options: OrtOptions
+    pad_token_id: int
+    left: bool
+    _output: str
+    output_names: list[str]
+
+    # Cut each length group to the group's width rather than its longest row (batching.plan).
+    group_width = False
+
+    def _session_run(self, ids: np.ndarray, mask: np.ndarray, names: list[str] | None = None):
+        raise NotImplementedError
+
+    def _plan(self, mask: np.ndarray):
+        o = self.options
+        return plan(
+            mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens, group_width=self.group_width
+        )
+
+    def run_outputs(self, ids: np.ndarray, mask: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """:meth:`run` for several graph outputs (bge-m3): per-sequence ones ``[b, ...]``, per-token ones
+        ``[b, s, ...]`` laid back at the batch's full width (zeros where a length group was cut)."""
+        out: dict[str, np.ndarray] = {}
+        for rows, cols in self._plan(mask):
+            parts = self._session_run(ids[rows, cols], mask[rows, cols], names)
+            for name, part in zip(names, parts):
+                if name not in out:
+                    per_token = name != self._output
+                    shape = (
+                        (ids.shape[0], ids.shape[1], *part.shape[2:]) if per_token else (ids.shape[0], *part.shape[1:])
+                    )
+                    out[name] = np.zeros(shape, dtype=part.dtype)
+                if name == self._output:
+                    out[name][rows] = part
+                else:
+                    out[name][rows, cols] = part
+        return out
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Embeddings (or scores) of one padded batch, run by length group (``batching.plan``)."""
+        out: np.ndarray | None = None
+        for rows, cols in self._plan(mask):
+            emb = self._session_run(ids[rows, cols], mask[rows, cols])
+            if out is None:
+                out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
+            out[rows] = emb
+        return out
+
+    def __call__(
+        self, ids: list[np.ndarray], masks: list[np.ndarray], outputs: list[str] | None = None
+    ) -> list[np.ndarray] | list[dict[str, np.ndarray]]:
+        """One array per request; with ``outputs`` (graph output names) one dict of them per request,
+        the per-token ones cut back to the request's own width."""
+        # The dynamic batcher merges same-shape requests; a mixed set is padded to the widest.
+        all_ids = pad_batch(ids, self.pad_token_id, self.left)
+        all_mask = pad_batch(masks, 0, self.left)
+        cuts = np.cumsum([a.shape[0] for a in ids])[:-1]
+        if outputs is None:
+            return np.split(self.run(all_ids, all_mask), cuts)
+        got = self.run_outputs(all_ids, all_mask, outputs)
+        split = {name: np.split(arr, cuts) for name, arr in got.items()}
+        answers = []
+        for i, a in enumerate(ids):
+            width = slice(all_ids.shape[1] - a.shape[1], None) if self.left else slice(0, a.shape[1])
+            answers.append(
+                {name: parts[i] if name == self._output else parts[i][:, width] for name, parts in split.items()}
+            )
+        return answers
+
+
+class OrtEncoder(GraphEncoder):
+    """ONNX Runtime on CPU (the exported graph, fp32 or int8 QDQ)."""
 
     def __init__(
         self,
@@ -89,55 +164,3 @@ class OrtEncoder:
         if names is not None:
             return self.session.run(names, feeds)
         return self.session.run([self._output], feeds)[0]
-
-    def run_outputs(self, ids: np.ndarray, mask: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-        """:meth:`run` for several graph outputs (bge-m3): per-sequence ones ``[b, ...]``, per-token ones
-        ``[b, s, ...]`` laid back at the batch's full width (zeros where a length group was cut)."""
-        o = self.options
-        out: dict[str, np.ndarray] = {}
-        for rows, cols in plan(mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens):
-            parts = self._session_run(ids[rows, cols], mask[rows, cols], names)
-            for name, part in zip(names, parts):
-                if name not in out:
-                    per_token = name != self._output
-                    shape = (
-                        (ids.shape[0], ids.shape[1], *part.shape[2:]) if per_token else (ids.shape[0], *part.shape[1:])
-                    )
-                    out[name] = np.zeros(shape, dtype=part.dtype)
-                if name == self._output:
-                    out[name][rows] = part
-                else:
-                    out[name][rows, cols] = part
-        return out
-
-    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Embeddings (or scores) of one padded batch, run by length group (``batching.plan``)."""
-        o = self.options
-        out: np.ndarray | None = None
-        for rows, cols in plan(mask, left=self.left, trim=o.trim_padding, max_batch_tokens=o.max_batch_tokens):
-            emb = self._session_run(ids[rows, cols], mask[rows, cols])
-            if out is None:
-                out = np.empty((ids.shape[0], emb.shape[1]), dtype=emb.dtype)
-            out[rows] = emb
-        return out
-
-    def __call__(
-        self, ids: list[np.ndarray], masks: list[np.ndarray], outputs: list[str] | None = None
-    ) -> list[np.ndarray] | list[dict[str, np.ndarray]]:
-        """One array per request; with ``outputs`` (graph output names) one dict of them per request,
-        the per-token ones cut back to the request's own width."""
-        # The dynamic batcher merges same-shape requests; a mixed set is padded to the widest.
-        all_ids = pad_batch(ids, self.pad_token_id, self.left)
-        all_mask = pad_batch(masks, 0, self.left)
-        cuts = np.cumsum([a.shape[0] for a in ids])[:-1]
-        if outputs is None:
-            return np.split(self.run(all_ids, all_mask), cuts)
-        got = self.run_outputs(all_ids, all_mask, outputs)
-        split = {name: np.split(arr, cuts) for name, arr in got.items()}
-        answers = []
-        for i, a in enumerate(ids):
-            width = slice(all_ids.shape[1] - a.shape[1], None) if self.left else slice(0, a.shape[1])
-            answers.append(
-                {name: parts[i] if name == self._output else parts[i][:, width] for name, parts in split.items()}
-            )
-        return answers

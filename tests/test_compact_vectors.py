@@ -344,9 +344,11 @@ def test_hamming_scores_count_agreeing_bits():
 def test_eval_cli_writes_and_replaces_its_section(server, tmp_path, capsys):
     from tembed_eval.cli import main
     from tembed_eval.compact import BEGIN, kept_section
+    from tembed_eval.report import INT8_BEGIN, INT8_END, kept_region
 
     out = tmp_path / "QUALITY.md"
-    out.write_text("# Retrieval quality\n\n| table |\n\n## How it is measured\n\n- notes\n", encoding="utf-8")
+    int8 = f"{INT8_BEGIN}\n## int8 encoder\n\n| fp32 | int8 |\n{INT8_END}"  # a hand-run comparison
+    out.write_text(f"# Retrieval quality\n\n| table |\n\n{int8}\n\n## How it is measured\n\n- notes\n", "utf-8")
     args = ["--url", server.grpc_url, "--models", QWEN, "--limit", "12", "--max-docs", "30", "--out", str(out)]
     for _ in range(2):  # the second run replaces the section
         assert main([*args, "--embedding-types", "binary,int8"]) == 0
@@ -366,6 +368,7 @@ def test_eval_cli_writes_and_replaces_its_section(server, tmp_path, capsys):
     full = ["--url", server.grpc_url, "--models", QWEN, "--tasks", "tatoeba", "--limit", "5", "--out", str(out)]
     assert main([*full, "--check-queries", "2", "--no-compare-prompt"]) == 0
     assert kept_section(out) == section and "# Retrieval quality of the served models" in out.read_text()
+    assert kept_region(out, INT8_BEGIN, INT8_END) == int8.splitlines()  # and the int8 comparison
 
 
 @pytest.mark.parametrize(

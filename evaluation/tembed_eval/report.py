@@ -167,6 +167,19 @@ def plot(results: Results, path: Path) -> Path:
     return path
 
 
+# Hand-run comparisons a full report keeps as they are (no tembed eval flag writes them): the int8 encoder's
+# column against fp32, both served in one tritonserver (docs/QUALITY.md says the command).
+INT8_BEGIN, INT8_END = "<!-- quality:int8:begin -->", "<!-- quality:int8:end -->"
+
+
+def kept_region(out: Path, begin: str, end: str) -> list[str]:
+    """The lines between ``begin`` and ``end`` in ``out`` (markers included), or nothing."""
+    text = out.read_text(encoding="utf-8") if out.exists() else ""
+    if begin not in text or end not in text:
+        return []
+    return [begin, *text.split(begin, 1)[1].split(end, 1)[0].strip("\n").splitlines(), end]
+
+
 def write_report(
     results: Results,
     memory: dict[str, Any] | None,
@@ -196,6 +209,7 @@ def write_report(
         *([*rerank_markdown(rerank), ""] if rerank else []),
         *([*compact, ""] if (compact := kept_section(out)) else []),  # `tembed eval --embedding-types` writes it
         *([*engine, ""] if (engine := kept_engine_section(out)) else []),  # `python -m tembed_eval.engine` writes it
+        *([*int8, ""] if (int8 := kept_region(out, INT8_BEGIN, INT8_END)) else []),
         *([*long_text_table(results), ""] if long_text_table(results) else []),
         "## How it is measured",
         "",

@@ -90,7 +90,8 @@ def test_gateway_spreads_over_replicas_and_survives_a_dead_one(replicas):
         # Failover first: the requests that met the dead replica went on to the other at once, none
         # was retried with backoff (the RetryPolicy wraps the whole replicated call, not one replica).
         assert metrics(gw)("tembed_gateway_triton_retries_total") == 0
-        assert gw.gateway.registry.failovers >= 1
+        # (How many failed over depends on timing: on a loaded machine the readiness check can mark the
+        # dead replica down before any request meets it, 0 failovers, seen in CI; none is lost either way.)
         time.sleep(1.5)  # the background readiness check
         assert up(gw, a) == 0.0 and up(gw, b) == 1.0
         print(f"\nreplica killed under 40 requests from 4 threads: {lost} failed; failovers:"

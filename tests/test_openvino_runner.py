@@ -103,7 +103,7 @@ def ov_server(fixture_dirs, tmp_path_factory):
         yield srv
 
 
-@pytest.mark.server
+@pytest.mark.isolated  # its own tritonserver (ov_server)
 def test_openvino_served_matches_onnxruntime(ov_server, minilm_onnx):
     from tembed.repository import parse
     from tembed_client import EmbeddingClient

@@ -26,27 +26,26 @@ class Runner(Protocol):
 RunnerFactory = Callable[[Path, ModelProfile, Mapping[str, str], str], Runner]
 
 
-def _onnxruntime(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
-    from .ort import OrtEncoder, OrtOptions
+def _graph(module_name: str, cls_name: str) -> RunnerFactory:
+    """A runner of the exported ONNX graph (``ort.OrtEncoder``, ``openvino.OpenVinoEncoder``), its options from
+    the model config's parameters; the module is imported when a model loads it."""
 
-    return OrtEncoder(
-        folder / ONNX_FILE,
-        pad_token_id=profile.pad_token_id,
-        padding_side=profile.padding_side,
-        options=OrtOptions.from_parameters(params),
-    )
+    def make(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
+        import importlib
+
+        from .ort import OrtOptions
+
+        return getattr(importlib.import_module(f".{module_name}", __name__), cls_name)(
+            folder / ONNX_FILE,
+            pad_token_id=profile.pad_token_id,
+            padding_side=profile.padding_side,
+            options=OrtOptions.from_parameters(params),
+        )
+
+    return make
 
 
-def _openvino(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
-    from .openvino import OpenVinoEncoder
-    from .ort import OrtOptions
-
-    return OpenVinoEncoder(
-        folder / ONNX_FILE,
-        pad_token_id=profile.pad_token_id,
-        padding_side=profile.padding_side,
-        options=OrtOptions.from_parameters(params),
-    )
+_onnxruntime, _openvino = _graph("ort", "OrtEncoder"), _graph("openvino", "OpenVinoEncoder")
 
 
 def _torch(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:

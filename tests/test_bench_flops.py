@@ -69,3 +69,24 @@ def test_harness_table_shows_gflops_against_the_peak():
     assert "| 300 (50 % of OV int8) |" in text and "in OpenVINO **200 fp32**, **600 int8**" in text
     del rec["peak_gflops"]  # records from before the column render as they were
     assert "GFLOP/s" not in render.harness(rec, None)
+
+
+CPUINFO = """processor\t: 0
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni avx512_bf16
+processor\t: 1
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni avx512_bf16
+"""
+
+
+def test_record_says_which_instruction_sets_the_cpu_has():
+    # int8 speed hangs on VNNI: a record must say whether the machine had it, and the doc's stamp shows it.
+    from tembed_bench import record
+
+    assert record.cpu_model_and_flags(CPUINFO) == ("AMD EPYC 9R14", ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"])
+    assert record.cpu_model_and_flags("model name\t: x\nflags\t\t: sse2 avx avx2\n") == ("x", ["avx2"])
+    m = {"cores": 2, "cpu": "x86_64", "load_avg_1m": 1.0}
+    rec = {"date": "d", "commit": "c", "bench": "b", "machine": {**m, "cpu_model": "AMD EPYC", "isa": ["avx2"]}}
+    assert "2 cores (AMD EPYC; avx2)" in render.stamp(rec)
+    assert "2 cores (x86_64)" in render.stamp({**rec, "machine": m})  # an older record: no claim either way

@@ -49,8 +49,11 @@ def table(head: list[str], rows: list[list], right_from: int = 1) -> str:
 def stamp(rec: dict) -> str:
     m = rec["machine"]
     quick = " **quick run: counts too small to quote**." if rec.get("quick") else ""
+    cpu = m["cpu"]
+    if "isa" in m:  # records before 2026-12-03 did not say which instruction sets the CPU had
+        cpu = f"{m.get('cpu_model') or cpu}; {', '.join(m['isa']) or 'no AVX2'}"
     return (
-        f"*Measured {rec['date']} at commit `{rec['commit']}`, {m['cores']} cores ({m['cpu']}), load average"
+        f"*Measured {rec['date']} at commit `{rec['commit']}`, {m['cores']} cores ({cpu}), load average"
         f" {m['load_avg_1m']} when done; record `docs/bench/{rec['bench']}.json`.*{quick}\n\n"
     )
 

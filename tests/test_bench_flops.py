@@ -82,10 +82,12 @@ flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni avx512_bf16
 
 def test_record_says_which_instruction_sets_the_cpu_has():
     # int8 speed hangs on VNNI: a record must say whether the machine had it, and the doc's stamp shows it.
-    from tembed_bench import record
+    from tembed_serving.cpu import cpu_model_and_flags, int8_slow_reason
 
-    assert record.cpu_model_and_flags(CPUINFO) == ("AMD EPYC 9R14", ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"])
-    assert record.cpu_model_and_flags("model name\t: x\nflags\t\t: sse2 avx avx2\n") == ("x", ["avx2"])
+    assert cpu_model_and_flags(CPUINFO) == ("AMD EPYC 9R14", ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"])
+    assert cpu_model_and_flags("model name\t: x\nflags\t\t: sse2 avx avx2\n") == ("x", ["avx2"])
+    assert int8_slow_reason(["avx2", "avx512f", "avx512_vnni"]) is None
+    assert "no int8 dot product" in int8_slow_reason(["avx2"])
     m = {"cores": 2, "cpu": "x86_64", "load_avg_1m": 1.0}
     rec = {"date": "d", "commit": "c", "bench": "b", "machine": {**m, "cpu_model": "AMD EPYC", "isa": ["avx2"]}}
     assert "2 cores (AMD EPYC; avx2)" in render.stamp(rec)

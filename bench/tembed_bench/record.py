@@ -14,32 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tembed_serving.cpu import cpu_model_and_flags
+
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = ROOT / ".cache" / "bench" / "records"
 SHOWN = ROOT / "docs" / "bench"
-
-
-# The instruction sets int8 and fp32 speed hang on (x86 /proc/cpuinfo flags): with AVX-512 VNNI a u8 x s8
-# dot product is one instruction; on AVX2 alone OpenVINO's int8 QDQ graph of e5-small ran slower than its fp32
-# one (2026-12-03, b=16 x 128: 914 vs 746 ms), where a VNNI machine had it 3.5x faster.
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-
-
-def cpu_model_and_flags(cpuinfo: str | None = None) -> tuple[str, list[str]]:
-    """The CPU's model name and which of :data:`ISA_FLAGS` it has (Linux; elsewhere empty)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return "", []
-    model, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, [f for f in ISA_FLAGS if f in flags]
 
 
 def machine() -> dict:

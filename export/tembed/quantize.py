@@ -307,7 +307,14 @@ def quantize_gated(
     """Replace ``onnx_path`` by the first of ``methods`` that passes the retrieval gate, scored in
     ``runtime`` (the runner that serves it); the report of the one kept. Raises :class:`Int8Refused`
     (the graph left fp32) when none passes."""
+    from tembed_serving.cpu import cpu_model_and_flags
+
     onnx_path = Path(onnx_path)
+    # The int8 kernels, and so the scores, can differ between CPUs (e5-small's NNCF graph in OpenVINO: Tatoeba
+    # zh->en acc@1 -0.7 points on an AVX-512 VNNI machine, -1.2 on an AVX2-only one): the log says where.
+    cpu, isa = cpu_model_and_flags()
+    where = f"{runtime} on {cpu or 'this CPU'} ({', '.join(isa) or 'ISA unknown'})"
+    log.info("int8 gate: scoring in %s", where)
     scorer = load_scorer(profile, tokenizer_file, data, slices, runtime)
     base = scorer(onnx_path)
     tried = []
@@ -328,5 +335,5 @@ def quantize_gated(
     sizes = getattr(scorer, "sizes", "")
     raise Int8Refused(
         f"{profile.name}: no int8 method keeps retrieval within {max_drop * 100:.1f} points of fp32 on the gate"
-        f" slices ({sizes}): " + "; ".join(r.summary() for r in tried) + ". The encoder stays fp32."
+        f" slices ({sizes}; scored in {where}): " + "; ".join(r.summary() for r in tried) + ". The encoder stays fp32."
     )

@@ -62,4 +62,9 @@ def load_runner(
 ) -> Runner:
     if name not in RUNNERS:
         raise ValueError(f"unknown runner {name!r}; known: {', '.join(RUNNERS)}")
+    if profile.precision == "int8" and device == "cpu":
+        from ..cpu import int8_slow_reason, log
+
+        if reason := int8_slow_reason():
+            log.warning("%s: int8 encoder (%s): %s", profile.name, profile.quantization, reason)
     return RUNNERS[name](Path(folder), profile, params, device)

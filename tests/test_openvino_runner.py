@@ -51,7 +51,7 @@ def test_openvino_matches_onnxruntime_fp32(minilm_onnx):
 def test_int8_methods_per_runner():
     from tembed.quantize import DEFAULT_METHODS, methods_for
 
-    assert [m.name for m in methods_for("openvino")] == ["nncf"]
+    assert [m.name for m in methods_for("openvino")] == ["nncf", "nncf-7bit"]
     assert [m.name for m in methods_for("onnxruntime")] == list(DEFAULT_METHODS["onnxruntime"])
     assert [m.name for m in methods_for("onnxruntime", ["nncf", "dynamic"])] == ["nncf", "dynamic"]
     with pytest.raises(ValueError, match="unknown int8 method"):
@@ -85,6 +85,37 @@ def test_nncf_int8_runs_in_both_runtimes(minilm_onnx, tmp_path):
     # Near fp32, not equal: MiniLM's activation outliers (0.87 here from 8 calibration texts); what that
     # costs in retrieval is the gate's to say (it refuses MiniLM's nncf graph: docs/BENCHMARKS.md).
     assert min(float(_cos(a, b).min()) for a, b in zip(fp32, ov)) >= 0.8
+
+
+@pytest.mark.slow
+def test_nncf_7bit_weights_cannot_saturate_without_vnni(minilm_onnx, tmp_path):
+    """``nncf-7bit`` (OverflowFix ENABLE) keeps the int8 weights of every linear layer within 7 bits, so AVX2's
+    u8 x s8 pair sums stay inside int16; plain ``nncf`` uses the full 8 bits past the first layer."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tembed.calibration import calibration_texts
+    from tembed.quantize import METHODS_BY_NAME, quantize
+
+    path, profile, tok = minilm_onnx
+
+    def linear_weights(method: str) -> list[np.ndarray]:
+        out = quantize(
+            path, tmp_path / f"{method}.onnx", METHODS_BY_NAME[method], profile, tok, calibration_texts()[:8]
+        )
+        graph = onnx.load(str(out)).graph
+        feeds = {i for n in graph.node if n.op_type == "MatMul" for i in n.input}
+        # int8 initializers dequantized straight into a MatMul: the linear layers' weights (not the embedding
+        # tables, which feed a Gather, nor the activations' zero points)
+        dq = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in feeds}
+        return [
+            numpy_helper.to_array(t) for t in graph.initializer if t.name in dq and t.data_type == onnx.TensorProto.INT8
+        ]
+
+    seven, eight = linear_weights("nncf-7bit"), linear_weights("nncf")
+    assert len(seven) == len(eight) >= 6 * 6  # MiniLM-L6: Q, K, V, O, FFN in and out in each layer
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in seven) <= 64
+    assert max(int(np.abs(w.astype(np.int16)).max()) for w in eight) > 64
 
 
 @pytest.fixture(scope="module")

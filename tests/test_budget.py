@@ -127,16 +127,24 @@ def test_pyspy_top_counts_self_and_inclusive(tmp_path):
 
 
 @pytest.mark.isolated  # a tritonserver of its own
-def test_floor_models_serve_and_keep_busy_as_asked(tmp_path):
+def test_floor_models_serve_and_keep_busy_as_asked(tmp_path, model_repository):
     """The machine's floor (tembed_bench.floor) on a real tritonserver: both models answer a vector of the
-    asked size per text and spend the asked time busy (so wall − busy is what serving alone costs)."""
+    asked size per text and spend the asked time busy (so wall − busy is what serving alone costs); the
+    ONNX Runtime floor runs the encoder's graph on as many ids as asked."""
     from tembed_bench import floor
+    from tembed_serving.contract import Layout
     from tembed_serving.supervisor import TritonServer
 
-    repo = floor.write_repo(tmp_path / "floor", dim=8)
+    graph = Layout(model_repository, "multilingual-e5-small").onnx_file
+    repo = floor.write_repo(tmp_path / "floor", dim=8, onnx=graph, threads=1)
     with TritonServer.on_free_ports(repo, log_file=tmp_path / "tritonserver.log") as srv:
         client = floor.FloorClient(srv.grpc_url)
         try:
+            for tokens in (3, 40):  # [1, 1, 384]: the graph's vector, one request per batch row
+                got = client.client.infer(floor.ONE_ORT, client.inputs(["q"], "query", 0.0, True, tokens=tokens))
+                vec = got.as_numpy("embedding")
+                assert vec.shape == (1, 1, 384) and abs(float((vec**2).sum()) - 1.0) < 1e-3
+            assert 0.0 < client.call(floor.ONE_ORT, ["q"], "query", 0.0, tokens=16) < 1.0
             for model in (floor.ONE, floor.TWO, floor.ONE_BATCHED):
                 for wait in (0.0, 0.02):
                     got = client.call(model, ["如何提高睡眠质量", "two"], "query", wait)

@@ -97,3 +97,23 @@ def test_quantize_gated_keeps_the_graph_fp32_when_refused(e5_onnx, tmp_path):
     ):
         quantize_gated(path, profile, tok, (Method("static", "static"),), slices=SMALL, max_drop=-1.0)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+@pytest.mark.slow
+def test_dynamic_7bit_ffn_fp32_keeps_what_it_says(e5_onnx, tmp_path):
+    """ONNX Runtime's dynamic int8 as an experiment variant: per-channel 7-bit weights (its advice for CPUs
+    without VNNI), the FFN down projections left fp32; the default ``dynamic`` stays per-tensor 8-bit."""
+    from tembed.quantize import METHODS_BY_NAME, quantize
+
+    fp32, profile, tok = e5_onnx
+    method = Method("d", "dynamic", fp32_last_layers=0, fp32_ffn_out=True, reduce_range=True)
+    out = quantize(fp32, tmp_path / "d.onnx", method, profile, tok)
+    model = onnx.load(str(out))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    int8 = [w for w in weights.values() if w.dtype == np.int8 and w.ndim == 2]
+    assert len(int8) == 12 * 5  # q, k, v, attention output, FFN in of every layer
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in int8) <= 64  # 7 bits
+    ffn_out = [n for n in model.graph.node if "/output/dense/MatMul" in n.name and "attention" not in n.name]
+    assert len(ffn_out) == 12 and {n.op_type for n in ffn_out} == {"MatMul"}  # left fp32
+    plain = METHODS_BY_NAME["dynamic"]
+    assert (plain.per_channel, plain.reduce_range, plain.fp32_last_layers) == (False, False, 0)

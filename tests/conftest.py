@@ -59,16 +59,30 @@ TEXTS = [
 ]
 
 
+LINK_ABOVE = 1 << 20  # bytes: copy_served hard-links larger files (graphs, weights), copies the rest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link for a large file, so a test's copy of a repository costs no disk (CI shares it): tests
+    rewrite configs and model.py files, never graphs. A copy where links are refused (another filesystem)."""
+    if os.path.getsize(src) > LINK_ABOVE:
+        with contextlib.suppress(OSError):
+            os.link(src, dst)
+            return
+    shutil.copy2(src, dst)
+
+
 def copy_served(model_repository: Path, dest: Path, model: str) -> Path:
     """``model``'s Triton models from ``model_repository`` into ``dest`` (only those it has: a Python
-    encoder has no postprocess model), its priority lanes too."""
+    encoder has no postprocess model), its priority lanes too. Large files are hard links
+    (``_link_or_copy``): a test that rewrites one must unlink it first."""
     from tembed_serving.contract import lane_name, model_names
 
     names = model_names(model)
     lanes = [*model_repository.glob(lane_name(model, "*")), *model_repository.glob(lane_name(names["encoder"], "*"))]
     for folder in [*(model_repository / n for n in names.values()), *lanes]:
         if folder.is_dir():  # a lane encoder's version folder is a symlink to the encoder's: kept one
-            shutil.copytree(folder, dest / folder.name, symlinks=True)
+            shutil.copytree(folder, dest / folder.name, symlinks=True, copy_function=_link_or_copy)
     return dest
 
 

@@ -81,6 +81,6 @@ def test_a_reused_pid_is_not_taken_for_the_stub(parent):
     parent.stub("model-a")
     wait_for(lambda: len(sv.python_stubs(os.getpid())) == 1)
     sup = sv.Supervisor(parent)
-    (pid,) = sup._stubs
-    sup._stub_starts[pid] -= 1  # as if the stub had died and another process had its pid since
+    ((pid, (model, started)),) = sup._known.items()
+    sup._known = {pid: (model, started - 1)}  # as if the stub had died and another process had its pid since
     assert not sup.complete()

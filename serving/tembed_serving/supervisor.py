@@ -756,18 +756,24 @@ class Supervisor(threading.Thread):
         self._expected = Counter(self._stubs.values())  # stubs per model when all is well
 
     def _learn(self) -> None:
-        """The stubs tritonserver runs now (a full /proc scan), with their start times."""
-        stubs = python_stubs(self.server.proc.pid)
-        started = {pid: st[2] for pid in stubs if (st := _stat(pid)) is not None}
-        self._stubs, self._stub_starts = {pid: m for pid, m in stubs.items() if pid in started}, started
+        """The stubs tritonserver runs now (a full /proc scan), each with its start time."""
+        known = {}
+        for pid, model in python_stubs(self.server.proc.pid).items():
+            if (st := _stat(pid)) is not None:
+                known[pid] = (model, st[2])
+        self._known = known  # one assignment: a probe's complete() on another thread sees old or new
+
+    @property
+    def _stubs(self) -> dict[int, str]:
+        return {pid: model for pid, (model, _) in self._known.items()}
 
     def _alive(self) -> dict[int, str]:
         """Those of the known stubs still running (one /proc read each)."""
-        parent, started, out = self.server.proc.pid, self._stub_starts, {}
-        for pid, m in self._stubs.items():
+        parent, out = self.server.proc.pid, {}
+        for pid, (model, started) in self._known.items():
             st = _stat(pid)  # not a zombie, still tritonserver's child, not a reused pid
-            if st is not None and st[0] not in "ZX" and st[1] == parent and st[2] == started.get(pid):
-                out[pid] = m
+            if st is not None and st[0] not in "ZX" and st[1] == parent and st[2] == started:
+                out[pid] = model
         return out
 
     def complete(self) -> bool:
@@ -806,13 +812,13 @@ class Supervisor(threading.Thread):
             return
         alive = self._alive()
         have = Counter(alive.values())
-        if len(alive) == len(self._stubs) and all(have[m] >= n for m, n in self._expected.items()):
+        if len(alive) == len(self._known) and all(have[m] >= n for m, n in self._expected.items()):
             self.healthy = True
             return
         # A model is short of stubs when one of those seen died, or when a reload did not bring back
         # as many as it had (so a reload that failed is tried again at the next poll); the whole process
         # table says how many it has now.
-        dead = {m for pid, m in self._stubs.items() if pid not in alive}
+        dead = {m for pid, (m, _) in self._known.items() if pid not in alive}
         self._learn()
         have = Counter(self._stubs.values())
         dead |= {m for m, n in self._expected.items() if have[m] < n}

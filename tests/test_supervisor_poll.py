@@ -61,8 +61,8 @@ def test_a_healthy_poll_reads_only_the_known_stubs_and_a_dead_one_is_reloaded(pa
     assert sorted(sup._stubs.values()) == ["model-a", "model-b"] and sup.complete()
 
     scans = []
-    real = sv.python_stubs
-    monkeypatch.setattr(sv, "python_stubs", lambda pid: scans.append(pid) or real(pid))
+    real = sv._scan
+    monkeypatch.setattr(sv, "_scan", lambda pid: scans.append(pid) or real(pid))
     for _ in range(3):
         sup.check()
     assert sup.healthy and scans == []  # no full scan of the process table while all is well

@@ -697,34 +697,13 @@ class Reaper(threading.Thread):
         me, own = os.getpid(), self.server.children()
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) not in own:
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    stat = (entry / "stat").read_text()
-                    if int(stat[stat.rindex(")") + 2 :].split()[1]) == me:
-                        return True
+                st = _stat(int(entry.name))
+                if st is not None and st[1] == me:
+                    return True
         return False
 
 
 STUB = "triton_python_backend_stub"
-
-
-def python_stubs(parent: int) -> dict[int, str]:
-    """pid -> model name of the Python-backend stubs tritonserver ``parent`` runs (from /proc)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid != parent:
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
-            continue
-        if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:
-            # argv[1] is <repository>/<model>/<version>/model.py
-            found[int(entry.name)] = Path(argv[1].decode(errors="replace")).parent.parent.name
-    return found
 
 
 def _stat(pid: int) -> tuple[str, int, int] | None:
@@ -736,14 +715,36 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
         return None
 
 
+def _scan(parent: int) -> dict[int, tuple[str, int]]:
+    """pid -> (model name, start time) of the live Python-backend stubs tritonserver ``parent`` runs: every
+    process in /proc is read."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or (st := _stat(int(entry.name))) is None or st[1] != parent:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1:  # (a zombie's cmdline is empty)
+            # argv[1] is <repository>/<model>/<version>/model.py
+            found[int(entry.name)] = (Path(argv[1].decode(errors="replace")).parent.parent.name, st[2])
+    return found
+
+
+def python_stubs(parent: int) -> dict[int, str]:
+    """pid -> model name of the Python-backend stubs tritonserver ``parent`` runs (from /proc)."""
+    return {pid: model for pid, (model, _) in _scan(parent).items()}
+
+
 class Supervisor(threading.Thread):
     """Watches one TritonServer: reloads a model whose stub died, restarts a dead tritonserver.
 
     Each poll reads /proc only for the stubs it knows (one ``stat`` each: alive, still tritonserver's
     child, the same start time, so a reused pid is not taken for the stub), not the whole process table:
     scanning every process 4 times a second cost the launcher 25-37 ms of CPU a second on a machine with
-    70 processes, taken from the encoder's two cores. The full scan (``python_stubs``) runs only at start
-    and after a reload or restart, to learn the new stubs."""
+    70 processes, taken from the encoder's two cores. The full scan (``_scan``) runs at start, after a
+    reload or restart (to learn the new stubs), and when a known stub is gone."""
 
     POLL_S = 0.25
 
@@ -756,12 +757,9 @@ class Supervisor(threading.Thread):
         self._expected = Counter(self._stubs.values())  # stubs per model when all is well
 
     def _learn(self) -> None:
-        """The stubs tritonserver runs now (a full /proc scan), each with its start time."""
-        known = {}
-        for pid, model in python_stubs(self.server.proc.pid).items():
-            if (st := _stat(pid)) is not None:
-                known[pid] = (model, st[2])
-        self._known = known  # one assignment: a probe's complete() on another thread sees old or new
+        """The stubs tritonserver runs now (a full /proc scan), each with its start time; one assignment, so a
+        probe's complete() on another thread sees the old stubs or the new ones."""
+        self._known = _scan(self.server.proc.pid)
 
     @property
     def _stubs(self) -> dict[int, str]:

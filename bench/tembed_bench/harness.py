@@ -32,13 +32,18 @@ class Workload:
     throughput: bool  # a throughput workload (tokens/s) or a latency one (single queries)
 
 
-def workloads(names: list[str], quick: bool, concurrency: int) -> dict[str, Workload]:
+# Single queries per latency workload over all rounds: a P99 of 200 was its 2nd-worst sample, and at c=8 one
+# stall of the 8 in flight decided which system "won" (docs/BENCHMARKS.md, 2026-12-03 evening); of 800, the 8th.
+QUERIES = 800
+
+
+def workloads(names: list[str], quick: bool, concurrency: int, queries: int = QUERIES) -> dict[str, Workload]:
     n = 8 if quick else 1
     out = {}
     for name in names:
         kind, _, c = name.partition("-c")
         if kind == "queries":
-            reqs = [[q] for q in data.short_queries(200 // n)]
+            reqs = [[q] for q in data.short_queries(queries // n)]
             out[name] = Workload(name, reqs, int(c) if c else 1, False)
         elif kind == "mixed":  # 40% short queries, 30% passages, 22% Chinese paragraphs, 8% long documents
             out[name] = Workload(name, data.requests(data.mixed(768 // n), 16), int(c or concurrency), True)
@@ -58,7 +63,7 @@ def check_items() -> list[list[Item]]:
 
 def run(args: argparse.Namespace) -> dict:
     repo = servers.export_repo(servers.WORK / f"repo-t{args.threads}-ddefault-i32", threads=args.threads)
-    loads = workloads(args.workloads.split(","), args.quick, args.concurrency)
+    loads = workloads(args.workloads.split(","), args.quick, args.concurrency, args.queries)
     reference = open_target("raw", contextlib.ExitStack(), repo, args.threads, {})
     tokens = {i.text: reference.tokens([i]) for w in loads.values() for r in w.requests for i in r}
     probe = check_items()
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {','.join(TARGETS)}")
     ap.add_argument("--workloads", default="mixed,queries,queries-c8", help="comma list of queries[-cN], mixed, long")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds per workload")
+    ap.add_argument("--queries", type=int, default=QUERIES, help="single queries per queries[-cN] workload, all rounds")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight for servers under load")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="ORT / torch threads, every target")
     ap.add_argument("--quick", action="store_true", help="an eighth of the requests; the doc is left alone")

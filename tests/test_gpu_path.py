@@ -102,6 +102,101 @@ def test_pytorch_config_and_repository(qwen, fixture_dirs, tmp_path):
     assert json.loads((version / "profile.json").read_text())["pooling"] == "last"
 
 
+def test_pytorch_one_step_repository(qwen, fixture_dirs, tmp_path):
+    """The one-step layout on the pytorch backend: the one-step model runs the torch runner on a GPU instance
+    from the Hugging Face folder in its own version folder; no encoder model; the CUDA-graph limit (off by
+    default) travels as a config parameter."""
+    from tembed_serving import contract as c
+
+    folder = fixture_dirs["qwen3-embedding-tiny"]
+    p = dataclasses.replace(qwen, layout=c.LAYOUT_ONE_STEP)
+    opts = ServingOptions(backend="pytorch", torch_cuda_graph_tokens=128, priority_lanes=False)
+    written = write_repository(p, tmp_path, tokenizer_file=folder / "tokenizer.json", encoder_file=folder, opts=opts)
+    assert written["encoder"] == written["ensemble"] == tmp_path / p.name
+    assert not (tmp_path / c.model_names(p.name)["encoder"]).exists()
+    cfg = parse((tmp_path / p.name / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and cfg.max_batch_size > 0
+    assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert cfg.parameters[c.PARAM_RUNNER].string_value == "torch"
+    assert cfg.parameters[c.PARAM_CUDA_GRAPH_TOKENS].string_value == "128"
+    version = tmp_path / p.name / "1"
+    assert "tembed_serving.triton.onestep" in (version / "model.py").read_text()
+    assert (version / HF_DIR / "model.safetensors").is_file() and (version / "tokenizer.json").is_file()
+    assert c.PARAM_CUDA_GRAPH_TOKENS not in encoder_config(qwen, ServingOptions(backend="pytorch")).parameters
+    with pytest.raises(ValueError, match="torch_cuda_graph_tokens"):
+        ServingOptions(backend="pytorch", torch_cuda_graph_tokens=-1)
+
+
+def test_pytorch_backend_serves_a_reranker(fixture_dirs, tmp_path):
+    """A reranker exported for the pytorch backend: the encoder's runner loads ``RerankModel`` and answers one
+    score per pair, those of the eager float32 reference."""
+    from tembed.pipeline import ExportOptions, export_model
+    from tembed_serving.contract import PARAM_DTYPE
+    from tembed_serving.pairs import PairEncoder
+    from tembed_serving.runners import load_runner
+    from tembed_serving.runners.torch_model import load_rerank_model
+
+    folder = fixture_dirs["qwen3-reranker-tiny"]
+    serving = ServingOptions(backend="pytorch", torch_device="cpu", torch_dtype="float32", priority_lanes=False)
+    result = export_model(folder, tmp_path, ExportOptions(name="rr", serving=serving))
+    profile, layout = result.profile, result.layout
+    cfg = parse((layout.model_dir("encoder") / "config.pbtxt").read_text())
+    assert cfg.parameters["runner"].string_value == "torch" and (layout.version_dir("encoder") / HF_DIR).is_dir()
+    runner = load_runner("torch", layout.version_dir("encoder"), profile, {PARAM_DTYPE: "float32"}, "cpu")
+    batch = PairEncoder(profile, layout.tokenizer_file).encode(
+        "北京是哪个国家的首都？", ["北京是首都。", "a b c", "咖啡"]
+    )
+    (got,) = runner([batch.input_ids], [batch.attention_mask])
+    assert got.shape == (3, 1)
+    reference = load_rerank_model(folder, profile)  # eager attention, float32
+    with torch.inference_mode():
+        ref = reference(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_torch_runner_cuda_graphs_are_gpu_only(qwen, fixture_dirs, tmp_path):
+    """``cuda_graph_tokens`` from the config reaches the runner; on CPU there are no graphs, and the unmasked
+    backbone call that a graph captures equals the masked one on an unpadded row."""
+    from tembed_serving.contract import PARAM_CUDA_GRAPH_TOKENS, PARAM_DTYPE
+    from tembed_serving.runners import load_runner
+
+    (tmp_path / HF_DIR).symlink_to(fixture_dirs["qwen3-embedding-tiny"], target_is_directory=True)
+    params = {PARAM_DTYPE: "float32", PARAM_CUDA_GRAPH_TOKENS: "64"}
+    runner = load_runner("torch", tmp_path, qwen, params, "cpu")
+    assert runner.graphs is None
+    ids = torch.tensor([[5, 6, 7, qwen.end_token_id]])
+    ones = torch.ones_like(ids)
+    with torch.inference_mode():
+        masked, unmasked = runner.model(ids, ones), runner.model.forward_unpadded(ids, ones)
+    torch.testing.assert_close(masked, unmasked)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_torch_runner_cuda_graphs_match_eager(qwen, fixture_dirs):
+    """Lone rows replay a graph per length (captured once), batches run eagerly; the same vectors either way."""
+    from tembed.onnx_export import sample_inputs
+    from tembed_serving.runners.torch import TorchEncoder
+
+    folder = fixture_dirs["qwen3-embedding-tiny"]
+    eager = TorchEncoder.load(folder, qwen, dtype="float32", device="cuda")
+    graphed = TorchEncoder(eager.model, pad_token_id=qwen.pad_token_id, padding_side=qwen.padding_side,
+                           device="cuda", cuda_graph_tokens=64)  # fmt: skip
+    for length, seed in ((9, 1), (9, 2), (33, 3)):
+        ids, mask = sample_inputs(qwen, 1, length, vocab=1000, seed=seed)
+        np.testing.assert_allclose(graphed([ids], [mask])[0], eager([ids], [mask])[0], atol=1e-5)
+    assert graphed.graphs.failed is None and sorted(graphed.graphs.graphs) == [9, 33]
+    ids, mask = sample_inputs(qwen, 3, 21, vocab=1000, seed=4)  # a lone row of its length group is graphed too
+    np.testing.assert_allclose(graphed([ids], [mask])[0], eager([ids], [mask])[0], atol=1e-5)
+    # A graph replayed after eager work of other shapes (the 2026-12-04 H200 run saw a query's graph, captured
+    # at warm-up and replayed after eager calls, differ from eager by 0.11 in bf16: docs/GPU.md).
+    for length in (40, 120):
+        ids, mask = sample_inputs(qwen, 2, length, vocab=1000, seed=length)
+        eager([ids], [mask])
+    ids, mask = sample_inputs(qwen, 1, 9, vocab=1000, seed=1)
+    np.testing.assert_allclose(graphed([ids], [mask])[0], eager([ids], [mask])[0], atol=1e-5)
+
+
 def test_serving_options_reject_unknown_torch_dtype():
     with pytest.raises(ValueError, match="torch_dtype"):
         ServingOptions(backend="pytorch", torch_dtype="int8")

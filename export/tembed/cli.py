@@ -45,6 +45,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         priority_lanes=args.priority_lanes,
         torch_dtype=args.torch_dtype,
         torch_device=args.torch_device,
+        torch_cuda_graph_tokens=args.torch_cuda_graphs,
     )
     options = ExportOptions(
         name=args.name,
@@ -116,12 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LAYOUTS,
         default=ModelProfile.layout,
         help="two-step: an ensemble of tokenizer and encoder models (every backend); one-step: one batched Python"
-        " model tokenizes and runs ONNX Runtime (python-onnx, embeddings: one stub hop per query on CPU)",
+        " model tokenizes and runs the encoder (embeddings on python-onnx or pytorch: one stub hop per query)",
     )
     ex.add_argument("--encoder-instances", type=int, default=1)
     ex.add_argument("--torch-dtype", choices=TORCH_DTYPES, default=ServingOptions.torch_dtype)
     ex.add_argument(
         "--torch-device", choices=("cuda", "cpu"), default="cuda", help="pytorch backend: GPU instances, or CPU"
+    )
+    ex.add_argument(
+        "--torch-cuda-graphs",
+        type=int,
+        default=ServingOptions.torch_cuda_graph_tokens,
+        metavar="TOKENS",
+        help="pytorch backend on a GPU: a lone text of up to TOKENS tokens replays a CUDA graph of its length"
+        " (captured at first use) instead of launching each kernel from Python (0: off)",
     )
     ex.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     ex.add_argument(

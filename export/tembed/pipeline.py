@@ -40,7 +40,7 @@ class ExportOptions:
     serving: ServingOptions = field(default_factory=ServingOptions)
     # The repository's layout (contract.LAYOUTS; written once into the profile): two-step, the ensemble of
     # tokenizer and encoder models (every backend), or one-step, one batched Python model that tokenizes
-    # and runs ONNX Runtime itself (python-onnx, embeddings: one stub hop per query on CPU).
+    # and runs the encoder itself (embeddings on python-onnx or pytorch: one stub hop per query).
     layout: str = ModelProfile.layout
     opset: int = 17
     quantize: str | None = None  # "int8"
@@ -102,7 +102,7 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
     profile.runner = getattr(backend, "runner", backend.name)  # a fact of the served encoder, written once
     profile.layout = o.layout
     if o.layout == LAYOUT_ONE_STEP:
-        check_one_step(profile, o.serving)  # before any work: the layout is the CPU embedding path
+        check_one_step(profile, o.serving)  # before any work: embeddings on a Python-backend runner
         if profile.multi_output:
             log.warning("%s: the %s layout serves bge-m3's dense vector only", profile.name, o.layout)
             profile.outputs, profile.special_token_ids = profile.outputs[:1], []
@@ -116,8 +116,6 @@ def export_model(source: Path, repo: Path, options: ExportOptions | None = None)
             backend.name,
         )
         profile.outputs, profile.special_token_ids = profile.outputs[:1], []
-    if profile.task != "embed" and backend.graph is None:
-        raise ValueError(f"the {backend.name} backend serves embedding models; export a {profile.task} model to ONNX")
     log.info(
         "[1/4] profile of %s: task=%s pooling=%s padding=%s max_length=%d dim=%d (min %d) end_token=%s prompts=%s",
         source,

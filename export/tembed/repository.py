@@ -18,10 +18,10 @@ For a profile named ``N`` the embedding task writes these models (names in
                   (:func:`finishes_vectors`), one stub hop fewer.
 ``N``             the ensemble clients call: text in, ``[n, dim]`` float32 out.
 
-Under the one-step layout (``profile.layout``, ``tembed export --layout one-step``; the CPU path,
-``python-onnx`` only) ``N`` is instead one batched Python model that tokenizes and runs ONNX Runtime
-itself (:func:`one_step_config`, ``tembed_serving.triton.onestep``), one request per batch row; ``N-tokenizer``
-stays beside it for ``tokenize``, and there is no ``N-encoder``.
+Under the one-step layout (``profile.layout``, ``tembed export --layout one-step``; ``python-onnx`` on CPU
+or ``pytorch``, :data:`ONE_STEP_BACKENDS`) ``N`` is instead one batched Python model that tokenizes and runs
+the encoder's runner itself (:func:`one_step_config`, ``tembed_serving.triton.onestep``), one request per batch
+row; ``N-tokenizer`` stays beside it for ``tokenize``, and there is no ``N-encoder``.
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ class ServingOptions:
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     torch_dtype: str = c.TORCH_DTYPES[0]  # pytorch backend
     torch_device: str = "cuda"  # pytorch backend: "cpu" runs the same runner on KIND_CPU (tests, dry runs)
+    # pytorch backend on a GPU: a lone text of up to this many tokens (a query at c=1) replays a CUDA graph of
+    # its length, captured at first use, instead of launching each kernel (runners.torch.CudaGraphs); 0: off.
+    torch_cuda_graph_tokens: int = 0
     # The encoder's queue policy, off by default (0): in tritonserver 2.51 any ``default_queue_policy``
     # (a timeout, a size, or both) makes the dynamic batcher sit idle ~0.5 s now and then while requests
     # wait: 8 concurrent short queries had P99 0.6-1.1 s with it, 0.10 s without (docs/RELIABILITY.md).
@@ -98,6 +101,8 @@ class ServingOptions:
             raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
         if self.torch_dtype not in c.TORCH_DTYPES:
             raise ValueError(f"torch_dtype must be one of {c.TORCH_DTYPES}, got {self.torch_dtype!r}")
+        if self.torch_cuda_graph_tokens < 0:
+            raise ValueError(f"torch_cuda_graph_tokens must be >= 0, got {self.torch_cuda_graph_tokens}")
         if self.torch_device not in ("cuda", "cpu"):
             raise ValueError(f"torch_device must be 'cuda' or 'cpu', got {self.torch_device!r}")
 
@@ -164,6 +169,8 @@ class PytorchBackend(PythonRunnerBackend):
         kind = mc.ModelInstanceGroup.KIND_GPU if opts.torch_device == "cuda" else mc.ModelInstanceGroup.KIND_CPU
         cfg.instance_group.add(kind=kind, count=opts.gpu_instances)
         cfg.parameters[c.PARAM_DTYPE].string_value = opts.torch_dtype
+        if opts.torch_cuda_graph_tokens > 0:
+            cfg.parameters[c.PARAM_CUDA_GRAPH_TOKENS].string_value = str(opts.torch_cuda_graph_tokens)
 
     def files(self, source: Path | None) -> dict[str, Path | str]:
         # source is the Hugging Face folder; its copy makes the repository self-contained.
@@ -661,12 +668,17 @@ def write_repository(
     return dict(sorted(written.items(), key=lambda kv: c.ROLES.index(kv[0])))
 
 
+# The encoders the one-step model can run itself: runners of its own Python process, read from its version folder.
+ONE_STEP_BACKENDS = (PythonOnnxBackend.name, PytorchBackend.name)
+
+
 def check_one_step(p: ModelProfile, opts: ServingOptions) -> None:
-    """The one-step layout is the CPU path: an embedding model on ONNX Runtime in the Python backend."""
-    if p.task != c.TASK_EMBED or opts.backend != PythonOnnxBackend.name:
+    """The one-step layout serves an embedding model whose encoder runs in the Python backend: ONNX Runtime
+    on CPU, or the PyTorch runner (on a GPU instance, or on CPU with ``torch_device="cpu"``)."""
+    if p.task != c.TASK_EMBED or opts.backend not in ONE_STEP_BACKENDS:
         raise ValueError(
-            f"the {c.LAYOUT_ONE_STEP} layout serves embedding models on the {PythonOnnxBackend.name} backend;"
-            f" {p.name} is a {p.task} model on {opts.backend}: export it with --layout {c.LAYOUT_TWO_STEP}"
+            f"the {c.LAYOUT_ONE_STEP} layout serves embedding models on the {' or '.join(ONE_STEP_BACKENDS)}"
+            f" backend; {p.name} is a {p.task} model on {opts.backend}: export it with --layout {c.LAYOUT_TWO_STEP}"
         )
 
 

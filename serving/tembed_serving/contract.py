@@ -136,6 +136,7 @@ ENCODER_OUTPUT = ENCODER_OUTPUTS[TASK_EMBED]
 # The encoder model's config parameters (Python-backend runners).
 PARAM_RUNNER = "runner"  # a key of tembed_serving.runners.RUNNERS
 PARAM_DTYPE = "dtype"  # torch runner
+PARAM_CUDA_GRAPH_TOKENS = "cuda_graph_tokens"  # torch runner on a GPU: lone rows up to this long replay CUDA graphs
 
 # Files inside a model's version folder.
 VERSION = "1"

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..contract import HF_DIR, ONNX_FILE, PARAM_DTYPE, TORCH_DTYPES
+from ..contract import HF_DIR, ONNX_FILE, PARAM_CUDA_GRAPH_TOKENS, PARAM_DTYPE, TORCH_DTYPES
 from ..profile import ModelProfile
 
 
@@ -51,7 +51,13 @@ _onnxruntime, _openvino = _graph("ort", "OrtEncoder"), _graph("openvino", "OpenV
 def _torch(folder: Path, profile: ModelProfile, params: Mapping[str, str], device: str) -> Runner:
     from .torch import TorchEncoder
 
-    return TorchEncoder.load(folder / HF_DIR, profile, dtype=params.get(PARAM_DTYPE, TORCH_DTYPES[0]), device=device)
+    return TorchEncoder.load(
+        folder / HF_DIR,
+        profile,
+        dtype=params.get(PARAM_DTYPE, TORCH_DTYPES[0]),
+        device=device,
+        cuda_graph_tokens=int(params.get(PARAM_CUDA_GRAPH_TOKENS, "0") or 0),
+    )
 
 
 RUNNERS: dict[str, RunnerFactory] = {"onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch}

@@ -44,8 +44,19 @@ class EmbeddingModel(nn.Module):
         return self.backbone.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._embed(input_ids, attention_mask, attention_mask)
+
+    def forward_unpadded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rows without padding (``attention_mask`` all ones): the backbone gets no mask, the same attention
+        without the mask checks that read the mask on the host (which a CUDA graph capture refuses:
+        ``runners.torch.CudaGraphs``). Not ``forward``'s keyword: the ONNX tracer passes every parameter."""
+        return self._embed(input_ids, attention_mask, None)
+
+    def _embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, backbone_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         kwargs = {"use_cache": False} if self.pooling == "last" else {}
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=backbone_mask, **kwargs).last_hidden_state
         pooled = pool(hidden, attention_mask, self.pooling)
         return nn.functional.normalize(pooled.float(), p=2.0, dim=-1)
 

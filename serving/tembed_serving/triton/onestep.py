@@ -1,5 +1,6 @@
 """The one-step model (``contract.LAYOUT_ONE_STEP``): tokenizer and encoder in one batched Python model, so
-a query pays one stub hop instead of the ensemble's two.
+a query pays one stub hop instead of the ensemble's two. Its runner is the config's (ONNX Runtime on CPU, or
+the PyTorch runner on the GPU instance Triton gives it).
 
 Each batch row is one request (``TEXT`` [1, n], each option [1, 1]; ragged, so requests of any length merge):
 every request is parsed and tokenized on its own (its bucket, truncation and errors its own, as the
@@ -54,7 +55,9 @@ class TritonPythonModel:
         folder = version_dir(args)
         self.profile = ModelProfile.load(folder)
         self.encoder = TextEncoder(self.profile, folder / TOKENIZER_FILE)
-        self.runner = load_runner(params[PARAM_RUNNER], folder, self.profile, params, "cpu")
+        # The pytorch runner on a KIND_GPU instance: Triton pins the instance to one device and says which.
+        device = f"cuda:{args['model_instance_device_id']}" if args.get("model_instance_kind") == "GPU" else "cpu"
+        self.runner = load_runner(params[PARAM_RUNNER], folder, self.profile, params, device)
 
     def execute(self, requests):
         with self._executing(len(requests)):

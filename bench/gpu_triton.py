@@ -359,9 +359,12 @@ def budget_rows(kind: str, stats: dict, probes: dict, client_ms: float, name: st
 
     top = name
     row["client + gRPC + Triton front end"] = client_ms - ms(top, "success")
-    encoder = f"{name}-encoder" if kind == "two-step" else name
+    from tembed_serving.contract import model_names
+
+    names = model_names(name)
+    encoder = names["encoder"] if kind == "two-step" else name
     if kind == "two-step":
-        tokenizer = f"{name}-tokenizer"
+        tokenizer = names["tokenizer"]
         steps = (tokenizer, encoder)
         inner = sum(ms(s, k) for s in steps for k in STAT_FIELDS[1:])
         row["ensemble: queue + scheduling between steps"] = ms(top, "success") - inner

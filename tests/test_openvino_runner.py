@@ -16,6 +16,30 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
+@pytest.mark.slow
+def test_nncf_ffn_fp32_leaves_only_the_down_projections_fp32(minilm_onnx, tmp_path):
+    """``nncf-ffn-fp32`` quantises every linear layer but the FFN down projections (``output.dense``), whose
+    inputs carry the activation outliers; ``nncf`` quantises those too."""
+    import onnx
+
+    from tembed.calibration import calibration_texts
+    from tembed.quantize import METHODS_BY_NAME, _weight_matmuls, quantize
+
+    path, profile, tok = minilm_onnx
+
+    def fp32_linears(method: str) -> set[str]:
+        out = quantize(
+            path, tmp_path / f"{method}.onnx", METHODS_BY_NAME[method], profile, tok, calibration_texts()[:8]
+        )
+        graph = onnx.load(str(out)).graph
+        dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        return {n.name for n in _weight_matmuls(onnx.load(str(out))) if not set(n.input) & dequantized}
+
+    kept, every = fp32_linears("nncf-ffn-fp32"), fp32_linears("nncf")
+    assert every == set()
+    assert len(kept) == 6 and all("/output/dense/" in n and "attention" not in n for n in kept), kept
+
+
 @pytest.fixture(scope="module")
 def minilm_onnx(fixture_dirs, profiles, tmp_path_factory):
     from tembed.onnx_export import export_onnx
@@ -51,7 +75,7 @@ def test_openvino_matches_onnxruntime_fp32(minilm_onnx):
 def test_int8_methods_per_runner():
     from tembed.quantize import DEFAULT_METHODS, methods_for
 
-    assert [m.name for m in methods_for("openvino")] == ["nncf", "nncf-7bit"]
+    assert [m.name for m in methods_for("openvino")] == ["nncf", "nncf-ffn-fp32", "nncf-7bit"]
     assert [m.name for m in methods_for("onnxruntime")] == list(DEFAULT_METHODS["onnxruntime"])
     assert [m.name for m in methods_for("onnxruntime", ["nncf", "dynamic"])] == ["nncf", "dynamic"]
     with pytest.raises(ValueError, match="unknown int8 method"):

@@ -25,7 +25,6 @@ VARIANTS = (
     Method("static-all-layers", "static", fp32_last_layers=0),
     Method("static-2-last-fp32", "static", fp32_last_layers=2),
     Method("nncf-last-fp32", "nncf", fp32_last_layers=1),
-    Method("nncf-ffn-fp32", "nncf", fp32_last_layers=0, fp32_ffn_out=True),
     # ONNX Runtime's dynamic int8 with per-channel and 7-bit weights (its advice without VNNI), FFN down fp32
     Method("dynamic-pc", "dynamic", fp32_last_layers=0),
     Method("dynamic-pc-7bit", "dynamic", fp32_last_layers=0, reduce_range=True),

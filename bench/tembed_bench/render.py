@@ -113,7 +113,7 @@ def peak_of(rec: dict, target: str) -> tuple[float, str]:
     else ONNX Runtime), int8 for an int8 target, and its label."""
     p = rec["peak_gflops"]
     runtime = "openvino" if target.startswith("raw-openvino") and "openvino" in p else "onnxruntime"
-    kind = "int8" if target.endswith("int8") else "fp32"
+    kind = "int8" if "-int8" in target else "fp32"
     return p[runtime][kind], f"{'OV' if runtime == 'openvino' else 'ORT'} {kind}"
 
 

@@ -41,18 +41,19 @@ def export_repo(
     return repo
 
 
-def nncf_graph(repo: Path, model: str = MODEL) -> Path:
-    """``model``'s graph in ``repo`` quantised by NNCF (tembed.quantize, method ``nncf``: what
-    ``--backend python-openvino --quantize int8`` serves), once: reused while the file is there."""
+def int8_graph(repo: Path, method: str, model: str = MODEL) -> Path:
+    """``model``'s graph in ``repo`` quantised by the int8 ``method`` (tembed.quantize; ``nncf-ffn-fp32`` is what
+    ``--backend python-openvino --quantize int8`` keeps for e5-small on a VNNI CPU), once: reused while the file
+    is there. The bench does not run the gate; the export does."""
     from tembed.quantize import METHODS_BY_NAME, quantize
     from tembed_serving.profile import ModelProfile
 
     layout = Layout(repo, model)
-    out = WORK / f"{model}-nncf" / "model.onnx"
+    out = WORK / f"{model}-{method}" / "model.onnx"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         profile = ModelProfile.load(layout.profile_file)
-        quantize(layout.onnx_file, out.with_suffix(".tmp"), METHODS_BY_NAME["nncf"], profile, layout.tokenizer_file)
+        quantize(layout.onnx_file, out.with_suffix(".tmp"), METHODS_BY_NAME[method], profile, layout.tokenizer_file)
         out.with_suffix(".tmp").replace(out)
     return out
 
